@@ -1,0 +1,50 @@
+# invoiced-connect: `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV      := .venv
+SAM_VENV  := .venv-sam
+PY        := $(VENV)/bin/python
+SAM       := $(SAM_VENV)/bin/sam
+# sam validate runs the SAM transform, which needs a region; no credentials.
+REGION    ?= us-east-1
+
+.PHONY: help install run test unit integration e2e validate build clean
+
+help: ## Show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml layers/invoiced_connect/requirements.txt
+	@py=$$(scripts/find-python) && echo "creating $(VENV) with $$py" && "$$py" -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(SAM_VENV)/.installed: requirements-sam.txt
+	@py=$$(scripts/find-python) && "$$py" -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install -q -r requirements-sam.txt
+	@touch $@
+
+install: $(VENV)/.installed $(SAM_VENV)/.installed ## Create the virtual environments (.venv, .venv-sam)
+
+run: $(VENV)/.installed ## Start the whole system on loopback and print a connect link
+	$(PY) -m local.stack
+
+validate: $(VENV)/.installed $(SAM_VENV)/.installed ## sam validate (runs the SAM transform) and cfn-lint
+	SAM_CLI_TELEMETRY=0 $(SAM) validate --region $(REGION) --template template.yaml
+	$(VENV)/bin/cfn-lint template.yaml
+
+build: $(SAM_VENV)/.installed ## sam build (no Docker, no local python3.13 needed)
+	SAM_CLI_TELEMETRY=0 $(SAM) build --template template.yaml
+
+test: install validate ## Install everything, check the template, run every test (browser included)
+	@CHROMIUM_PATH=$$(scripts/ensure-chromium) || { if [ -n "$$CI" ]; then exit 1; fi; }; \
+	  export CHROMIUM_PATH SAM_CLI="$(CURDIR)/$(SAM)"; \
+	  $(PY) -m pytest
+
+unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
+	$(PY) -m pytest tests/unit -q
+
+clean: ## Remove build output and virtual environments
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache

@@ -1,0 +1,302 @@
+"""The connect flow: ``GET /connect`` starts it, ``GET /callback`` finishes it.
+
+``/connect`` accepts only a signed link, remembers the flow server-side
+(state hash, PKCE verifier, issuer, connection id, return URL, and the hash
+of a value kept in a ``__Host-`` cookie) and sends the browser to Invoiced.
+
+``/callback`` consumes that state in one conditional delete which also checks
+the cookie and the expiry, so a replayed, foreign or double-submitted
+callback never reaches the token endpoint. The code is exchanged exactly
+once; the tokens are encrypted and stored; the browser sees a page or is sent
+to the allowlisted return URL. Every failure is a plain page with a reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from invoiced_connect import pages
+from invoiced_connect.crypto import TokenCipher
+from invoiced_connect.invoiced import (
+    ClientAuthError,
+    InvalidGrantError,
+    InvalidTokenResponseError,
+    InvoicedClient,
+    InvoicedError,
+)
+from invoiced_connect.links import LinkError, verify_link_token
+from invoiced_connect.pages import HttpResult
+from invoiced_connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
+from invoiced_connect.return_urls import ReturnUrlError, check_return_url
+from invoiced_connect.secrets import SecretError
+from invoiced_connect.settings import Settings, SettingsError
+from invoiced_connect.store import FlowState, StateRejected, TokenStore
+
+logger = logging.getLogger(__name__)
+
+COOKIE_NAME = "__Host-invoiced-connect"
+STATE_TTL_SECONDS = 600
+MAX_PARAM_LENGTH = 4096
+_COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
+CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
+
+Query = Mapping[str, Sequence[str]]
+
+
+class BadRequest(Exception):
+    """Input the flow refuses; becomes a 4xx page, never a 5xx."""
+
+    def __init__(self, status: int, title: str, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.title, self.message, self.reason = status, title, message, reason
+
+
+def parse_query(raw_query: str) -> dict[str, list[str]]:
+    """Parse a raw query string, keeping repeated parameters visible."""
+    parsed: dict[str, list[str]] = {}
+    for key, value in parse_qsl(raw_query or "", keep_blank_values=True):
+        parsed.setdefault(key, []).append(value)
+    return parsed
+
+
+def parse_cookies(cookie_values: Sequence[str]) -> dict[str, str]:
+    """API Gateway v2 gives cookies as ``name=value`` strings."""
+    jar: dict[str, str] = {}
+    for raw in cookie_values:
+        for part in raw.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep:
+                jar[name] = value
+    return jar
+
+
+def _single(query: Query, name: str) -> str | None:
+    values = query.get(name) or []
+    if len(values) > 1:
+        raise BadRequest(400, "Invalid request", f"The {name} parameter was given more than once.", "duplicate_param")
+    if values and len(values[0]) > MAX_PARAM_LENGTH:
+        raise BadRequest(400, "Invalid request", f"The {name} parameter is too long.", "param_too_long")
+    return values[0] if values else None
+
+
+def with_query(url: str, params: Mapping[str, str]) -> str:
+    """Append parameters to an (already validated) URL, keeping its own query."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+@dataclass
+class ConnectFlow:
+    settings: Settings
+    store: TokenStore
+    cipher: TokenCipher
+    link_keys: Callable[[], list[str]]
+    client_secret: Callable[[bool], str]
+    clock: Callable[[], float] = time.time
+
+    def _client(self) -> InvoicedClient:
+        return InvoicedClient(
+            base_url=self.settings.invoiced_base_url,
+            api_url=self.settings.invoiced_api_url,
+            client_id=self.settings.require_client_id(),
+            client_secret=self.client_secret,
+            timeout=self.settings.http_timeout,
+        )
+
+    # ------------------------------------------------------------------ /connect
+    def start(self, query: Query, reference: str) -> HttpResult:
+        try:
+            return self._start(query)
+        except BadRequest as exc:
+            logger.info("connect refused", extra={"reason": exc.reason, "reference": reference})
+            return pages.error_page(exc.status, exc.title, exc.message, reference)
+        except (SettingsError, SecretError) as exc:
+            logger.error("connect not configured", extra={"error": str(exc), "reference": reference})
+            return pages.error_page(
+                503, "Not available", "This connection service is not configured yet.", reference
+            )
+
+    def _start(self, query: Query) -> HttpResult:
+        client = self._client()  # fails early, before any write, if unconfigured
+        token = _single(query, "link")
+        if not token:
+            raise BadRequest(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
+        try:
+            claims = verify_link_token(token, self.link_keys(), now=self.clock())
+        except LinkError as exc:
+            raise BadRequest(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
+        if claims.return_to is not None:
+            try:
+                check_return_url(claims.return_to, self.settings.return_url_allowlist)
+            except ReturnUrlError:
+                raise BadRequest(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
+
+        state, binding, verifier = random_token(32), random_token(32), new_verifier()
+        now = int(self.clock())
+        self.store.put_state(
+            FlowState(
+                state_hash=fingerprint(state),
+                connection_id=claims.connection_id,
+                code_verifier=verifier,
+                binding_hash=fingerprint(binding),
+                issuer=self.settings.issuer,
+                redirect_uri=self.settings.redirect_uri,
+                scope=self.settings.scope,
+                return_to=claims.return_to,
+                expires_at=now + STATE_TTL_SECONDS,
+            )
+        )
+        logger.info("connect started", extra={"connection_id": claims.connection_id})
+        location = client.authorize_url(
+            redirect_uri=self.settings.redirect_uri,
+            scope=self.settings.scope,
+            state=state,
+            code_challenge=s256_challenge(verifier),
+        )
+        cookie = f"{COOKIE_NAME}={binding}; Max-Age={STATE_TTL_SECONDS}; {_COOKIE_ATTRIBUTES}"
+        return pages.redirect(location, status=302, cookies=(cookie,))
+
+    # ------------------------------------------------------------------ /callback
+    def callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> HttpResult:
+        try:
+            return self._callback(query, cookies, reference)
+        except BadRequest as exc:
+            logger.info("callback refused", extra={"reason": exc.reason, "reference": reference})
+            return pages.error_page(exc.status, exc.title, exc.message, reference, cookies=(CLEAR_COOKIE,))
+        except (SettingsError, SecretError) as exc:
+            logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
+            return pages.error_page(
+                503, "Not available", "This connection service is not configured yet.", reference, (CLEAR_COOKIE,)
+            )
+
+    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> HttpResult:
+        state = _single(query, "state")
+        code = _single(query, "code")
+        error = _single(query, "error")
+        error_description = _single(query, "error_description")
+        if not state:
+            raise BadRequest(400, "Invalid request", "The sign-in response has no state. Start again from your link.", "no_state")
+        binding = cookies.get(COOKIE_NAME)
+        if not binding:
+            raise BadRequest(
+                400,
+                "Session not found",
+                "This browser did not start the connection (or its cookie expired). "
+                "Open the connect link again in this browser.",
+                "no_cookie",
+            )
+        client = self._client()
+        if code:
+            self.client_secret(False)  # unconfigured? fail before spending the state
+        try:
+            flow = self.store.consume_state(fingerprint(state), fingerprint(binding), int(self.clock()))
+        except StateRejected:
+            raise BadRequest(
+                400,
+                "Link expired",
+                "This sign-in attempt has expired, was already used, or was started in another browser. "
+                "Start again from your connect link.",
+                "state_rejected",
+            ) from None
+        if flow.issuer != self.settings.issuer:
+            raise BadRequest(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
+
+        if error is not None or (error_description is not None and not code):
+            return self._denied(flow, error, error_description, reference)
+        if not code:
+            raise BadRequest(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
+
+        try:
+            tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
+        except InvalidGrantError:
+            raise BadRequest(
+                400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
+                "Start again from your connect link.", "code_invalid"
+            ) from None
+        except InvalidTokenResponseError as exc:
+            return self._upstream_failure(reference, exc, "Invoiced's answer could not be used.")
+        except ClientAuthError as exc:
+            return self._upstream_failure(reference, exc, "The application's Invoiced credentials were not accepted.")
+        except InvoicedError as exc:
+            return self._upstream_failure(reference, exc, "Invoiced did not answer in time. Start again from your connect link.")
+
+        company_name: str | None = None
+        try:
+            company_name = client.current_company(tokens.access_token).name or None
+        except InvoicedError as exc:
+            # The tokens are good; a missing label must not lose them.
+            logger.warning("company lookup failed", extra={"reason": exc.reason, "connection_id": flow.connection_id})
+
+        ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
+        connection = self.store.save_connection(
+            connection_id=flow.connection_id,
+            tokens=tokens,
+            ciphertext=ciphertext,
+            company_name=company_name,
+            issuer=flow.issuer,
+            now=int(self.clock()),
+        )
+        logger.info(
+            "connection saved",
+            extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
+        )
+        if flow.return_to:
+            return pages.redirect(
+                with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
+                cookies=(CLEAR_COOKIE,),
+            )
+        return pages.connected_page(connection.company_name, cookies=(CLEAR_COOKIE,))
+
+    def _denied(self, flow: FlowState, error: str | None, description: str | None, reference: str) -> HttpResult:
+        # Invoiced's own deny redirect has only error_description; stock
+        # servers send error=access_denied. Both mean the user said no.
+        denied = error in (None, "access_denied")
+        logger.info("authorization not granted", extra={"connection_id": flow.connection_id, "error": error or "denied"})
+        if flow.return_to:
+            status = "denied" if denied else "error"
+            return pages.redirect(
+                with_query(flow.return_to, {"connection_id": flow.connection_id, "status": status}),
+                cookies=(CLEAR_COOKIE,),
+            )
+        if denied:
+            return pages.error_page(
+                200, "Not connected", description or "The authorization was denied.", reference, (CLEAR_COOKIE,)
+            )
+        return pages.error_page(
+            400, "Not connected", f"Invoiced reported: {description or error}", reference, (CLEAR_COOKIE,)
+        )
+
+    def _upstream_failure(self, reference: str, exc: InvoicedError, message: str) -> HttpResult:
+        logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
+        return pages.error_page(502, "Could not connect", message, reference, (CLEAR_COOKIE,))
+
+
+def default_flow() -> ConnectFlow:
+    """The flow wired to this deployment's settings, table, key and secrets."""
+    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.settings import get_settings
+
+    settings = get_settings()
+
+    def link_keys() -> list[str]:
+        secret = secret_cache.get_json(settings.require("link_signing_secret_arn"))
+        keys = [key for key in (secret.get("current"), secret.get("previous")) if isinstance(key, str) and key]
+        if not keys:
+            raise SecretError("the link signing secret has no 'current' key")
+        return keys
+
+    def client_secret(force: bool) -> str:
+        return secret_cache.get_field(settings.require("client_secret_arn"), "client_secret", force=force)
+
+    return ConnectFlow(
+        settings=settings,
+        store=TokenStore(settings.table_name),
+        cipher=TokenCipher(settings.kms_key_id),
+        link_keys=link_keys,
+        client_secret=client_secret,
+    )

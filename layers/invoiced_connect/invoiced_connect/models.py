@@ -1,0 +1,74 @@
+"""Plain values shared by the modules: connection ids, token sets, connections."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+_CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+class InvalidConnectionId(ValueError):
+    """A connection id that the system refuses to store or look up."""
+
+
+def validate_connection_id(connection_id: str) -> str:
+    """Return the id if it is 1-128 characters of ``A-Z a-z 0-9 . _ : @ -``.
+
+    Connection ids are chosen by the integrating app (usually its own customer
+    id); the narrow alphabet keeps them safe in keys, URLs, logs and pages.
+    """
+    if not isinstance(connection_id, str) or not _CONNECTION_ID.match(connection_id):
+        raise InvalidConnectionId(
+            "connection id must be 1-128 characters of letters, digits and . _ : @ -, "
+            "starting with a letter or digit"
+        )
+    return connection_id
+
+
+class ConnectionStatus(str, Enum):
+    ACTIVE = "active"
+    NEEDS_REAUTH = "needs_reauth"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What Invoiced's token endpoint returned, parsed and checked.
+
+    ``repr`` never shows the tokens, so a TokenSet can be logged by accident
+    without leaking them.
+    """
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: int
+    tenant_id: str
+    scopes: tuple[str, ...] = ()
+
+    def expires_within(self, seconds: float, now: float | None = None) -> bool:
+        return self.expires_at - (time.time() if now is None else now) <= seconds
+
+
+@dataclass(frozen=True)
+class Company:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A stored connection, without its tokens (they stay encrypted)."""
+
+    connection_id: str
+    tenant_id: str
+    company_name: str | None
+    scopes: tuple[str, ...]
+    issuer: str
+    status: ConnectionStatus
+    expires_at: int
+    version: int
+    created_at: int
+    updated_at: int

@@ -1,0 +1,146 @@
+"""Configuration: the only module that reads the environment.
+
+Every value is read and validated once into a frozen :class:`Settings`; an
+invalid or missing variable raises :class:`SettingsError` naming it, so a
+misconfigured deployment fails with a sentence, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_BASE_URL = "https://invoiced.com"
+DEFAULT_API_URL = "https://api.invoiced.com"
+DEFAULT_SCOPE = "read_write"
+VALID_SCOPES = frozenset({"read", "read_write", "accounts_receivable"})
+
+
+class SettingsError(RuntimeError):
+    """The environment does not describe a usable configuration."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str
+    kms_key_id: str
+    invoiced_base_url: str
+    invoiced_api_url: str
+    client_id: str
+    scope: str
+    public_base_url: str
+    return_url_allowlist: tuple[str, ...]
+    link_signing_secret_arn: str | None
+    client_secret_arn: str | None
+    http_timeout: float
+
+    @property
+    def issuer(self) -> str:
+        """The authorization server a flow was started against."""
+        return self.invoiced_base_url
+
+    @property
+    def connect_url(self) -> str:
+        return f"{self.public_base_url}/connect"
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_base_url}/callback"
+
+    def require_client_id(self) -> str:
+        if not self.client_id:
+            raise SettingsError(
+                "INVOICED_CLIENT_ID is empty: set the InvoicedClientId parameter to the "
+                "client id of your Invoiced OAuth application"
+            )
+        return self.client_id
+
+    def require(self, name: str) -> str:
+        """Return an optional setting that this caller needs, or fail clearly."""
+        value = getattr(self, name)
+        if not value:
+            raise SettingsError(f"{_ENV_NAMES[name]} is not set")
+        return value
+
+
+_ENV_NAMES = {
+    "link_signing_secret_arn": "LINK_SIGNING_SECRET_ARN",
+    "client_secret_arn": "CLIENT_SECRET_ARN",
+}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(name: str, value: str) -> str:
+    """Validate a base URL: https, or http on loopback only; no path."""
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise SettingsError(f"{name} must be an absolute URL, got {value!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise SettingsError(f"{name} must use https unless it points at loopback, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise SettingsError(f"{name} must not carry credentials, a query or a fragment")
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    scope = env.get("INVOICED_SCOPE", "").strip() or DEFAULT_SCOPE
+    unknown = set(scope.split()) - VALID_SCOPES
+    if unknown:
+        raise SettingsError(f"INVOICED_SCOPE has unknown scopes: {', '.join(sorted(unknown))}")
+    allowlist = tuple(
+        entry.strip() for entry in env.get("RETURN_URL_ALLOWLIST", "").split(",") if entry.strip()
+    )
+    # Imported here to keep the dependency one-way (return_urls needs no settings).
+    from invoiced_connect.return_urls import validate_allowlist_entry
+
+    for entry in allowlist:
+        validate_allowlist_entry(entry)
+    try:
+        timeout = float(env.get("HTTP_TIMEOUT_SECONDS", "") or 10)
+    except ValueError as exc:
+        raise SettingsError("HTTP_TIMEOUT_SECONDS must be a number") from exc
+    if not 0 < timeout <= 60:
+        raise SettingsError("HTTP_TIMEOUT_SECONDS must be between 0 and 60")
+    return Settings(
+        table_name=_required(env, "TABLE_NAME"),
+        kms_key_id=_required(env, "KMS_KEY_ID"),
+        invoiced_base_url=_origin("INVOICED_BASE_URL", env.get("INVOICED_BASE_URL") or DEFAULT_BASE_URL),
+        invoiced_api_url=_origin("INVOICED_API_URL", env.get("INVOICED_API_URL") or DEFAULT_API_URL),
+        client_id=env.get("INVOICED_CLIENT_ID", "").strip(),
+        scope=scope,
+        public_base_url=_origin("PUBLIC_BASE_URL", _required(env, "PUBLIC_BASE_URL")),
+        return_url_allowlist=allowlist,
+        link_signing_secret_arn=env.get("LINK_SIGNING_SECRET_ARN", "").strip() or None,
+        client_secret_arn=env.get("CLIENT_SECRET_ARN", "").strip() or None,
+        http_timeout=timeout,
+    )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use (not at import)."""
+    return load_settings()

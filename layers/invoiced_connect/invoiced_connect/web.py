@@ -1,0 +1,71 @@
+"""Glue between API Gateway (via Powertools' resolver) and the flow.
+
+Handlers stay a few lines: they route, call the flow, and hand its
+:class:`~invoiced_connect.pages.HttpResult` back through :func:`to_response`.
+Anything unexpected becomes a plain 500 page with a reference id, never a
+stack trace or a reflected value.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools.event_handler import Response
+
+from invoiced_connect import pages
+from invoiced_connect.flow import ConnectFlow, default_flow, parse_cookies, parse_query
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
+
+def to_response(result: pages.HttpResult) -> Response:
+    return Response(
+        status_code=result.status,
+        content_type=result.content_type,
+        body=result.body,
+        headers=result.headers,
+        cookies=list(result.cookies),  # Powertools emits str(cookie) for each
+    )
+
+
+@functools.cache
+def flow() -> ConnectFlow:
+    """One flow per execution environment, built on first request."""
+    return default_flow()
+
+
+def reference(app: APIGatewayHttpResolver) -> str:
+    """API Gateway's request id: what a user quotes and what the logs carry."""
+    return app.current_event.request_context.request_id or uuid.uuid4().hex
+
+
+def request_query(app: APIGatewayHttpResolver) -> dict[str, list[str]]:
+    return parse_query(app.current_event.raw_query_string)
+
+
+def request_cookies(app: APIGatewayHttpResolver) -> dict[str, str]:
+    return parse_cookies(app.current_event.cookies or [])
+
+
+def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
+    """Route the package's own log records through the handler's JSON logger
+    and turn unexpected exceptions into a plain 500 page."""
+    from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+    logging.getLogger("invoiced_connect")
+    copy_config_to_registered_loggers(source_logger=logger, include={"invoiced_connect"})
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        ref = reference(app)
+        # The exception type only: messages of AWS or HTTP errors can quote
+        # request data.
+        logger.error("unexpected error", extra={"error_type": type(exc).__name__, "reference": ref})
+        return to_response(
+            pages.error_page(500, "Something went wrong", "Please try again in a few minutes.", ref)
+        )
