@@ -20,7 +20,7 @@ def validate_connection_id(connection_id: str) -> str:
     Connection ids are chosen by the integrating app (usually its own customer
     id); the narrow alphabet keeps them safe in keys, URLs, logs and pages.
     """
-    if not isinstance(connection_id, str) or not _CONNECTION_ID.match(connection_id):
+    if not isinstance(connection_id, str) or not _CONNECTION_ID.fullmatch(connection_id):
         raise InvalidConnectionId(
             "connection id must be 1-128 characters of letters, digits and . _ : @ -, "
             "starting with a letter or digit"

@@ -39,7 +39,7 @@ def _parse(url: str) -> _Parsed:
         raise ReturnUrlError("return URL is empty")
     if len(url) > MAX_RETURN_URL_LENGTH:
         raise ReturnUrlError("return URL is too long")
-    if not _SAFE_URL.match(url):
+    if not _SAFE_URL.fullmatch(url):
         raise ReturnUrlError("return URL contains characters that are not allowed")
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http"):
@@ -51,7 +51,7 @@ def _parse(url: str) -> _Parsed:
     if "%" in parts.netloc:
         raise ReturnUrlError("return URL host must not be percent-encoded")
     host = (parts.hostname or "").lower()
-    if not host or not (_HOST.match(host) or host in _LOOPBACK_HOSTS):
+    if not host or not (_HOST.fullmatch(host) or host in _LOOPBACK_HOSTS):
         raise ReturnUrlError("return URL has no valid host")
     if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
         raise ReturnUrlError("return URL must use https")
