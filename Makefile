@@ -36,7 +36,7 @@ validate: $(VENV)/.installed $(SAM_VENV)/.installed ## sam validate (runs the SA
 	$(VENV)/bin/cfn-lint template.yaml
 
 build: $(SAM_VENV)/.installed ## sam build (no Docker, no local python3.13 needed)
-	SAM_CLI_TELEMETRY=0 $(SAM) build --template template.yaml
+	SAM_CLI_TELEMETRY=0 PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template template.yaml
 
 test: install validate ## Install everything, check the template, run every test (browser included)
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) || { if [ -n "$$CI" ]; then exit 1; fi; }; \
