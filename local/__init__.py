@@ -1,0 +1,1 @@
+"""Local development stack pieces; none of this is deployed."""
