@@ -56,6 +56,7 @@ def test_expired_link_is_refused():
         lambda t: t.rsplit(".", 1)[0],  # unsigned
         lambda t: "",
         lambda t: t + ".extra",
+        lambda t: t.replace("v1.", "v1.\u00e9", 1),  # non-ASCII
     ],
 )
 def test_tampered_or_unsigned_links_are_refused(tamper):

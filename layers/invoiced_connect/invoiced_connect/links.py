@@ -72,7 +72,7 @@ def sign_link_token(claims: LinkClaims, key: str) -> str:
 
 def verify_link_token(token: str, keys: list[str], *, now: float | None = None) -> LinkClaims:
     """Check signature (against any of ``keys``) and expiry; return the claims."""
-    if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii() or token.count(".") != 2:
         raise LinkError("the connect link is malformed")
     version, body, signature = token.split(".")
     if version != VERSION:

@@ -55,6 +55,11 @@ class SecretCache:
             self._values[secret_id] = (now, value)
         return value
 
+    def clear(self) -> None:
+        """Forget every cached value (after the endpoint or the secrets changed)."""
+        with self._lock:
+            self._values.clear()
+
     def get_field(self, secret_id: str, name: str, *, force: bool = False) -> str:
         """A non-empty string field of the secret, or :class:`SecretError`."""
         value = self.get_json(secret_id, force=force).get(name)

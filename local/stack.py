@@ -1,0 +1,566 @@
+"""The whole system on loopback, built from template.yaml: what `make run` starts.
+
+``sam local`` needs Docker; this needs nothing but the project's venv:
+
+* AWS is moto's server; the functions reach it through boto3's standard
+  ``AWS_ENDPOINT_URL``, so they run the same code paths as in Lambda.
+* The keys, tables and secrets are created from their definitions in
+  template.yaml, and each function's environment is resolved from the
+  template (Globals merged with the function's own variables), with the
+  parameters a local run needs (client id, public URL, return allowlist).
+* The HTTP API's routes are read from the template too and served by a
+  loopback gateway that speaks API Gateway's payload format 2.0 to the
+  handlers, which run in-process (see :mod:`local.gateway`).
+* Invoiced is the local stand-in (:mod:`local.invoiced`), unless a real one
+  is configured.
+
+Locally all functions share one process, hence one environment: ``os.environ``
+holds the union of the functions' variables while the stack runs (they
+differ only in which secret ARN each may read) and is restored by ``stop()``.
+The package's per-process caches are reset on both changes. So one stack per
+process at a time.
+
+    python -m local.stack [--connection-id ID] [--return-to URL] [--gateway-port N] ...
+    python -m local.stack link CONNECTION_ID [--return-to URL]   # another link, from a second shell
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from local.aws import MotoServer, Provisioned, aws_environment, boto_client, port_is_free, provision
+from local.gateway import Gateway, LocalFunction, api_logical_id, local_functions
+from local.template import (
+    DEFAULT_STACK_NAME,
+    REGION,
+    Resolver,
+    TemplateError,
+    http_routes,
+    load_template,
+    resources_of_type,
+)
+
+if TYPE_CHECKING:
+    from local.invoiced import Company, LocalInvoiced
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
+DEFAULT_ENV_FILE = PROJECT_ROOT / ".local" / "stack.env"
+LOOPBACK = "127.0.0.1"
+
+#: The environment variables that point the stack at a real Invoiced (all or none).
+UPSTREAM_VARIABLES = ("INVOICED_BASE_URL", "INVOICED_API_URL", "INVOICED_CLIENT_ID", "INVOICED_CLIENT_SECRET")
+
+# Variables that could send boto3 somewhere other than moto, or with real
+# credentials; hidden while a stack runs.
+_AWS_OVERRIDES = re.compile(
+    r"AWS_(SESSION_TOKEN|SECURITY_TOKEN|PROFILE|DEFAULT_PROFILE|IGNORE_CONFIGURED_ENDPOINT_URLS|ENDPOINT_URL_\w+)$"
+)
+
+
+@dataclass(frozen=True)
+class InvoicedUpstream:
+    """A real Invoiced (e.g. the sandbox) to use instead of the local stand-in."""
+
+    base_url: str
+    api_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+def upstream_from_env(env: Mapping[str, str]) -> InvoicedUpstream | None:
+    """A real Invoiced if all of :data:`UPSTREAM_VARIABLES` are set, ``None`` if none are."""
+    present = [name for name in UPSTREAM_VARIABLES if env.get(name, "").strip()]
+    if not present:
+        return None
+    missing = [name for name in UPSTREAM_VARIABLES if name not in present]
+    if missing:
+        raise ValueError(
+            f"To use a real Invoiced, set all of {', '.join(UPSTREAM_VARIABLES)}; "
+            f"missing: {', '.join(missing)}. Unset them all to use the local Invoiced."
+        )
+    values = [env[name].strip() for name in UPSTREAM_VARIABLES]
+    return InvoicedUpstream(values[0].rstrip("/"), values[1].rstrip("/"), values[2], values[3])
+
+
+def reset_package_caches() -> None:
+    """Make the invoiced_connect package re-read the environment on next use."""
+    from invoiced_connect import aws, settings, web
+    from invoiced_connect.secrets import secret_cache
+
+    settings.get_settings.cache_clear()
+    aws.reset_clients()
+    web.flow.cache_clear()
+    secret_cache.clear()
+
+
+class _EnvironmentPatch:
+    """Sets variables in ``os.environ`` and puts back exactly what was there."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str | None] = {}
+
+    def apply(self, values: Mapping[str, str]) -> None:
+        hidden = [name for name in os.environ if _AWS_OVERRIDES.match(name) and name not in values]
+        for name in [*values, *hidden]:
+            self._saved.setdefault(name, os.environ.get(name))
+        for name in hidden:
+            del os.environ[name]
+        os.environ.update(values)
+
+    def restore(self) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved.clear()
+
+
+def secret_behind(template: Mapping[str, Any], variable: str) -> str:
+    """The logical id of the secret whose ARN a function gets as ``variable``."""
+    sources = [((template.get("Globals") or {}).get("Function") or {})]
+    sources += [resource.get("Properties") or {} for resource in
+                resources_of_type(template, "AWS::Serverless::Function").values()]
+    secrets_in_template = resources_of_type(template, "AWS::SecretsManager::Secret")
+    found = {
+        value["Ref"]
+        for source in sources
+        if isinstance(value := ((source.get("Environment") or {}).get("Variables") or {}).get(variable), dict)
+        and isinstance(value.get("Ref"), str)
+        and value["Ref"] in secrets_in_template
+    }
+    if len(found) != 1:
+        raise TemplateError(f"expected {variable} to be a !Ref to one secret of the template, found {sorted(found)}")
+    return found.pop()
+
+
+def shared_environment(functions: Mapping[str, LocalFunction]) -> dict[str, str]:
+    """The union of the functions' environments (one process locally)."""
+    merged: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for logical_id, function in functions.items():
+        for name, value in function.spec.environment.items():
+            if name in merged and merged[name] != value:
+                raise TemplateError(
+                    f"{name} differs between {owner[name]} and {logical_id}; locally all functions share one "
+                    "environment, so a variable must mean the same for every function"
+                )
+            merged[name], owner[name] = value, logical_id
+    return merged
+
+
+def _name_suffix() -> str:
+    # CloudFormation appends a random suffix to generated names; moto keeps
+    # one state per process, so a second stack in a test run must not collide.
+    return "-" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(12))
+
+
+class LocalStack:
+    """moto + the template's resources + local Invoiced + the gateway, on loopback.
+
+    ``invoiced``: an already started :class:`LocalInvoiced` to use (then give
+    its ``client_id`` and ``client_secret``; register the callback as
+    ``http://127.0.0.1/callback``, which it matches on any port), or ``None``
+    to start one (with ``companies``, default: its own). ``upstream``: a real
+    Invoiced instead; no local one then. ``return_url_allowlist`` defaults to
+    ``<gateway>/done``. Ports 0 pick free ones. ``env_file``: where to write
+    the resolved environment (``KEY=VALUE``, mode 600) while running.
+
+    After :meth:`start`: ``gateway_url``, ``connect_url``, ``callback_url``,
+    ``moto_url``, ``table_name``, ``kms_key_arn``, ``env``, ``invoiced``,
+    ``client_id``, ``client_secret``, ``resources``, ``functions``.
+    """
+
+    _active: ClassVar[LocalStack | None] = None
+    _active_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        template_path: str | Path = DEFAULT_TEMPLATE,
+        invoiced: LocalInvoiced | None = None,
+        return_url_allowlist: Sequence[str] | None = None,
+        gateway_port: int = 0,
+        moto_port: int = 0,
+        *,
+        upstream: InvoicedUpstream | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        companies: Sequence[Company] | None = None,
+        invoiced_app_port: int = 0,
+        invoiced_api_port: int = 0,
+        env_file: str | Path | None = None,
+        access_log: bool = False,
+        stack_name: str = DEFAULT_STACK_NAME,
+    ) -> None:
+        if upstream is not None and (invoiced is not None or client_id or client_secret or companies):
+            raise ValueError("upstream carries its own client credentials; do not pass invoiced, client_id, "
+                             "client_secret or companies with it")
+        if invoiced is not None and not (client_id and client_secret):
+            raise ValueError("pass the client_id and client_secret the given LocalInvoiced was made with")
+        self.template_path = Path(template_path)
+        self._given_invoiced = invoiced
+        self._upstream = upstream
+        self._allowlist = None if return_url_allowlist is None else tuple(return_url_allowlist)
+        self._ports = {"gateway": gateway_port, "moto": moto_port,
+                       "invoiced_app": invoiced_app_port, "invoiced_api": invoiced_api_port}
+        self._companies = list(companies) if companies else None
+        self._env_file = Path(env_file) if env_file is not None else None
+        self._access_log = access_log
+        self.stack_name = stack_name
+
+        self.client_id: str = upstream.client_id if upstream else client_id or f"local{secrets.token_hex(8)}"
+        self.client_secret: str = upstream.client_secret if upstream else client_secret or secrets.token_urlsafe(32)
+        self.invoiced: LocalInvoiced | None = invoiced
+        self.gateway_url = self.connect_url = self.callback_url = self.moto_url = ""
+        self.table_name = self.kms_key_arn = ""
+        self.env: dict[str, str] = {}
+        self.resources: Provisioned | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self._cleanup = contextlib.ExitStack()
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> LocalStack:
+        with LocalStack._active_lock:
+            if LocalStack._active is not None:
+                raise RuntimeError("another LocalStack is running in this process; they would share os.environ")
+            LocalStack._active = self
+        self._cleanup.callback(self._release)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self._started = True
+        return self
+
+    def _start(self) -> None:
+        template = load_template(self.template_path)
+
+        moto = MotoServer(self._ports["moto"], LOOPBACK).start()
+        self._cleanup.callback(moto.stop)
+        self.moto_url = moto.url
+
+        # Bound now, served last: the callback URL (and so the port) is
+        # needed by Invoiced and the function environment first.
+        gateway = Gateway(host=LOOPBACK, port=self._ports["gateway"], access_log=self._access_log).bind()
+        self._cleanup.callback(gateway.stop)
+        self.gateway_url = gateway.url
+        self.connect_url = f"{self.gateway_url}/connect"
+        self.callback_url = f"{self.gateway_url}/callback"
+
+        base_url, api_url = self._start_invoiced()
+        allowlist = self._allowlist if self._allowlist is not None else (f"{self.gateway_url}/done",)
+        resolver = Resolver(
+            template,
+            {"InvoicedClientId": self.client_id, "PublicBaseUrl": self.gateway_url,
+             "ReturnUrlAllowlist": list(allowlist)},
+            stack_name=self.stack_name,
+            # The deployed API is https only; the local one is http on loopback.
+            unchecked_patterns={"PublicBaseUrl"},
+        )
+        client_secret_id = secret_behind(template, "CLIENT_SECRET_ARN")
+        self.resources = provision(
+            resolver,
+            self.moto_url,
+            secret_strings={client_secret_id: json.dumps({"client_secret": self.client_secret})},
+            name_suffix=_name_suffix(),
+        )
+        self.functions = local_functions(template, self.template_path.parent, resolver)
+
+        # What differs from a deployment: where Invoiced and AWS are.
+        local = {"INVOICED_BASE_URL": base_url, "INVOICED_API_URL": api_url,
+                 **aws_environment(self.moto_url, resolver.pseudo["AWS::Region"])}
+        for function in self.functions.values():
+            function.spec = replace(function.spec, environment={**function.spec.environment, **local})
+        env = shared_environment(self.functions)
+        from invoiced_connect.settings import load_settings
+
+        load_settings(env)  # a bad value fails here, naming the variable, not on the first request
+        self.env = env
+        self.table_name = env["TABLE_NAME"]
+        self.kms_key_arn = next(
+            (self.resources.arn(key) for key in resources_of_type(template, "AWS::KMS::Key")), ""
+        )
+
+        patch = _EnvironmentPatch()
+        self._cleanup.callback(reset_package_caches)
+        self._cleanup.callback(patch.restore)
+        patch.apply(env)
+        reset_package_caches()
+
+        api_id = api_logical_id(template)
+        gateway.api_id = resolver.ref(api_id) if api_id else "local"
+        gateway.mount(http_routes(template, resolver), self.functions)
+        gateway.start()
+        self._cleanup.callback(gateway.stop)  # first thing on stop: no request sees a half-restored process
+        if self._env_file is not None:
+            self._write_env_file(self._env_file)
+
+    def _start_invoiced(self) -> tuple[str, str]:
+        if self._upstream is not None:
+            return self._upstream.base_url, self._upstream.api_url
+        if self.invoiced is None:
+            from local.invoiced import LocalInvoiced
+
+            self.invoiced = LocalInvoiced(
+                client_id=self.client_id,
+                client_secret=self.client_secret,
+                redirect_uris=[self.callback_url],
+                companies=self._companies,
+                host=LOOPBACK,
+                app_port=self._ports["invoiced_app"],
+                api_port=self._ports["invoiced_api"],
+            ).start()
+            self._cleanup.callback(self._stop_own_invoiced)
+        return self.invoiced.base_url, self.invoiced.api_url
+
+    def _stop_own_invoiced(self) -> None:
+        if self.invoiced is not None and self.invoiced is not self._given_invoiced:
+            self.invoiced.stop()
+            self.invoiced = self._given_invoiced
+
+    def _write_env_file(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["# The running local stack's environment (python -m local.stack); removed when it stops."]
+        for name, value in sorted(self.env.items()):
+            if "\n" in value:
+                raise ValueError(f"{name} has a line break; it cannot go into {path}")
+            lines.append(f"{name}={value}")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # also when the file already existed
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self._cleanup.callback(path.unlink, missing_ok=True)
+
+    def _release(self) -> None:
+        with LocalStack._active_lock:
+            if LocalStack._active is self:
+                LocalStack._active = None
+
+    def stop(self) -> None:
+        """Stop everything started, restore ``os.environ``; safe to call twice."""
+        self._started = False
+        self._cleanup.close()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- helpers
+    def make_link(self, connection_id: str, return_to: str | None = None,
+                  ttl: timedelta = timedelta(hours=1)) -> str:
+        """A signed connect link, made as an integrating app makes one (key read from Secrets Manager)."""
+        self._require_started()
+        from invoiced_connect.links import create_connect_link
+
+        return create_connect_link(connection_id, return_to, ttl)
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for the stack's moto server."""
+        self._require_started()
+        return boto_client(service, self.moto_url, self.env.get("AWS_REGION", REGION))
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("the LocalStack is not running; call start() or use it as a context manager")
+
+
+# ---------------------------------------------------------------- the command
+DEFAULT_PORTS = {"gateway": 3000, "moto": 5000, "invoiced_app": 9000, "invoiced_api": 9001}
+_PORT_ENV = {"gateway": "LOCAL_GATEWAY_PORT", "moto": "LOCAL_MOTO_PORT",
+             "invoiced_app": "LOCAL_INVOICED_PORT", "invoiced_api": "LOCAL_INVOICED_API_PORT"}
+
+
+def _python() -> str:
+    executable = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return str(executable.relative_to(Path.cwd()))
+    return "python"
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port")
+    return value
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.stack",
+        description="Run invoiced-connect on loopback (moto, local Invoiced, the functions behind a local "
+        "API Gateway) and print a connect link. Set INVOICED_BASE_URL, INVOICED_API_URL, INVOICED_CLIENT_ID "
+        "and INVOICED_CLIENT_SECRET to use a real Invoiced instead of the local one.",
+        epilog="Another link while it runs: python -m local.stack link CONNECTION_ID [--return-to URL]",
+    )
+    parser.add_argument("--connection-id", default="demo-customer", help="for the printed link (default: %(default)s)")
+    parser.add_argument("--return-to", help="send the browser here after connecting (added to the allowlist)")
+    for name, default in DEFAULT_PORTS.items():
+        flag = "--" + name.replace("_", "-") + "-port"
+        env_name = _PORT_ENV[name]
+        parser.add_argument(flag, type=_port, default=None, dest=f"{name}_port",
+                            help=f"default {default} (or ${env_name}); taken: any free port")
+    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help=argparse.SUPPRESS)
+    return parser
+
+
+def _choose_port(name: str, given: int | None, env: Mapping[str, str]) -> int:
+    if given is None:
+        given = _port(env[_PORT_ENV[name]]) if env.get(_PORT_ENV[name]) else DEFAULT_PORTS[name]
+    if given and not port_is_free(LOOPBACK, given):
+        print(f"Port {given} ({name.replace('_', ' ')}) is taken; using a free one.")
+        return 0
+    return given
+
+
+def _allowlist_entry(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def run(argv: Sequence[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    try:
+        upstream = upstream_from_env(os.environ)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    needed = [name for name in DEFAULT_PORTS if not (upstream and name.startswith("invoiced"))]
+    ports = {name: _choose_port(name, getattr(args, f"{name}_port"), os.environ) for name in needed}
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # moto's server logs every AWS call (werkzeug's logger), botocore how it found them: noise here.
+    for noisy in ("werkzeug", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    stack = LocalStack(
+        args.template,
+        # The entry that admits --return-to: its origin and path (an entry has no query).
+        return_url_allowlist=(_allowlist_entry(args.return_to),) if args.return_to else None,
+        gateway_port=ports["gateway"],
+        moto_port=ports["moto"],
+        upstream=upstream,
+        invoiced_app_port=ports.get("invoiced_app", 0),
+        invoiced_api_port=ports.get("invoiced_api", 0),
+        env_file=DEFAULT_ENV_FILE,
+        access_log=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stack.start()
+    except Exception as exc:  # noqa: BLE001 - a sentence, not a traceback, for a setup problem
+        print(f"Could not start the local stack: {exc}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            first_link = stack.make_link(args.connection_id, return_to=args.return_to)
+        except ValueError as exc:
+            print(f"Cannot make the link: {exc}", file=sys.stderr)
+            return 2
+        _print_banner(stack, args.connection_id, first_link, upstream)
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(0.5):
+                pass
+    finally:
+        print("\nStopping the local stack...")
+        stack.stop()
+    return 0
+
+
+def _print_banner(stack: LocalStack, connection_id: str, link: str, upstream: InvoicedUpstream | None) -> None:
+    relative_env = os.path.relpath(DEFAULT_ENV_FILE)
+    lines = [
+        "",
+        "invoiced-connect is running on loopback. Ctrl-C stops it.",
+        "",
+        f"  Connect link for {connection_id!r} (valid 1 hour):",
+        f"    {link}",
+        "",
+    ]
+    if upstream is None and stack.invoiced is not None:
+        companies = ", ".join(f"{company.name} (#{company.id})" for company in stack.invoiced.companies)
+        lines += [
+            f"  Callback URL     {stack.callback_url}  (registered with the local Invoiced)",
+            f"  Local Invoiced   {stack.invoiced.base_url}  API {stack.invoiced.api_url}",
+            f"                   companies: {companies}",
+        ]
+    else:
+        lines += [
+            f"  Callback URL     {stack.callback_url}",
+            "                   register it as a redirect URI of your Invoiced OAuth application",
+            f"  Invoiced         {stack.env['INVOICED_BASE_URL']}  API {stack.env['INVOICED_API_URL']}",
+        ]
+    lines += [
+        f"  AWS (moto)       {stack.moto_url}  table {stack.table_name}",
+        f"  Environment      {relative_env}",
+        "",
+        "  Another link:    " + f"{_python()} -m local.stack link CONNECTION_ID [--return-to URL]",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def link(argv: Sequence[str]) -> int:
+    """Make a link with the running stack's configuration (read from its env file)."""
+    parser = argparse.ArgumentParser(prog="python -m local.stack link",
+                                     description="Make a connect link for the running local stack.")
+    parser.add_argument("connection_id")
+    parser.add_argument("--return-to", help="must match the stack's return URL allowlist")
+    parser.add_argument("--ttl-hours", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    try:
+        lines = DEFAULT_ENV_FILE.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        print(f"No local stack is running ({os.path.relpath(DEFAULT_ENV_FILE)} is missing); start it with `make run`.",
+              file=sys.stderr)
+        return 1
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#") and "=" in line)
+    patch = _EnvironmentPatch()
+    patch.apply(env)
+    reset_package_caches()
+    try:
+        from invoiced_connect.links import create_connect_link
+
+        print(create_connect_link(args.connection_id, args.return_to, timedelta(hours=args.ttl_hours)))
+    except ValueError as exc:
+        print(f"Cannot make that link: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. the stack stopped without removing its file
+        print(f"Could not reach the local stack at {env.get('AWS_ENDPOINT_URL')}: {type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    finally:
+        patch.restore()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["link"]:
+        return link(argv[1:])
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""A person's path through the flow, in a real headless Chromium: open the
+connect link, approve (or deny) on the local Invoiced, land on our page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium_path() -> str | None:
+    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = _chromium_path()
+    if not executable:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests, but no chromium was found (make test installs it)")
+        pytest.skip("no chromium on this machine; `make test` installs Debian's package when it can")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def e2e_stack() -> Iterator[object]:
+    from local.stack import LocalStack
+
+    with LocalStack() as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+def test_approving_lands_on_the_connected_page_with_tokens_stored(e2e_stack, page, tmp_path):
+    from invoiced_connect.models import ConnectionStatus
+    from invoiced_connect.store import TokenStore
+
+    page.goto(e2e_stack.make_link("browser-approve"))
+    assert page.url.startswith(e2e_stack.invoiced.base_url)
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_url(f"{e2e_stack.callback_url}*")
+
+    assert page.locator("h1").inner_text() == "Connected to Acme Corporation"
+    page.screenshot(path=str(tmp_path / "connected.png"))
+    connection, ciphertext = TokenStore(e2e_stack.table_name).get_connection("browser-approve")
+    assert connection.status is ConnectionStatus.ACTIVE
+    assert ciphertext
+    # The final URL and page carry no token, and the flow cookie is gone.
+    assert not [c for c in page.context.cookies() if c["name"] == "__Host-invoiced-connect"]
+
+
+def test_denying_lands_on_a_not_connected_page_and_stores_nothing(e2e_stack, page):
+    from invoiced_connect.store import TokenStore
+
+    page.goto(e2e_stack.make_link("browser-deny"))
+    page.get_by_role("button", name="Deny").click()
+    page.wait_for_url(f"{e2e_stack.callback_url}*")
+
+    assert page.locator("h1").inner_text() == "Not connected"
+    assert "denied" in page.locator("main").inner_text()
+    assert TokenStore(e2e_stack.table_name).get_connection("browser-deny") is None

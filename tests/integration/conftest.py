@@ -1,0 +1,62 @@
+"""One local stack for the integration tests: moto's server, the tables,
+keys and secrets from template.yaml, the local Invoiced, and the gateway."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+# Short enough that the timeout tests stay quick, long enough for this machine.
+os.environ.setdefault("HTTP_TIMEOUT_SECONDS", "2")
+
+RETURN_BASE = "https://app.example.test/integrations"
+CLIENT_SECRET_CANARY = "CANARYsecret" + "x" * 20
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[object]:
+    from local.stack import LocalStack
+
+    with LocalStack(return_url_allowlist=(RETURN_BASE,), client_secret=CLIENT_SECRET_CANARY) as running:
+        yield running
+
+
+@pytest.fixture
+def invoiced(stack):
+    stack.invoiced.faults.reset()
+    yield stack.invoiced
+    stack.invoiced.faults.reset()
+
+
+@dataclass
+class StartedFlow:
+    authorize_url: str
+    cookie: str  # the value of the __Host- cookie
+    set_cookie: str
+
+    @property
+    def state(self) -> str:
+        return parse_qs(urlsplit(self.authorize_url).query)["state"][0]
+
+
+COOKIE_RE = re.compile(r"__Host-invoiced-connect=([^;]*)")
+
+
+def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = None) -> StartedFlow:
+    """Open a fresh connect link as a browser would; stop at Invoiced."""
+    link = stack.make_link(connection_id, return_to=return_to)
+    response = requests.get(link, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text
+    set_cookie = response.headers["Set-Cookie"]
+    return StartedFlow(response.headers["Location"], COOKIE_RE.search(set_cookie).group(1), set_cookie)
+
+
+def callback(url: str, cookie: str | None) -> requests.Response:
+    headers = {"Cookie": f"__Host-invoiced-connect={cookie}"} if cookie else {}
+    return requests.get(url, headers=headers, allow_redirects=False, timeout=30)

@@ -1,0 +1,418 @@
+"""The connect flow end to end, over HTTP, through moto's server and the
+local Invoiced: what succeeds, and every way it must refuse safely."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import boto3
+import pytest
+import requests
+
+from invoiced_connect.crypto import TokenCipher
+from invoiced_connect.links import LinkClaims, sign_link_token
+from invoiced_connect.models import ConnectionStatus
+from invoiced_connect.pkce import fingerprint, new_verifier, random_token
+from invoiced_connect.store import FlowState, TokenStore
+from tests.integration.conftest import CLIENT_SECRET_CANARY, RETURN_BASE, callback, start_flow
+
+
+# ------------------------------------------------------------------ helpers
+def table_items(stack, prefix: str) -> list[dict]:
+    db = boto3.client("dynamodb")
+    items = db.scan(TableName=stack.table_name)["Items"]
+    return [item for item in items if item["pk"]["S"].startswith(prefix)]
+
+
+def stored(stack, connection_id: str):
+    return TokenStore(stack.table_name).get_connection(connection_id)
+
+
+def signing_key(stack) -> str:
+    from invoiced_connect.secrets import secret_cache
+
+    return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
+
+
+def connect_url_for(stack, token: str) -> str:
+    return f"{stack.connect_url}?{urlencode({'link': token})}"
+
+
+def plant_state(stack, *, connection_id="acme-42", expires_in=600, issuer=None, return_to=None):
+    """Write a flow state directly, as /connect would, and return (state, cookie)."""
+    state, binding = random_token(), random_token()
+    TokenStore(stack.table_name).put_state(
+        FlowState(
+            state_hash=fingerprint(state),
+            connection_id=connection_id,
+            code_verifier=new_verifier(),
+            binding_hash=fingerprint(binding),
+            issuer=issuer or stack.invoiced.base_url,
+            redirect_uri=stack.callback_url,
+            scope="read_write",
+            return_to=return_to,
+            expires_at=int(time.time()) + expires_in,
+        )
+    )
+    return state, binding
+
+
+def assert_safe_page(response: requests.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def reference_of(response: requests.Response) -> str:
+    marker = "Reference: <code>"
+    assert marker in response.text
+    return response.text.split(marker, 1)[1].split("<", 1)[0]
+
+
+# ------------------------------------------------------------------ the happy path
+def test_full_flow_stores_encrypted_tokens_and_shows_the_company(stack, invoiced):
+    flow = start_flow(stack, "acme-full")
+    query = parse_qs(urlsplit(flow.authorize_url).query)
+    assert flow.authorize_url.startswith(f"{invoiced.base_url}/oauth/authorize?")
+    assert query["response_type"] == ["code"]
+    assert query["client_id"] == [stack.client_id]
+    assert query["redirect_uri"] == [stack.callback_url]
+    assert query["scope"] == ["read_write"]
+    assert query["code_challenge_method"] == ["S256"]
+    assert len(query["state"][0]) >= 43
+    for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+        assert attribute in flow.set_cookie
+    assert "Domain" not in flow.set_cookie
+    assert len(table_items(stack, f"state#{fingerprint(flow.state)}")) == 1
+
+    before = invoiced.token_request_count("authorization_code")
+    response = callback(invoiced.consent(flow.authorize_url), flow.cookie)
+
+    assert_safe_page(response, 200)
+    assert "Connected to Acme Corporation" in response.text
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert invoiced.token_request_count("authorization_code") == before + 1
+    assert table_items(stack, f"state#{fingerprint(flow.state)}") == []
+
+    connection, ciphertext = stored(stack, "acme-full")
+    assert connection.status is ConnectionStatus.ACTIVE
+    assert connection.tenant_id == "167"
+    assert connection.company_name == "Acme Corporation"
+    assert connection.issuer == invoiced.base_url
+    assert connection.version == 1
+    assert connection.expires_at > time.time() + 3000
+    access, refresh = TokenCipher(stack.kms_key_arn).decrypt("acme-full", ciphertext)
+    assert invoiced.is_access_token_valid(access) and invoiced.is_refresh_token_valid(refresh)
+    assert refresh.encode() not in ciphertext and access.encode() not in ciphertext
+    assert flow.state not in response.text
+
+
+def test_ciphertext_copied_to_another_connection_does_not_decrypt(stack, invoiced):
+    from invoiced_connect.crypto import TokenDecryptionError
+
+    flow = start_flow(stack, "acme-copy")
+    callback(invoiced.consent(flow.authorize_url), flow.cookie)
+    _, ciphertext = stored(stack, "acme-copy")
+    with pytest.raises(TokenDecryptionError):
+        TokenCipher(stack.kms_key_arn).decrypt("someone-else", ciphertext)
+
+
+def test_reconnect_replaces_tokens_and_grows_the_version(stack, invoiced):
+    first = start_flow(stack, "acme-again")
+    callback(invoiced.consent(first.authorize_url), first.cookie)
+    original, old_blob = stored(stack, "acme-again")
+
+    second = start_flow(stack, "acme-again")
+    response = callback(invoiced.consent(second.authorize_url, company_id=168), second.cookie)
+    assert response.status_code == 200
+    connection, new_blob = stored(stack, "acme-again")
+    assert connection.version == original.version + 1
+    assert connection.created_at == original.created_at
+    assert new_blob != old_blob
+    assert connection.tenant_id == "168"
+
+
+def test_return_to_gets_a_303_with_connection_id_and_status(stack, invoiced):
+    flow = start_flow(stack, "acme-return", return_to=f"{RETURN_BASE}/done?tab=x")
+    response = callback(invoiced.consent(flow.authorize_url), flow.cookie)
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"{RETURN_BASE}/done?tab=x&connection_id=acme-return&status=connected"
+
+
+# ------------------------------------------------------------------ denial
+def test_invoiced_style_deny_shows_a_page_and_exchanges_nothing(stack, invoiced):
+    flow = start_flow(stack, "acme-deny")
+    before = invoiced.token_request_count()
+    location = invoiced.consent(flow.authorize_url, approve=False)
+    assert "error=" not in location and "error_description=" in location
+    response = callback(location, flow.cookie)
+    assert_safe_page(response, 200)
+    assert "Not connected" in response.text
+    assert "denied the request" in response.text
+    assert invoiced.token_request_count() == before
+    assert stored(stack, "acme-deny") is None
+    assert table_items(stack, f"state#{fingerprint(flow.state)}") == []
+
+
+def test_stock_deny_with_return_to_redirects_with_status_denied(stack, invoiced):
+    invoiced.faults.set(error_style="league")
+    flow = start_flow(stack, "acme-deny2", return_to=f"{RETURN_BASE}/done")
+    location = invoiced.consent(flow.authorize_url, approve=False)
+    assert "error=access_denied" in location
+    response = callback(location, flow.cookie)
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"{RETURN_BASE}/done?connection_id=acme-deny2&status=denied"
+
+
+def test_provider_error_description_is_escaped(stack, invoiced):
+    state, cookie = plant_state(stack)
+    hostile = '<script>alert("x")</script>'
+    query = urlencode({"state": state, "error": "server_error", "error_description": hostile})
+    response = callback(f"{stack.callback_url}?{query}", cookie)
+    assert_safe_page(response, 400)
+    assert "<script>" not in response.text
+    assert "&lt;script&gt;" in response.text
+
+
+# ------------------------------------------------------------------ state and cookie
+def test_missing_cookie_is_refused_and_the_state_survives(stack, invoiced):
+    flow = start_flow(stack, "acme-nocookie")
+    location = invoiced.consent(flow.authorize_url)
+    before = invoiced.token_request_count()
+    response = callback(location, None)
+    assert_safe_page(response, 400)
+    assert invoiced.token_request_count() == before
+    assert len(table_items(stack, f"state#{fingerprint(flow.state)}")) == 1
+
+
+def test_foreign_browser_is_refused_and_the_owner_can_still_finish(stack, invoiced):
+    victim = start_flow(stack, "acme-victim")
+    attacker = start_flow(stack, "acme-attacker")
+    location = invoiced.consent(victim.authorize_url)
+    before = invoiced.token_request_count()
+
+    response = callback(location, attacker.cookie)
+    assert_safe_page(response, 400)
+    assert invoiced.token_request_count() == before
+    assert stored(stack, "acme-victim") is None
+
+    assert callback(location, victim.cookie).status_code == 200
+    assert stored(stack, "acme-victim") is not None
+
+
+def test_replayed_callback_is_refused_without_a_second_exchange(stack, invoiced):
+    flow = start_flow(stack, "acme-replay")
+    location = invoiced.consent(flow.authorize_url)
+    assert callback(location, flow.cookie).status_code == 200
+    version = stored(stack, "acme-replay")[0].version
+    before = invoiced.token_request_count()
+
+    response = callback(location, flow.cookie)
+    assert_safe_page(response, 400)
+    assert invoiced.token_request_count() == before
+    assert stored(stack, "acme-replay")[0].version == version
+
+
+def test_expired_state_is_refused(stack, invoiced):
+    state, cookie = plant_state(stack, connection_id="acme-expired", expires_in=-1)
+    before = invoiced.token_request_count()
+    response = callback(f"{stack.callback_url}?{urlencode({'state': state, 'code': 'def50200abc'})}", cookie)
+    assert_safe_page(response, 400)
+    assert invoiced.token_request_count() == before
+    assert stored(stack, "acme-expired") is None
+
+
+def test_unknown_or_tampered_state_is_refused(stack, invoiced):
+    flow = start_flow(stack, "acme-tamper")
+    location = invoiced.consent(flow.authorize_url)
+    swapped = "A" if flow.state[-1] != "A" else "B"
+    tampered = location.replace(f"state={flow.state}", f"state={flow.state[:-1]}{swapped}")
+    assert tampered != location
+    before = invoiced.token_request_count()
+    assert callback(tampered, flow.cookie).status_code == 400
+    assert callback(f"{stack.callback_url}?code=def50200x", flow.cookie).status_code == 400
+    assert invoiced.token_request_count() == before
+
+
+def test_state_from_the_other_issuer_is_refused(stack, invoiced):
+    state, cookie = plant_state(stack, connection_id="acme-issuer", issuer="https://invoiced.com")
+    before = invoiced.token_request_count()
+    response = callback(f"{stack.callback_url}?{urlencode({'state': state, 'code': 'def50200abc'})}", cookie)
+    assert_safe_page(response, 400)
+    assert "another Invoiced environment" in response.text
+    assert invoiced.token_request_count() == before
+
+
+def test_double_submitted_callback_exchanges_exactly_once(stack, invoiced):
+    flow = start_flow(stack, "acme-double")
+    location = invoiced.consent(flow.authorize_url)
+    invoiced.faults.set(latency_ms=200)  # widen the window in which both are in flight
+    before = invoiced.token_request_count()
+    barrier = threading.Barrier(4)
+    results: list[int] = []
+
+    def submit() -> None:
+        barrier.wait()
+        results.append(callback(location, flow.cookie).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [200, 400, 400, 400]
+    assert invoiced.token_request_count() == before + 1
+    assert stored(stack, "acme-double")[0].version == 1
+
+
+# ------------------------------------------------------------------ links
+def test_unsigned_tampered_expired_and_foreign_key_links_get_403_and_write_nothing(stack, invoiced):
+    key = signing_key(stack)
+    good = stack.make_link("acme-link").split("link=", 1)[1]
+    header, body, signature = good.split(".")
+    bad_tokens = [
+        f"{header}.{body}",
+        f"{header}.{body[:-1]}{'A' if body[-1] != 'A' else 'B'}.{signature}",
+        sign_link_token(LinkClaims("acme-link", None, int(time.time()) - 1), key),
+        sign_link_token(LinkClaims("acme-link", None, int(time.time()) + 600), "z" * 64),
+        "garbage",
+    ]
+    states_before = len(table_items(stack, "state#"))
+    for token in bad_tokens:
+        response = requests.get(connect_url_for(stack, token), allow_redirects=False, timeout=10)
+        assert_safe_page(response, 403)
+        assert "Set-Cookie" not in response.headers
+    response = requests.get(stack.connect_url, allow_redirects=False, timeout=10)
+    assert_safe_page(response, 403)
+    assert len(table_items(stack, "state#")) == states_before
+
+
+HOSTILE_RETURNS = [
+    "//evil.test",
+    "/\\evil.test",
+    "https:evil.test",
+    "a@evil.test",
+    "https://a@evil.test/integrations",
+    "%2F%2Fevil.test",
+    "javascript:alert(1)",
+    f"{RETURN_BASE}/x\r\nSet-Cookie: a=b",
+    f"{RETURN_BASE}/x%0d%0aLocation:%20https://evil.test",
+    "https://аpp.example.test/integrations",
+    "https://app.example.test.evil.test/integrations",
+]
+
+
+@pytest.mark.parametrize("return_to", HOSTILE_RETURNS)
+def test_hostile_return_urls_are_refused_when_making_and_when_opening_links(stack, invoiced, return_to):
+    with pytest.raises(ValueError):
+        stack.make_link("acme-evil", return_to=return_to)
+    # A link signed with the real key but carrying a hostile URL (say, made
+    # before the allowlist changed) is refused at /connect too.
+    token = sign_link_token(LinkClaims("acme-evil", return_to, int(time.time()) + 600), signing_key(stack))
+    response = requests.get(connect_url_for(stack, token), allow_redirects=False, timeout=10)
+    if "%0d%0a" in return_to:
+        # Percent-encoded CR/LF is inert text inside a URL; it is allowed only
+        # under the allowlisted prefix and is never decoded into a header.
+        assert response.status_code in (302, 403)
+        assert "\n" not in response.headers.get("Location", "")
+    else:
+        assert_safe_page(response, 403)
+
+
+def test_link_create_rejects_bad_connection_ids_and_ttls(stack):
+    for bad in ("", "has space", "a/b", "x" * 129, "<script>"):
+        with pytest.raises(ValueError):
+            stack.make_link(bad)
+    with pytest.raises(ValueError):
+        stack.make_link("acme-ttl", ttl=timedelta(days=90))
+
+
+# ------------------------------------------------------------------ provider failures
+def test_reused_code_is_refused_and_leaves_the_connection_alone(stack, invoiced):
+    flow = start_flow(stack, "acme-code")
+    location = invoiced.consent(flow.authorize_url)
+    assert callback(location, flow.cookie).status_code == 200
+    version = stored(stack, "acme-code")[0].version
+    code = parse_qs(urlsplit(location).query)["code"][0]
+
+    state, cookie = plant_state(stack, connection_id="acme-code")
+    response = callback(f"{stack.callback_url}?{urlencode({'state': state, 'code': code})}", cookie)
+    assert_safe_page(response, 400)
+    assert "Start again" in response.text
+    assert stored(stack, "acme-code")[0].version == version
+
+
+@pytest.mark.parametrize("fault", ["server_error_next", "html_next", "rate_limit_next", "timeout_next"])
+def test_provider_failure_at_exchange_is_a_502_page_without_retry(stack, invoiced, fault):
+    connection_id = f"acme-{fault.replace('_', '-')}"
+    flow = start_flow(stack, connection_id)
+    location = invoiced.consent(flow.authorize_url)
+    invoiced.faults.set(**{fault: 1, "timeout_seconds": 4})
+    before = invoiced.token_request_count("authorization_code")
+    response = callback(location, flow.cookie)
+    assert_safe_page(response, 502)
+    assert reference_of(response)
+    assert invoiced.token_request_count("authorization_code") == before + 1
+    assert stored(stack, connection_id) is None
+
+
+def test_company_lookup_failure_still_saves_the_connection(stack, invoiced):
+    flow = start_flow(stack, "acme-nolabel")
+    location = invoiced.consent(flow.authorize_url)
+    invoiced.faults.set(api_server_error_next=1)
+    response = callback(location, flow.cookie)
+    assert response.status_code == 200
+    assert "Connected to your Invoiced account" in response.text
+    connection, _ = stored(stack, "acme-nolabel")
+    assert connection.status is ConnectionStatus.ACTIVE and connection.company_name is None
+
+
+# ------------------------------------------------------------------ bad input never 5xx
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/callback",
+        "/callback?state=",
+        "/callback?state=a&state=b&code=c",
+        "/callback?state=%00%ff&code=%zz",
+        "/callback?state=" + "a" * 10000,
+        "/callback?error=%3Cb%3E",
+        "/connect?link=",
+        "/connect?link=v1..",
+        "/connect?link=v1.%ff%fe.AAAA",
+        "/connect?link=a&link=b",
+        "/connect?link=" + "v1." + "A" * 5000 + ".B",
+    ],
+)
+def test_bad_input_never_gets_a_5xx(stack, invoiced, path):
+    response = requests.get(
+        stack.gateway_url + path, headers={"Cookie": "__Host-invoiced-connect=x"}, allow_redirects=False, timeout=10
+    )
+    assert 400 <= response.status_code < 500, (path, response.status_code)
+    assert "Cache-Control" in response.headers
+
+
+# ------------------------------------------------------------------ log hygiene
+def test_no_token_code_state_verifier_cookie_or_secret_reaches_the_logs(stack, invoiced, capfd):
+    flow = start_flow(stack, "acme-canary")
+    location = invoiced.consent(flow.authorize_url)
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    assert callback(location, flow.cookie).status_code == 200
+    access, refresh = TokenCipher(stack.kms_key_arn).decrypt("acme-canary", stored(stack, "acme-canary")[1])
+    # and a few failures, which log more
+    callback(location, flow.cookie)
+    callback(location, "wrong-cookie")
+    invoiced.faults.set(server_error_next=1)
+    failing = start_flow(stack, "acme-canary2")
+    callback(invoiced.consent(failing.authorize_url), failing.cookie)
+
+    out, err = capfd.readouterr()
+    logs = out + err
+    assert "connection saved" in logs  # the handlers' logs were captured
+    for secret in (access, refresh, code, flow.state, flow.cookie, CLIENT_SECRET_CANARY, failing.state):
+        assert secret not in logs
