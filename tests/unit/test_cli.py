@@ -45,3 +45,57 @@ def test_missing_configuration_is_one_clear_line(monkeypatch, capsys, tmp_path):
 def test_missing_env_file_is_reported(capsys, tmp_path):
     assert cli.main(["--env-file", str(tmp_path / "nope.env"), "link", "create", "acme-1"]) == 2
     assert "nope.env" in capsys.readouterr().err
+
+
+# CloudFormation reports a CommaDelimitedList parameter as the string it was
+# given; moto reports a Python list's repr, so the stand-in uses a String.
+STACK_TEMPLATE = """
+Parameters:
+  ReturnUrlAllowlist: {Type: String, Default: ""}
+Resources:
+  Placeholder: {Type: AWS::SNS::Topic}
+Outputs:
+  ConnectUrl: {Value: "https://abc123.execute-api.us-east-1.amazonaws.com/connect"}
+  LinkSigningSecretArn: {Value: "arn:aws:secretsmanager:us-east-1:123456789012:secret:link-AbCdEf"}
+  TokensTableName: {Value: "tokens-table"}
+  TokenKeyArn: {Value: "arn:aws:kms:us-east-1:123456789012:key/1234"}
+"""
+
+
+def test_stack_environment_reads_outputs_and_parameters():
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        cfn = boto3.client("cloudformation", region_name="us-east-1")
+        cfn.create_stack(
+            StackName="ic-test",
+            TemplateBody=STACK_TEMPLATE,
+            Parameters=[{"ParameterKey": "ReturnUrlAllowlist", "ParameterValue": "https://a.test/x,https://b.test"}],
+        )
+        env = cli.stack_environment("ic-test", cfn)
+        assert env == {
+            "PUBLIC_BASE_URL": "https://abc123.execute-api.us-east-1.amazonaws.com",
+            "LINK_SIGNING_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:link-AbCdEf",
+            "TABLE_NAME": "tokens-table",
+            "KMS_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/1234",
+            "RETURN_URL_ALLOWLIST": "https://a.test/x,https://b.test",
+        }
+        cfn.create_stack(StackName="other", TemplateBody=STACK_TEMPLATE.split("Outputs:")[0])
+        with pytest.raises(ValueError, match="no output ConnectUrl"):
+            cli.stack_environment("other", cfn)
+
+
+def test_unknown_stack_is_one_clear_line(monkeypatch, capsys):
+    from moto import mock_aws
+
+    from invoiced_connect import aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    aws.reset_clients()
+    with mock_aws():
+        assert cli.main(["--stack", "does-not-exist", "link", "create", "acme-1"]) == 2
+    aws.reset_clients()
+    err = capsys.readouterr().err
+    assert err.startswith("invoiced-connect: ") and "does-not-exist" in err

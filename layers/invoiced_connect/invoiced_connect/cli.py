@@ -13,6 +13,9 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -40,11 +43,36 @@ def read_env_file(path: str) -> dict[str, str]:
     return values
 
 
+def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, str]:
+    """The settings of a deployed stack, read from its outputs and parameters."""
+    from invoiced_connect import aws
+
+    cloudformation = cloudformation or aws.client("cloudformation")
+    stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
+    try:
+        env = {
+            "PUBLIC_BASE_URL": outputs["ConnectUrl"].removesuffix("/connect"),
+            "LINK_SIGNING_SECRET_ARN": outputs["LinkSigningSecretArn"],
+            "TABLE_NAME": outputs["TokensTableName"],
+            "KMS_KEY_ID": outputs["TokenKeyArn"],
+        }
+    except KeyError as exc:
+        raise ValueError(f"stack {stack_name} has no output {exc.args[0]}; is it an invoiced-connect stack?") from None
+    env["RETURN_URL_ALLOWLIST"] = parameters.get("ReturnUrlAllowlist", "")
+    return env
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invoiced-connect", description="Operate an invoiced-connect deployment.")
     parser.add_argument(
         "--env-file",
         help="read configuration from this KEY=VALUE file (make run writes .local/stack.env)",
+    )
+    parser.add_argument(
+        "--stack",
+        help="read configuration from this deployed CloudFormation stack (uses your AWS credentials)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -61,13 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.env_file:
             os.environ.update(read_env_file(args.env_file))
+        if args.stack:
+            os.environ.update(stack_environment(args.stack))
         if args.command == "link" and args.link_command == "create":
             from invoiced_connect.links import create_connect_link
 
             print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl))
             return 0
-    except (ValueError, OSError, RuntimeError) as exc:
-        # ValueError: bad input; OSError: env file; RuntimeError: settings or secrets.
+    except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError) as exc:
+        # ValueError: bad input; OSError: env file; RuntimeError: settings or
+        # secrets; botocore: credentials, region, unknown stack.
         print(f"invoiced-connect: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -60,6 +60,10 @@ def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
     logging.getLogger("invoiced_connect")
     copy_config_to_registered_loggers(source_logger=logger, include={"invoiced_connect"})
 
+    @app.not_found
+    def _not_found(exc: Exception) -> Response:
+        return to_response(pages.error_page(404, "Not found", "There is nothing here.", reference(app)))
+
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
         ref = reference(app)
