@@ -262,7 +262,8 @@ def import_handler(handler_file: Path, handler_name: str, label: str) -> tuple[M
     """Import a fresh, private copy of a handler module (one execution environment)."""
     if not handler_file.is_file():
         raise FileNotFoundError(f"{label}: handler file {handler_file} does not exist")
-    module_name = f"_local_lambda_{re.sub(r'\W', '_', label)}_{next(_module_counter)}"
+    safe_label = re.sub(r"\W", "_", label)
+    module_name = f"_local_lambda_{safe_label}_{next(_module_counter)}"
     spec = importlib.util.spec_from_file_location(module_name, handler_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -64,15 +64,16 @@ def test_approving_lands_on_the_connected_page_with_tokens_stored(e2e_stack, pag
     page.goto(e2e_stack.make_link("browser-approve"))
     assert page.url.startswith(e2e_stack.invoiced.base_url)
     page.get_by_role("button", name="Approve").click()
-    page.wait_for_url(f"{e2e_stack.callback_url}*")
+    page.wait_for_url(e2e_stack.callback_url)  # the outcome page: no code or state in the address
 
     assert page.locator("h1").inner_text() == "Connected to Acme Corporation"
     page.screenshot(path=str(tmp_path / "connected.png"))
     connection, ciphertext = TokenStore(e2e_stack.table_name).get_connection("browser-approve")
     assert connection.status is ConnectionStatus.ACTIVE
     assert ciphertext
-    # The final URL and page carry no token, and the flow cookie is gone.
-    assert not [c for c in page.context.cookies() if c["name"] == "__Host-invoiced-connect"]
+    # The final URL and page carry no code, state or token, and no flow cookie is left.
+    assert "code=" not in page.content() and "state=" not in page.url
+    assert not [c for c in page.context.cookies() if c["name"].startswith("__Host-invoiced-connect")]
 
 
 def test_denying_lands_on_a_not_connected_page_and_stores_nothing(e2e_stack, page):
@@ -80,7 +81,7 @@ def test_denying_lands_on_a_not_connected_page_and_stores_nothing(e2e_stack, pag
 
     page.goto(e2e_stack.make_link("browser-deny"))
     page.get_by_role("button", name="Deny").click()
-    page.wait_for_url(f"{e2e_stack.callback_url}*")
+    page.wait_for_url(e2e_stack.callback_url)
 
     assert page.locator("h1").inner_text() == "Not connected"
     assert "denied" in page.locator("main").inner_text()

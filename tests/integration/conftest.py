@@ -46,6 +46,7 @@ class StartedFlow:
 
 
 COOKIE_RE = re.compile(r"__Host-invoiced-connect=([^;]*)")
+RESULT_COOKIE_RE = re.compile(r"__Host-invoiced-connect-result=([^;]*)")
 
 
 def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = None) -> StartedFlow:
@@ -58,5 +59,19 @@ def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = No
 
 
 def callback(url: str, cookie: str | None) -> requests.Response:
+    """GET the callback as the browser that holds ``cookie``, following the
+    one redirect to the clean ``/callback`` page that shows the outcome."""
     headers = {"Cookie": f"__Host-invoiced-connect={cookie}"} if cookie else {}
-    return requests.get(url, headers=headers, allow_redirects=False, timeout=30)
+    first = requests.get(url, headers=headers, allow_redirects=False, timeout=30)
+    location = urlsplit(first.headers.get("Location", ""))
+    if first.status_code != 303 or location.path != "/callback":
+        return first  # e.g. the 303 to the app's return URL
+    assert not location.query, "the outcome page must not carry code or state"
+    assert "__Host-invoiced-connect=; Max-Age=0" in first.headers["Set-Cookie"]
+    result = RESULT_COOKIE_RE.search(first.headers["Set-Cookie"]).group(1)
+    return requests.get(
+        first.headers["Location"],
+        headers={"Cookie": f"__Host-invoiced-connect-result={result}"},
+        allow_redirects=False,
+        timeout=30,
+    )

@@ -95,7 +95,7 @@ def test_full_flow_stores_encrypted_tokens_and_shows_the_company(stack, invoiced
 
     assert_safe_page(response, 200)
     assert "Connected to Acme Corporation" in response.text
-    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert "__Host-invoiced-connect-result=; Max-Age=0" in response.headers["Set-Cookie"]
     assert invoiced.token_request_count("authorization_code") == before + 1
     assert table_items(stack, f"state#{fingerprint(flow.state)}") == []
 
@@ -372,6 +372,26 @@ def test_company_lookup_failure_still_saves_the_connection(stack, invoiced):
     assert connection.status is ConnectionStatus.ACTIVE and connection.company_name is None
 
 
+def test_outcome_page_without_an_outcome_cookie_says_so(stack):
+    response = requests.get(stack.callback_url, timeout=10)
+    assert_safe_page(response, 400)
+    assert "Nothing to show" in response.text
+
+
+def test_forged_outcome_cookie_is_escaped_or_ignored(stack):
+    import base64
+    import json
+
+    forged = {"s": 200, "t": "<b>x</b>", "m": "<script>alert(1)</script>", "r": "r", "c": "<i>Evil</i>", "ok": True}
+    value = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode().rstrip("=")
+    response = requests.get(stack.callback_url, headers={"Cookie": f"__Host-invoiced-connect-result={value}"}, timeout=10)
+    assert response.status_code == 200
+    assert "<i>" not in response.text and "&lt;i&gt;Evil&lt;/i&gt;" in response.text
+    for junk in ("not-base64!", base64.urlsafe_b64encode(b'{"s": 500}').decode(), "e30"):
+        response = requests.get(stack.callback_url, headers={"Cookie": f"__Host-invoiced-connect-result={junk}"}, timeout=10)
+        assert response.status_code == 400
+
+
 # ------------------------------------------------------------------ bad input never 5xx
 @pytest.mark.parametrize(
     "path",
@@ -390,9 +410,7 @@ def test_company_lookup_failure_still_saves_the_connection(stack, invoiced):
     ],
 )
 def test_bad_input_never_gets_a_5xx(stack, invoiced, path):
-    response = requests.get(
-        stack.gateway_url + path, headers={"Cookie": "__Host-invoiced-connect=x"}, allow_redirects=False, timeout=10
-    )
+    response = callback(stack.gateway_url + path, "x")
     assert 400 <= response.status_code < 500, (path, response.status_code)
     assert "Cache-Control" in response.headers
 

@@ -28,14 +28,20 @@ def test_connect_event_with_a_badly_signed_link_gets_the_403_page():
     assert not response.get("cookies")
 
 
-@pytest.mark.usefixtures("stack")
-def test_callback_event_for_an_unknown_state_gets_the_400_page_and_clears_the_cookie():
+def test_callback_event_for_an_unknown_state_redirects_to_the_400_outcome_page(stack):
     handler = load_handler(ROOT / "template.yaml", "CallbackFunction")
     response = handler(load_event("callback.json"))
-    assert response["statusCode"] == 400
-    assert "Link expired" in response["body"]
-    assert "sample-callback-request" in response["body"]
+    assert response["statusCode"] == 303
+    assert response["headers"]["Location"] == stack.callback_url
     assert any(c.startswith("__Host-invoiced-connect=;") and "Max-Age=0" in c for c in response["cookies"])
+    (result,) = [c.split(";")[0] for c in response["cookies"] if c.startswith("__Host-invoiced-connect-result=")]
+
+    follow = load_event("callback.json")
+    follow["rawQueryString"], follow["queryStringParameters"], follow["cookies"] = "", None, [result]
+    page = handler(follow)
+    assert page["statusCode"] == 400
+    assert "Link expired" in page["body"]
+    assert "sample-callback-request" in page["body"]
 
 
 @pytest.mark.usefixtures("stack")

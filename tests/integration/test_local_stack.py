@@ -17,10 +17,8 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 
 from local.gateway import api_event, gateway_for_template, load_handler
 from local.stack import _EnvironmentPatch, main, upstream_from_env
@@ -553,41 +551,6 @@ def test_load_handler_and_api_event_call_a_handler_directly(template_file):
 
 # ---------------------------------------------------------------- end to end through the real stack
 COOKIE = re.compile(r"__Host-invoiced-connect=([^;]*)")
-
-
-def test_connect_flow_end_to_end(stack):
-    from invoiced_connect.crypto import TokenCipher
-
-    link = stack.make_link("smoke-local-stack")
-    assert link.startswith(f"{stack.connect_url}?link=")
-
-    started = requests.get(link, allow_redirects=False, timeout=10)
-    assert started.status_code == 302
-    location = started.headers["Location"]
-    assert location.startswith(f"{stack.invoiced.base_url}/oauth/authorize?")
-    query = parse_qs(urlsplit(location).query)
-    assert query["client_id"] == [stack.client_id]
-    assert query["redirect_uri"] == [stack.callback_url]
-    assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0] and query["state"][0]
-    cookie = COOKIE.search(started.headers["Set-Cookie"]).group(1)
-
-    back = stack.invoiced.consent(location)
-    assert back.startswith(f"{stack.callback_url}?")
-    # The __Host- cookie is Secure, which requests would not send over http: send it by hand.
-    finished = requests.get(back, headers={"Cookie": f"__Host-invoiced-connect={cookie}"},
-                            allow_redirects=False, timeout=30)
-    assert finished.status_code == 200, finished.text
-    assert f"Connected to {stack.invoiced.companies[0].name}" in finished.text
-
-    item = stack.client("dynamodb").get_item(
-        TableName=stack.table_name, Key={"pk": {"S": "conn#smoke-local-stack"}}, ConsistentRead=True
-    )["Item"]
-    assert item["status"] == {"S": "active"}
-    ciphertext = item["token_ciphertext"]["B"]
-    assert isinstance(ciphertext, bytes)
-    access_token, refresh_token = TokenCipher(stack.kms_key_arn).decrypt("smoke-local-stack", ciphertext)
-    stored = repr(item).encode()
-    assert access_token.encode() not in stored and refresh_token.encode() not in stored
 
 
 # ---------------------------------------------------------------- the command's configuration

@@ -13,6 +13,8 @@ to the allowlisted return URL. Every failure is a plain page with a reference.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -163,18 +165,32 @@ class ConnectFlow:
 
     # ------------------------------------------------------------------ /callback
     def callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> HttpResult:
+        """Finish the flow, then redirect (303) to ``/callback`` without the
+        code and state, where the outcome is shown: the address bar and the
+        history never keep the one-time values (post/redirect/get)."""
+        if not query:
+            return self._show_outcome(cookies, reference)
         try:
-            return self._callback(query, cookies, reference)
+            result = self._callback(query, cookies, reference)
         except BadRequest as exc:
             logger.info("callback refused", extra={"reason": exc.reason, "reference": reference})
-            return pages.error_page(exc.status, exc.title, exc.message, reference, cookies=(CLEAR_COOKIE,))
+            result = pages.Outcome(exc.status, exc.title, exc.message, reference)
         except (SettingsError, SecretError) as exc:
             logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
-            return pages.error_page(
-                503, "Not available", "This connection service is not configured yet.", reference, (CLEAR_COOKIE,)
-            )
+            result = pages.Outcome(503, "Not available", "This connection service is not configured yet.", reference)
+        if isinstance(result, HttpResult):
+            return result
+        return pages.redirect(self.settings.redirect_uri, cookies=(CLEAR_COOKIE, outcome_cookie(result)))
 
-    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> HttpResult:
+    def _show_outcome(self, cookies: Mapping[str, str], reference: str) -> HttpResult:
+        outcome = decode_outcome(cookies.get(RESULT_COOKIE_NAME, ""))
+        if outcome is None:
+            return pages.error_page(
+                400, "Nothing to show", "Open the connect link from the application to connect.", reference
+            )
+        return outcome.render(cookies=(CLEAR_RESULT_COOKIE,))
+
+    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> pages.Outcome | HttpResult:
         state = _single(query, "state")
         code = _single(query, "code")
         error = _single(query, "error")
@@ -250,9 +266,11 @@ class ConnectFlow:
                 with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
                 cookies=(CLEAR_COOKIE,),
             )
-        return pages.connected_page(connection.company_name, cookies=(CLEAR_COOKIE,))
+        return pages.Outcome(200, "Connected", "", reference, company=connection.company_name, connected=True)
 
-    def _denied(self, flow: FlowState, error: str | None, description: str | None, reference: str) -> HttpResult:
+    def _denied(
+        self, flow: FlowState, error: str | None, description: str | None, reference: str
+    ) -> pages.Outcome | HttpResult:
         # Invoiced's own deny redirect has only error_description; stock
         # servers send error=access_denied. Both mean the user said no.
         denied = error in (None, "access_denied")
@@ -264,16 +282,59 @@ class ConnectFlow:
                 cookies=(CLEAR_COOKIE,),
             )
         if denied:
-            return pages.error_page(
-                200, "Not connected", description or "The authorization was denied.", reference, (CLEAR_COOKIE,)
-            )
-        return pages.error_page(
-            400, "Not connected", f"Invoiced reported: {description or error}", reference, (CLEAR_COOKIE,)
-        )
+            return pages.Outcome(200, "Not connected", description or "The authorization was denied.", reference)
+        return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
 
-    def _upstream_failure(self, reference: str, exc: InvoicedError, message: str) -> HttpResult:
+    def _upstream_failure(self, reference: str, exc: InvoicedError, message: str) -> pages.Outcome:
         logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
-        return pages.error_page(502, "Could not connect", message, reference, (CLEAR_COOKIE,))
+        return pages.Outcome(502, "Could not connect", message, reference)
+
+
+# ---------------------------------------------------------------------- outcome cookie
+RESULT_COOKIE_NAME = "__Host-invoiced-connect-result"
+CLEAR_RESULT_COOKIE = f"{RESULT_COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
+_SHOWN_STATUSES = frozenset({200, 400, 403, 502, 503})
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def outcome_cookie(outcome: pages.Outcome) -> str:
+    """The outcome, carried to the redirected page in a short-lived cookie.
+
+    Only this origin can set a ``__Host-`` cookie, and the page escapes what
+    it shows, so the cookie needs no signature; it holds nothing secret.
+    """
+    payload = {
+        "s": outcome.status,
+        "t": _clip(outcome.title, 100),
+        "m": _clip(outcome.message, 400),
+        "r": _clip(outcome.reference, 100),
+        "c": _clip(outcome.company, 200),
+        "ok": outcome.connected,
+    }
+    value = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode("utf-8")).decode("ascii")
+    return f"{RESULT_COOKIE_NAME}={value.rstrip('=')}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
+
+
+def decode_outcome(value: str) -> pages.Outcome | None:
+    """Read an outcome cookie; anything malformed is ``None``."""
+    if not value or len(value) > 3000:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        outcome = pages.Outcome(
+            status=int(payload["s"]),
+            title=str(payload["t"]),
+            message=str(payload["m"]),
+            reference=str(payload["r"]),
+            company=None if payload.get("c") is None else str(payload["c"]),
+            connected=payload.get("ok") is True,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    return outcome if outcome.status in _SHOWN_STATUSES else None
 
 
 def default_flow() -> ConnectFlow:

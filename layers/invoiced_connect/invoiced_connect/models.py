@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 _CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
@@ -28,7 +28,7 @@ def validate_connection_id(connection_id: str) -> str:
     return connection_id
 
 
-class ConnectionStatus(str, Enum):
+class ConnectionStatus(StrEnum):
     ACTIVE = "active"
     NEEDS_REAUTH = "needs_reauth"
     REVOKED = "revoked"

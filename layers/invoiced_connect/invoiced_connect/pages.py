@@ -88,6 +88,23 @@ def error_page(status: int, title: str, message: str, reference: str, cookies: t
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a callback ended, as the browser will be shown it."""
+
+    status: int
+    title: str
+    message: str
+    reference: str
+    company: str | None = None
+    connected: bool = False
+
+    def render(self, cookies: tuple[str, ...] = ()) -> HttpResult:
+        if self.connected:
+            return connected_page(self.company, cookies)
+        return error_page(self.status, self.title, self.message, self.reference, cookies)
+
+
 def redirect(location: str, status: int = 303, cookies: tuple[str, ...] = ()) -> HttpResult:
     headers = dict(SECURITY_HEADERS)
     headers["Location"] = location
