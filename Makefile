@@ -9,7 +9,7 @@ SAM       := $(SAM_VENV)/bin/sam
 # sam validate runs the SAM transform, which needs a region; no credentials.
 REGION    ?= us-east-1
 
-.PHONY: help install run test unit integration e2e validate build clean
+.PHONY: help install run test unit lint validate build clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,7 +38,10 @@ validate: $(VENV)/.installed $(SAM_VENV)/.installed ## sam validate (runs the SA
 build: $(SAM_VENV)/.installed ## sam build (no Docker, no local python3.13 needed)
 	SAM_CLI_TELEMETRY=0 PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template template.yaml
 
-test: install validate ## Install everything, check the template, run every test (browser included)
+lint: $(VENV)/.installed ## ruff over the code and tests
+	$(VENV)/bin/ruff check layers functions local tests
+
+test: install lint validate ## Install everything, lint, check the template, run every test (browser included)
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) || { if [ -n "$$CI" ]; then exit 1; fi; }; \
 	  export CHROMIUM_PATH SAM_CLI="$(CURDIR)/$(SAM)"; \
 	  $(PY) -m pytest

@@ -55,6 +55,8 @@ def plant_state(stack, *, connection_id="acme-42", expires_in=600, issuer=None, 
             scope="read_write",
             return_to=return_to,
             expires_at=int(time.time()) + expires_in,
+            link_hash=fingerprint(random_token()),
+            link_expires_at=int(time.time()) + 3600,
         )
     )
     return state, binding
@@ -135,6 +137,7 @@ def test_reconnect_replaces_tokens_and_grows_the_version(stack, invoiced):
     assert connection.created_at == original.created_at
     assert new_blob != old_blob
     assert connection.tenant_id == "168"
+    assert connection.company_name == "Globex Ltd"
 
 
 def test_return_to_gets_a_303_with_connection_id_and_status(stack, invoiced):
@@ -322,6 +325,40 @@ def test_hostile_return_urls_are_refused_when_making_and_when_opening_links(stac
         assert "\n" not in response.headers.get("Location", "")
     else:
         assert_safe_page(response, 403)
+
+
+def test_a_link_completes_one_connection_only(stack, invoiced):
+    link = stack.make_link("acme-once")
+    first = requests.get(link, allow_redirects=False, timeout=10)
+    second = requests.get(link, allow_redirects=False, timeout=10)  # e.g. a forwarded copy, opened meanwhile
+    cookie_of = lambda r: r.headers["Set-Cookie"].split("=", 1)[1].split(";", 1)[0]  # noqa: E731
+
+    assert callback(invoiced.consent(first.headers["Location"]), cookie_of(first)).status_code == 200
+    before = invoiced.token_request_count()
+    late = callback(invoiced.consent(second.headers["Location"], company_id=168), cookie_of(second))
+    assert_safe_page(late, 400)
+    assert "already been used" in late.text
+    assert invoiced.token_request_count() == before  # refused before any exchange
+    assert stored(stack, "acme-once")[0].tenant_id == "167"
+
+    again = requests.get(link, allow_redirects=False, timeout=10)
+    assert_safe_page(again, 403)
+    assert "already been used" in again.text
+
+
+def test_a_failed_exchange_leaves_the_link_usable(stack, invoiced):
+    link = stack.make_link("acme-retry")
+    first = requests.get(link, allow_redirects=False, timeout=10)
+    invoiced_location = first.headers["Location"]
+    cookie = first.headers["Set-Cookie"].split("=", 1)[1].split(";", 1)[0]
+    location = invoiced.consent(invoiced_location)
+    invoiced.faults.set(server_error_next=1)
+    assert callback(location, cookie).status_code == 502
+
+    retry = requests.get(link, allow_redirects=False, timeout=10)
+    assert retry.status_code == 302
+    cookie = retry.headers["Set-Cookie"].split("=", 1)[1].split(";", 1)[0]
+    assert callback(invoiced.consent(retry.headers["Location"]), cookie).status_code == 200
 
 
 def test_link_create_rejects_bad_connection_ids_and_ttls(stack):

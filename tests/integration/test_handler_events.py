@@ -72,3 +72,23 @@ def test_unexpected_error_is_a_plain_500_page_that_leaks_nothing(monkeypatch, ca
     logs = "".join(capfd.readouterr())
     assert "unexpected error" in logs and "RuntimeError" in logs
     assert canary not in logs
+
+
+@pytest.mark.usefixtures("stack")
+def test_a_configuration_error_is_a_503_page_and_a_log_line_naming_the_variable(monkeypatch, capfd):
+    from invoiced_connect import web
+    from invoiced_connect.settings import get_settings
+
+    monkeypatch.setenv("RETURN_URL_ALLOWLIST", "app.example.com/settings")  # no scheme
+    get_settings.cache_clear()
+    web.flow.cache_clear()
+    try:
+        handler = load_handler(ROOT / "template.yaml", "ConnectFunction")
+        response = handler(load_event("connect.json"))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        web.flow.cache_clear()
+    assert response["statusCode"] == 503
+    assert "not configured yet" in response["body"]
+    assert "RETURN_URL_ALLOWLIST entry" in "".join(capfd.readouterr())

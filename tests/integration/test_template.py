@@ -49,7 +49,10 @@ ROUTES = {"GET /connect": "ConnectFunction", "GET /callback": "CallbackFunction"
 # Exactly what each handler does to the table, by key prefix.
 TABLE_GRANTS = {
     ("ConnectFunction", "dynamodb:PutItem", "state#*"),
+    ("ConnectFunction", "dynamodb:GetItem", "link#*"),
     ("CallbackFunction", "dynamodb:DeleteItem", "state#*"),
+    ("CallbackFunction", "dynamodb:PutItem", "link#*"),
+    ("CallbackFunction", "dynamodb:DeleteItem", "link#*"),
     ("CallbackFunction", "dynamodb:UpdateItem", "conn#*"),
 }
 # Access-log variables that could carry a code, a state, a cookie or a token.

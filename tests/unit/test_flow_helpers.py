@@ -49,6 +49,8 @@ def test_parse_cookies_reads_api_gateway_v2_cookie_list():
     }
 
 
-def test_with_query_keeps_existing_parameters_and_encodes_new_ones():
+def test_with_query_keeps_existing_parameters_as_written_and_encodes_new_ones():
     url = with_query("https://app.test/done?tab=x", {"connection_id": "acme:1", "status": "connected"})
     assert url == "https://app.test/done?tab=x&connection_id=acme%3A1&status=connected"
+    assert with_query("https://app.test/d?flag&x=a%20b", {"s": "1"}) == "https://app.test/d?flag&x=a%20b&s=1"
+    assert with_query("https://app.test/d", {"s": "1"}) == "https://app.test/d?s=1"

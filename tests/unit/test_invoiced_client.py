@@ -53,6 +53,8 @@ def test_tokens_never_show_in_repr():
         (token_body(access_token="opaque-token"), "not_jwt"),
         (token_body(access_token=fake_jwt(sub="user:12")), "no_tenant"),
         (token_body(access_token=fake_jwt(sub="tenant:abc")), "no_tenant"),
+        (token_body(access_token=fake_jwt(sub="tenant:\u0661\u0662\u00b2")), "no_tenant"),  # non-ASCII digits
+        (token_body(access_token=fake_jwt(sub="tenant:")), "no_tenant"),
         (["not", "an", "object"], "not_json"),
         ("<html>502 Bad Gateway</html>", "not_json"),
     ],

@@ -22,14 +22,22 @@ OTHER_KEY = "o" * 48
 NOW = 1_800_000_000
 
 
+LINK_ID = "0123456789abcdef0123456789abcdef"
+
+
 def make_token(connection_id="acme-42", return_to=None, expires_at=NOW + 3600, key=KEY) -> str:
-    return sign_link_token(LinkClaims(connection_id, return_to, expires_at), key)
+    return sign_link_token(LinkClaims(connection_id, return_to, expires_at, LINK_ID), key)
 
 
 def test_round_trip_returns_the_signed_claims():
     token = make_token(return_to="https://app.example.com/done")
     claims = verify_link_token(token, [KEY], now=NOW)
-    assert claims == LinkClaims("acme-42", "https://app.example.com/done", NOW + 3600)
+    assert claims == LinkClaims("acme-42", "https://app.example.com/done", NOW + 3600, LINK_ID)
+
+
+def test_every_link_gets_its_own_random_id():
+    ids = {LinkClaims("acme-42", None, NOW).link_id for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 32 for i in ids)
 
 
 def test_previous_key_still_verifies_during_rotation():
@@ -72,7 +80,7 @@ def test_payload_swapped_from_another_link_is_refused():
 
 
 def test_short_signing_key_is_rejected_when_signing():
-    with pytest.raises(LinkError, match="at least"):
+    with pytest.raises(ValueError, match="at least"):
         make_token(key="short")
 
 

@@ -54,7 +54,7 @@ def test_loopback_http_is_allowed_for_local_use():
 def test_scope_and_allowlist_are_validated():
     with pytest.raises(SettingsError, match="INVOICED_SCOPE"):
         load_settings({**BASE, "INVOICED_SCOPE": "admin"})
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingsError, match="RETURN_URL_ALLOWLIST entry 'javascript:alert"):
         load_settings({**BASE, "RETURN_URL_ALLOWLIST": "https://ok.test,javascript:alert(1)"})
     settings = load_settings({**BASE, "RETURN_URL_ALLOWLIST": " https://a.test/x , https://b.test "})
     assert settings.return_url_allowlist == ("https://a.test/x", "https://b.test")

@@ -80,7 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
     create = link.add_parser("create", help="make a signed connect link for one of your customers")
     create.add_argument("connection_id", help="your id for the customer (letters, digits, . _ : @ -)")
     create.add_argument("--return-to", help="where to send the browser afterwards (must be allowlisted)")
-    create.add_argument("--ttl", type=parse_duration, default=timedelta(days=1), help="link lifetime (default 1d)")
+    create.add_argument(
+        "--ttl", type=parse_duration, default=timedelta(hours=1), help="link lifetime (default 1h, at most 30d)"
+    )
     return parser
 
 

@@ -30,13 +30,13 @@ from invoiced_connect.invoiced import (
     InvoicedClient,
     InvoicedError,
 )
-from invoiced_connect.links import LinkError, verify_link_token
+from invoiced_connect.links import LinkError, usable_key, verify_link_token
 from invoiced_connect.pages import HttpResult
 from invoiced_connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
 from invoiced_connect.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.secrets import SecretError
 from invoiced_connect.settings import Settings, SettingsError
-from invoiced_connect.store import FlowState, StateRejected, TokenStore
+from invoiced_connect.store import FlowState, LinkAlreadyUsed, StateRejected, TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ STATE_TTL_SECONDS = 600
 MAX_PARAM_LENGTH = 4096
 _COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
 CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
+COMPANY_LOOKUP_TIMEOUT = 3.0
+LINK_USED_MESSAGE = "This connect link has already been used. Ask the application for a new one."
+# RFC 6749 s4.1.2.1: logged by name; anything else a browser sends is "other".
+KNOWN_AUTHORIZE_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "unauthorized_client",
+        "access_denied",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
 
 Query = Mapping[str, Sequence[str]]
 
@@ -86,10 +100,10 @@ def _single(query: Query, name: str) -> str | None:
 
 
 def with_query(url: str, params: Mapping[str, str]) -> str:
-    """Append parameters to an (already validated) URL, keeping its own query."""
+    """Append parameters to an (already validated) URL, keeping its own query as written."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    query = "&".join(filter(None, (parts.query, urlencode(params))))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
 @dataclass
@@ -137,6 +151,9 @@ class ConnectFlow:
                 check_return_url(claims.return_to, self.settings.return_url_allowlist)
             except ReturnUrlError:
                 raise BadRequest(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
+        link_hash = fingerprint(claims.link_id)
+        if self.store.is_link_used(link_hash):
+            raise BadRequest(403, "Link already used", LINK_USED_MESSAGE, "link_used")
 
         state, binding, verifier = random_token(32), random_token(32), new_verifier()
         now = int(self.clock())
@@ -151,6 +168,8 @@ class ConnectFlow:
                 scope=self.settings.scope,
                 return_to=claims.return_to,
                 expires_at=now + STATE_TTL_SECONDS,
+                link_hash=link_hash,
+                link_expires_at=claims.expires_at,
             )
         )
         logger.info("connect started", extra={"connection_id": claims.connection_id})
@@ -227,46 +246,38 @@ class ConnectFlow:
         if not code:
             raise BadRequest(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
 
+        now = int(self.clock())
+        try:
+            self.store.claim_link(flow.link_hash, connection_id=flow.connection_id, expires_at=flow.link_expires_at, now=now)
+        except LinkAlreadyUsed:
+            raise BadRequest(400, "Link already used", LINK_USED_MESSAGE, "link_used") from None
         try:
             tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
-        except InvalidGrantError:
-            raise BadRequest(
-                400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
-                "Start again from your connect link.", "code_invalid"
-            ) from None
-        except InvalidTokenResponseError as exc:
-            return self._upstream_failure(reference, exc, "Invoiced's answer could not be used.")
-        except ClientAuthError as exc:
-            return self._upstream_failure(reference, exc, "The application's Invoiced credentials were not accepted.")
         except InvoicedError as exc:
-            return self._upstream_failure(reference, exc, "Invoiced did not answer in time. Start again from your connect link.")
+            self.store.release_link(flow.link_hash)  # nothing was connected: the link stays usable
+            return self._exchange_failure(exc, reference)
 
-        company_name: str | None = None
-        try:
-            company_name = client.current_company(tokens.access_token).name or None
-        except InvoicedError as exc:
-            # The tokens are good; a missing label must not lose them.
-            logger.warning("company lookup failed", extra={"reason": exc.reason, "connection_id": flow.connection_id})
-
+        # Store first: the code is spent, and these tokens exist nowhere else.
         ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
         connection = self.store.save_connection(
             connection_id=flow.connection_id,
             tokens=tokens,
             ciphertext=ciphertext,
-            company_name=company_name,
+            company_name=None,
             issuer=flow.issuer,
-            now=int(self.clock()),
+            now=now,
         )
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
         )
+        company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
         if flow.return_to:
             return pages.redirect(
                 with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
                 cookies=(CLEAR_COOKIE,),
             )
-        return pages.Outcome(200, "Connected", "", reference, company=connection.company_name, connected=True)
+        return pages.Outcome(200, "Connected", "", reference, company=company_name, connected=True)
 
     def _denied(
         self, flow: FlowState, error: str | None, description: str | None, reference: str
@@ -274,7 +285,8 @@ class ConnectFlow:
         # Invoiced's own deny redirect has only error_description; stock
         # servers send error=access_denied. Both mean the user said no.
         denied = error in (None, "access_denied")
-        logger.info("authorization not granted", extra={"connection_id": flow.connection_id, "error": error or "denied"})
+        logged_error = error if error in KNOWN_AUTHORIZE_ERRORS else ("denied" if error is None else "other")
+        logger.info("authorization not granted", extra={"connection_id": flow.connection_id, "error": logged_error})
         if flow.return_to:
             status = "denied" if denied else "error"
             return pages.redirect(
@@ -285,9 +297,31 @@ class ConnectFlow:
             return pages.Outcome(200, "Not connected", description or "The authorization was denied.", reference)
         return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
 
-    def _upstream_failure(self, reference: str, exc: InvoicedError, message: str) -> pages.Outcome:
+    def _exchange_failure(self, exc: InvoicedError, reference: str) -> pages.Outcome:
+        if isinstance(exc, InvalidGrantError):
+            raise BadRequest(
+                400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
+                "Start again from your connect link.", "code_invalid"
+            )
+        if isinstance(exc, InvalidTokenResponseError):
+            message = "Invoiced's answer could not be used."
+        elif isinstance(exc, ClientAuthError):
+            message = "The application's Invoiced credentials were not accepted."
+        else:
+            message = "Invoiced did not answer in time. Start again from your connect link."
         logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
         return pages.Outcome(502, "Could not connect", message, reference)
+
+    def _label(self, client: InvoicedClient, access_token: str, connection_id: str, version: int) -> str | None:
+        """Name the connection after its company; best effort, never at the tokens' expense."""
+        try:
+            name = client.current_company(access_token, timeout=COMPANY_LOOKUP_TIMEOUT).name
+        except InvoicedError as exc:
+            logger.warning("company lookup failed", extra={"reason": exc.reason, "connection_id": connection_id})
+            return None
+        if name and self.store.set_company_name(connection_id, name, version=version):
+            return name
+        return name or None
 
 
 # ---------------------------------------------------------------------- outcome cookie
@@ -346,9 +380,9 @@ def default_flow() -> ConnectFlow:
 
     def link_keys() -> list[str]:
         secret = secret_cache.get_json(settings.require("link_signing_secret_arn"))
-        keys = [key for key in (secret.get("current"), secret.get("previous")) if isinstance(key, str) and key]
-        if not keys:
-            raise SecretError("the link signing secret has no 'current' key")
+        keys = [secret.get("current"), *([secret["previous"]] if secret.get("previous") else [])]
+        if not all(usable_key(key) for key in keys):
+            raise SecretError("the link signing secret needs a 'current' (and optional 'previous') key of 32+ characters")
         return keys
 
     def client_secret(force: bool) -> str:

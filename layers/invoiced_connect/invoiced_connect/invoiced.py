@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,8 @@ MSG_MALFORMED = (
 MSG_PKCE = "Failed to verify `code_verifier`."
 MSG_UNSUPPORTED_GRANT = "The authorization grant type is not supported by the authorization server."
 MSG_BAD_SCOPE = "The requested scope is invalid, unknown, or malformed"
+
+_TENANT_SUBJECT = re.compile(r"tenant:[0-9]{1,20}")
 
 GRANT_CODE = "authorization_code"
 GRANT_REFRESH = "refresh_token"
@@ -161,7 +164,7 @@ def tenant_from_access_token(token: str) -> tuple[str, tuple[str, ...]]:
     """The company (``sub`` = ``tenant:<id>``) and scopes an access token is for."""
     claims = _jwt_claims(token)
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.startswith("tenant:") or not subject[7:].isdigit():
+    if not isinstance(subject, str) or not _TENANT_SUBJECT.fullmatch(subject):
         raise InvalidTokenResponseError(
             "the access token is not for a company (was a company scope requested?)",
             reason="no_tenant",
@@ -326,13 +329,13 @@ class InvoicedClient:
             raise RequestRejectedError(f"revoke answered {response.status_code}", status=response.status_code)
 
     # ---------------------------------------------------------------- REST API
-    def current_company(self, access_token: str) -> Company:
+    def current_company(self, access_token: str, *, timeout: float | None = None) -> Company:
         """``GET /companies/current``: the company the token is for."""
         try:
             response = self._session.get(
                 f"{self.api_url}/companies/current",
                 headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-                timeout=self._timeout,
+                timeout=self._timeout if timeout is None else (min(3.05, timeout), timeout),
             )
         except requests.RequestException as exc:
             raise TransientError("could not reach the Invoiced API", reason=type(exc).__name__) from None

@@ -5,6 +5,10 @@ the browser must not. So a connect link carries the connection id (and an
 optional return URL) in a payload signed with HMAC-SHA256 under a key kept in
 Secrets Manager, and ``GET /connect`` accepts nothing else.
 
+Each link carries a random id and can complete one connection: the callback
+records the id when it exchanges the code, so a forwarded or leaked link is
+worth nothing once used.
+
 Token format: ``v1.<base64url(JSON payload)>.<base64url(HMAC)>``. The signing
 secret holds ``{"current": key, "previous": key?}``: links are signed with
 ``current`` and verified with either, so the key can be rotated without
@@ -17,8 +21,9 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -26,7 +31,7 @@ from invoiced_connect.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.return_urls import ReturnUrlError, check_return_url
 
 VERSION = "v1"
-DEFAULT_TTL = timedelta(days=1)
+DEFAULT_TTL = timedelta(hours=1)
 MAX_TTL = timedelta(days=30)
 MAX_TOKEN_LENGTH = 4096
 MIN_KEY_LENGTH = 32
@@ -41,6 +46,7 @@ class LinkClaims:
     connection_id: str
     return_to: str | None
     expires_at: int
+    link_id: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
 def _b64encode(data: bytes) -> str:
@@ -55,14 +61,18 @@ def _mac(key: str, signed_part: str) -> bytes:
     return hmac.new(key.encode("utf-8"), signed_part.encode("ascii"), hashlib.sha256).digest()
 
 
+def usable_key(key: object) -> bool:
+    return isinstance(key, str) and len(key) >= MIN_KEY_LENGTH
+
+
 def _check_key(key: str) -> str:
-    if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
-        raise LinkError(f"the link signing key must be at least {MIN_KEY_LENGTH} characters")
+    if not usable_key(key):
+        raise ValueError(f"the link signing key must be at least {MIN_KEY_LENGTH} characters")
     return key
 
 
 def sign_link_token(claims: LinkClaims, key: str) -> str:
-    payload = {"cid": claims.connection_id, "exp": claims.expires_at}
+    payload = {"cid": claims.connection_id, "exp": claims.expires_at, "jti": claims.link_id}
     if claims.return_to:
         payload["rt"] = claims.return_to
     body = _b64encode(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
@@ -90,10 +100,13 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
             connection_id=validate_connection_id(payload["cid"]),
             return_to=payload.get("rt"),
             expires_at=int(payload["exp"]),
+            link_id=payload["jti"],
         )
     except (ValueError, KeyError, TypeError, InvalidConnectionId) as exc:
         raise LinkError("the connect link is malformed") from exc
     if claims.return_to is not None and not isinstance(claims.return_to, str):
+        raise LinkError("the connect link is malformed")
+    if not isinstance(claims.link_id, str) or not 16 <= len(claims.link_id) <= 64:
         raise LinkError("the connect link is malformed")
     if claims.expires_at <= (time.time() if now is None else now):
         raise LinkError("the connect link has expired")
@@ -133,7 +146,8 @@ def create_connect_link(
     letters, digits and ``. _ : @ -``); the tokens are stored under it.
     ``return_to``, if given, must match ``RETURN_URL_ALLOWLIST``; the browser
     is sent there after connecting, with ``connection_id`` and ``status``.
-    The link expires after ``ttl`` (default one day, at most 30 days).
+    The link expires after ``ttl`` (default one hour, at most 30 days) and
+    completes at most one connection.
 
     Needs the deployment's environment (``PUBLIC_BASE_URL``,
     ``LINK_SIGNING_SECRET_ARN``, ...) and permission to read the signing key.

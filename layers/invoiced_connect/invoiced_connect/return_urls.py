@@ -60,6 +60,10 @@ def _parse(url: str) -> _Parsed:
     except ValueError as exc:
         raise ReturnUrlError("return URL has an invalid port") from exc
     path = parts.path or "/"
+    if re.search(r"%(2e|2f|5c)", path, re.IGNORECASE):
+        # Browsers decode these before resolving "..": they could climb out
+        # of an allowlisted path prefix.
+        raise ReturnUrlError("return URL path must not percent-encode dots or slashes")
     if "//" in path or "/./" in path or "/../" in path or path.endswith(("/..", "/.")):
         raise ReturnUrlError("return URL path is not canonical")
     return _Parsed(parts.scheme, host, port, path)

@@ -115,10 +115,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         entry.strip() for entry in env.get("RETURN_URL_ALLOWLIST", "").split(",") if entry.strip()
     )
     # Imported here to keep the dependency one-way (return_urls needs no settings).
-    from invoiced_connect.return_urls import validate_allowlist_entry
+    from invoiced_connect.return_urls import ReturnUrlError, validate_allowlist_entry
 
     for entry in allowlist:
-        validate_allowlist_entry(entry)
+        try:
+            validate_allowlist_entry(entry)
+        except ReturnUrlError as exc:
+            raise SettingsError(f"RETURN_URL_ALLOWLIST entry {entry!r}: {exc}") from None
     try:
         timeout = float(env.get("HTTP_TIMEOUT_SECONDS", "") or 10)
     except ValueError as exc:

@@ -7,6 +7,8 @@ One table holds two kinds of item, told apart by the key prefix:
 * ``state#<sha256(state)>``: an OAuth flow in progress (single use, 10
   minutes, removed by TTL if never used). Only the hash of the state is
   stored, so the table never holds a usable state value.
+* ``link#<sha256(link id)>``: a connect link that has completed a connection
+  (kept until the link would have expired, then removed by TTL).
 
 Active connections also carry ``due_shard``/``refresh_at``, which put them in
 the sparse ``due-index`` used to find connections that need a refresh.
@@ -24,12 +26,17 @@ from invoiced_connect.models import Connection, ConnectionStatus, TokenSet
 
 CONNECTION_PREFIX = "conn#"
 STATE_PREFIX = "state#"
+LINK_PREFIX = "link#"
 DUE_INDEX = "due-index"
 DUE_SHARDS = 16
 
 
 class StateRejected(Exception):
     """The flow state is unknown, used, expired, or belongs to another browser."""
+
+
+class LinkAlreadyUsed(Exception):
+    """The connect link has already completed a connection."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class FlowState:
     scope: str
     return_to: str | None
     expires_at: int
+    link_hash: str
+    link_expires_at: int
 
 
 def due_shard(connection_id: str) -> int:
@@ -82,6 +91,8 @@ class TokenStore:
             "expires_at": _n(state.expires_at),
             # DynamoDB's TTL sweep is lazy; expires_at is what is enforced.
             "ttl": _n(state.expires_at),
+            "link_hash": _s(state.link_hash),
+            "link_expires_at": _n(state.link_expires_at),
         }
         if state.return_to:
             item["return_to"] = _s(state.return_to)
@@ -121,7 +132,40 @@ class TokenStore:
             scope=item["scope"]["S"],
             return_to=item.get("return_to", {}).get("S"),
             expires_at=int(item["expires_at"]["N"]),
+            link_hash=item["link_hash"]["S"],
+            link_expires_at=int(item["link_expires_at"]["N"]),
         )
+
+    # ---------------------------------------------------------------- used links
+    def is_link_used(self, link_hash: str) -> bool:
+        response = self._db.get_item(
+            TableName=self.table_name, Key={"pk": _s(LINK_PREFIX + link_hash)}, ConsistentRead=True
+        )
+        return "Item" in response
+
+    def claim_link(self, link_hash: str, *, connection_id: str, expires_at: int, now: int) -> None:
+        """Mark a link used, once; :class:`LinkAlreadyUsed` if it already was."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._db.put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": _s(LINK_PREFIX + link_hash),
+                    "connection_id": _s(connection_id),
+                    "used_at": _n(now),
+                    "ttl": _n(expires_at),
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise LinkAlreadyUsed("the connect link was already used") from None
+            raise
+
+    def release_link(self, link_hash: str) -> None:
+        """Give a link back after a connection attempt that failed."""
+        self._db.delete_item(TableName=self.table_name, Key={"pk": _s(LINK_PREFIX + link_hash)})
 
     # ---------------------------------------------------------------- connections
     def save_connection(
@@ -163,21 +207,39 @@ class TokenStore:
             "due_shard = :shard",
             "refresh_at = :exp",
         ]
+        removals = ["lease_owner", "lease_until", "failure_count", "next_attempt_at", "status_reason", "revoked_at"]
         if company_name is not None:
             assignments.append("company_name = :company")
             values[":company"] = _s(company_name)
+        else:
+            removals.append("company_name")  # a reconnect may be to another company
         response = self._db.update_item(
             TableName=self.table_name,
             Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
-            UpdateExpression=(
-                "SET " + ", ".join(assignments) + " ADD version :one"
-                " REMOVE lease_owner, lease_until, failure_count, next_attempt_at, status_reason, revoked_at"
-            ),
+            UpdateExpression="SET " + ", ".join(assignments) + " ADD version :one REMOVE " + ", ".join(removals),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
         return connection_from_item(response["Attributes"])
+
+    def set_company_name(self, connection_id: str, company_name: str, *, version: int) -> bool:
+        """Label a connection, unless a newer write has replaced it meanwhile."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
+                UpdateExpression="SET company_name = :company",
+                ConditionExpression="version = :version",
+                ExpressionAttributeValues={":company": _s(company_name), ":version": _n(version)},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def get_connection(self, connection_id: str, *, consistent: bool = True) -> tuple[Connection, bytes | None] | None:
         """The connection and its token ciphertext, or ``None`` if unknown."""

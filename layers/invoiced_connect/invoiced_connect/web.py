@@ -17,6 +17,8 @@ from aws_lambda_powertools.event_handler import Response
 
 from invoiced_connect import pages
 from invoiced_connect.flow import ConnectFlow, default_flow, parse_cookies, parse_query
+from invoiced_connect.secrets import SecretError
+from invoiced_connect.settings import SettingsError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -63,6 +65,15 @@ def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
     @app.not_found
     def _not_found(exc: Exception) -> Response:
         return to_response(pages.error_page(404, "Not found", "There is nothing here.", reference(app)))
+
+    @app.exception_handler([SettingsError, SecretError])
+    def _not_configured(exc: Exception) -> Response:
+        ref = reference(app)
+        # These messages name the variable or secret at fault, never a value.
+        logger.error("not configured", extra={"error": str(exc), "reference": ref})
+        return to_response(
+            pages.error_page(503, "Not available", "This connection service is not configured yet.", ref)
+        )
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
