@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+import local.template as template_module
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -60,32 +61,9 @@ SENSITIVE_LOG_VARIABLE = re.compile(r"query|body|header|cookie|authori[sz]|overr
 
 
 # ------------------------------------------------------------------ loading
-class CfnLoader(yaml.SafeLoader):
-    """A SafeLoader that reads CloudFormation short forms as their long forms."""
-
-
-def _short_form(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "Condition":
-        return {"Condition": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _short_form)
-
-
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        return yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    # The local stack's loader: the same reading of short forms everywhere.
+    return template_module.load_template(path)
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def classify_token_error(response: requests.Response, grant_type: str) -> Invoic
         return InvalidGrantError("the refresh token is invalid", status=status, reason="refresh_token_invalid")
     if grant_type == GRANT_CODE and message in (MSG_MALFORMED, MSG_PKCE):
         # For a code exchange these mean: expired, reused or foreign code,
-        # or a verifier that does not match. Either way the code is spent.
+        # or a verifier that does not match: this flow cannot use the code again.
         return InvalidGrantError("the authorization code is invalid", status=status, reason="code_invalid")
     if body.get("type") in ("rate_limit_error", "api_error"):
         return TransientError("Invoiced is busy", status=status, reason=str(body["type"]))
