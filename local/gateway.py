@@ -411,6 +411,8 @@ class Gateway:
         self.access_log = access_log
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Local-only pages outside the API (path -> handler of the raw query).
+        self.extra_pages: dict[str, Callable[[str], HttpResponse]] = {}
         self.mount(routes, functions or {})
 
     def mount(self, routes: Iterable[RouteSpec], functions: Mapping[str, LocalFunction]) -> None:
@@ -470,7 +472,10 @@ class Gateway:
         host = next((value for name, value in headers if name.lower() == "host"), self.host)
         rid = new_request_id()
         found = self.router.match(method, path)
-        if found is None:
+        if found is None and method == "GET" and path in self.extra_pages:
+            response = self.extra_pages[path](parts.query)
+            target_name = "local page"
+        elif found is None:
             response = NOT_FOUND
             target_name = "no route"
         else:

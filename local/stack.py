@@ -21,13 +21,14 @@ The package's per-process caches are reset on both changes. So one stack per
 process at a time.
 
     python -m local.stack [--connection-id ID] [--return-to URL] [--gateway-port N] ...
-    python -m local.stack link CONNECTION_ID [--return-to URL]   # another link, from a second shell
+    invoiced-connect --env-file .local/stack.env link create ID   # another link, from a second shell
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
 import os
 import re
@@ -40,10 +41,10 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from local.aws import MotoServer, Provisioned, aws_environment, boto_client, port_is_free, provision
-from local.gateway import Gateway, LocalFunction, api_logical_id, local_functions
+from local.gateway import Gateway, HttpResponse, LocalFunction, api_logical_id, local_functions
 from local.template import (
     DEFAULT_STACK_NAME,
     REGION,
@@ -147,6 +148,24 @@ def secret_behind(template: Mapping[str, Any], variable: str) -> str:
     if len(found) != 1:
         raise TemplateError(f"expected {variable} to be a !Ref to one secret of the template, found {sorted(found)}")
     return found.pop()
+
+
+DEMO_RETURN_PATH = "/done"
+
+
+def demo_return_page(raw_query: str) -> HttpResponse:
+    """What an app's return page would get: ``connection_id`` and ``status``."""
+    query = dict(parse_qsl(raw_query))
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td><code>{html.escape(query.get(name, '-'))}</code></td></tr>"
+        for name in ("connection_id", "status")
+    )
+    body = (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Back in your app</title></head>"
+        "<body><h1>Back in your app</h1><p>This local page stands in for the return URL of the "
+        f"integrating application, which receives:</p><table>{rows}</table></body></html>"
+    )
+    return 200, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")], body.encode()
 
 
 def shared_environment(functions: Mapping[str, LocalFunction]) -> dict[str, str]:
@@ -265,7 +284,7 @@ class LocalStack:
         self.callback_url = f"{self.gateway_url}/callback"
 
         base_url, api_url = self._start_invoiced()
-        allowlist = self._allowlist if self._allowlist is not None else (f"{self.gateway_url}/done",)
+        allowlist = self._allowlist if self._allowlist is not None else (f"{self.gateway_url}{DEMO_RETURN_PATH}",)
         resolver = Resolver(
             template,
             {"InvoicedClientId": self.client_id, "PublicBaseUrl": self.gateway_url,
@@ -307,6 +326,7 @@ class LocalStack:
         api_id = api_logical_id(template)
         gateway.api_id = resolver.ref(api_id) if api_id else "local"
         gateway.mount(http_routes(template, resolver), self.functions)
+        gateway.extra_pages[DEMO_RETURN_PATH] = demo_return_page
         gateway.start()
         self._cleanup.callback(gateway.stop)  # first thing on stop: no request sees a half-restored process
         if self._env_file is not None:
@@ -389,11 +409,26 @@ _PORT_ENV = {"gateway": "LOCAL_GATEWAY_PORT", "moto": "LOCAL_MOTO_PORT",
              "invoiced_app": "LOCAL_INVOICED_PORT", "invoiced_api": "LOCAL_INVOICED_API_PORT"}
 
 
-def _python() -> str:
-    executable = Path(sys.executable)
+def _cli() -> str:
+    """The invoiced-connect command beside this interpreter, as the user can type it."""
+    executable = Path(sys.executable).parent / "invoiced-connect"
     with contextlib.suppress(ValueError):
         return str(executable.relative_to(Path.cwd()))
-    return "python"
+    return str(executable)
+
+
+def running_stack_url(env_file: Path) -> str | None:
+    """The gateway URL of a local stack that still serves from ``env_file``, if any."""
+    try:
+        from invoiced_connect.cli import read_env_file
+
+        url = read_env_file(str(env_file)).get("PUBLIC_BASE_URL", "")
+    except (OSError, ValueError):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port or port_is_free(parts.hostname, parts.port):
+        return None
+    return url
 
 
 def _port(text: str) -> int:
@@ -409,7 +444,7 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Run invoiced-connect on loopback (moto, local Invoiced, the functions behind a local "
         "API Gateway) and print a connect link. Set INVOICED_BASE_URL, INVOICED_API_URL, INVOICED_CLIENT_ID "
         "and INVOICED_CLIENT_SECRET to use a real Invoiced instead of the local one.",
-        epilog="Another link while it runs: python -m local.stack link CONNECTION_ID [--return-to URL]",
+        epilog="Another link while it runs: invoiced-connect --env-file .local/stack.env link create CONNECTION_ID",
     )
     parser.add_argument("--connection-id", default="demo-customer", help="for the printed link (default: %(default)s)")
     parser.add_argument("--return-to", help="send the browser here after connecting (added to the allowlist)")
@@ -422,10 +457,12 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _choose_port(name: str, given: int | None, env: Mapping[str, str]) -> int:
+def _choose_port(name: str, given: int | None, env: Mapping[str, str], *, strict: bool = False) -> int:
     if given is None:
         given = _port(env[_PORT_ENV[name]]) if env.get(_PORT_ENV[name]) else DEFAULT_PORTS[name]
     if given and not port_is_free(LOOPBACK, given):
+        if strict:
+            raise ValueError(f"port {given} ({name.replace('_', ' ')}) is taken; free it or choose another")
         print(f"Port {given} ({name.replace('_', ' ')}) is taken; using a free one.")
         return 0
     return given
@@ -438,13 +475,24 @@ def _allowlist_entry(url: str) -> str:
 
 def run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(argv)
+    other = running_stack_url(DEFAULT_ENV_FILE)
+    if other:
+        print(f"Another local stack is running at {other} (its settings are in "
+              f"{os.path.relpath(DEFAULT_ENV_FILE)}); stop it first.", file=sys.stderr)
+        return 1
     try:
         upstream = upstream_from_env(os.environ)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     needed = [name for name in DEFAULT_PORTS if not (upstream and name.startswith("invoiced"))]
-    ports = {name: _choose_port(name, getattr(args, f"{name}_port"), os.environ) for name in needed}
+    try:
+        # With a real Invoiced the callback URL is registered there: it must not move.
+        ports = {name: _choose_port(name, getattr(args, f"{name}_port"), os.environ,
+                                    strict=upstream is not None and name == "gateway") for name in needed}
+    except ValueError as exc:
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 2
 
     import logging
 
@@ -515,51 +563,15 @@ def _print_banner(stack: LocalStack, connection_id: str, link: str, upstream: In
         f"  AWS (moto)       {stack.moto_url}  table {stack.table_name}",
         f"  Environment      {relative_env}",
         "",
-        "  Another link:    " + f"{_python()} -m local.stack link CONNECTION_ID [--return-to URL]",
+        f"  Another link:    {_cli()} --env-file {relative_env} link create CONNECTION_ID [--return-to URL]",
+        f"  Return page      {stack.gateway_url}{DEMO_RETURN_PATH}  (stands in for your app's page; allowlisted)",
         "",
     ]
     print("\n".join(lines), flush=True)
 
 
-def link(argv: Sequence[str]) -> int:
-    """Make a link with the running stack's configuration (read from its env file)."""
-    parser = argparse.ArgumentParser(prog="python -m local.stack link",
-                                     description="Make a connect link for the running local stack.")
-    parser.add_argument("connection_id")
-    parser.add_argument("--return-to", help="must match the stack's return URL allowlist")
-    parser.add_argument("--ttl-hours", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    try:
-        lines = DEFAULT_ENV_FILE.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        print(f"No local stack is running ({os.path.relpath(DEFAULT_ENV_FILE)} is missing); start it with `make run`.",
-              file=sys.stderr)
-        return 1
-    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#") and "=" in line)
-    patch = _EnvironmentPatch()
-    patch.apply(env)
-    reset_package_caches()
-    try:
-        from invoiced_connect.links import create_connect_link
-
-        print(create_connect_link(args.connection_id, args.return_to, timedelta(hours=args.ttl_hours)))
-    except ValueError as exc:
-        print(f"Cannot make that link: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - e.g. the stack stopped without removing its file
-        print(f"Could not reach the local stack at {env.get('AWS_ENDPOINT_URL')}: {type(exc).__name__}",
-              file=sys.stderr)
-        return 1
-    finally:
-        patch.restore()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["link"]:
-        return link(argv[1:])
-    return run(argv)
+    return run(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

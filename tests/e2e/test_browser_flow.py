@@ -84,5 +84,5 @@ def test_denying_lands_on_a_not_connected_page_and_stores_nothing(e2e_stack, pag
     page.wait_for_url(e2e_stack.callback_url)
 
     assert page.locator("h1").inner_text() == "Not connected"
-    assert "denied" in page.locator("main").inner_text()
+    assert "You declined access" in page.locator("main").inner_text()
     assert TokenStore(e2e_stack.table_name).get_connection("browser-deny") is None

@@ -156,7 +156,7 @@ def test_invoiced_style_deny_shows_a_page_and_exchanges_nothing(stack, invoiced)
     response = callback(location, flow.cookie)
     assert_safe_page(response, 200)
     assert "Not connected" in response.text
-    assert "denied the request" in response.text
+    assert "You declined access" in response.text
     assert invoiced.token_request_count() == before
     assert stored(stack, "acme-deny") is None
     assert table_items(stack, f"state#{fingerprint(flow.state)}") == []

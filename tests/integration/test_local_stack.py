@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from local.gateway import api_event, gateway_for_template, load_handler
 from local.stack import _EnvironmentPatch, main, upstream_from_env
@@ -572,10 +573,51 @@ def test_upstream_is_all_four_variables_or_none():
         upstream_from_env(partial)
 
 
-def test_command_refuses_a_partial_upstream_before_starting_anything(monkeypatch, capsys):
+def test_command_refuses_a_partial_upstream_before_starting_anything(monkeypatch, capsys, tmp_path):
+    import local.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "DEFAULT_ENV_FILE", tmp_path / "stack.env")  # not a developer's running stack
     for name in UPSTREAM:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INVOICED_CLIENT_ID", "abc")
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "missing: INVOICED_BASE_URL, INVOICED_API_URL, INVOICED_CLIENT_SECRET" in err
+
+
+def test_command_with_a_real_invoiced_will_not_move_the_registered_callback_port(monkeypatch, capsys, tmp_path):
+    import socket
+
+    import local.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "DEFAULT_ENV_FILE", tmp_path / "stack.env")
+    for name, value in UPSTREAM.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--gateway-port", str(port)]) == 2
+    assert f"port {port} (gateway) is taken" in capsys.readouterr().err
+
+
+def test_a_second_stack_refuses_to_start_while_the_first_serves(stack, monkeypatch, capsys, tmp_path):
+    import local.stack as stack_module
+
+    env_file = tmp_path / "stack.env"
+    env_file.write_text(f"PUBLIC_BASE_URL={stack.gateway_url}\n")
+    monkeypatch.setattr(stack_module, "DEFAULT_ENV_FILE", env_file)
+    assert stack_module.running_stack_url(env_file) == stack.gateway_url
+    assert main([]) == 1
+    assert f"Another local stack is running at {stack.gateway_url}" in capsys.readouterr().err
+
+    env_file.write_text("PUBLIC_BASE_URL=http://127.0.0.1:1\n")  # a stale file: nobody serves there
+    assert stack_module.running_stack_url(env_file) is None
+
+
+def test_demo_return_page_shows_what_the_app_receives_escaped(stack):
+    response = requests.get(f"{stack.gateway_url}/done?connection_id=%3Cb%3Eacme&status=connected", timeout=10)
+    assert response.status_code == 200
+    assert "<b>acme" not in response.text and "&lt;b&gt;acme" in response.text
+    assert "<code>connected</code>" in response.text
+    assert requests.post(f"{stack.gateway_url}/done", timeout=10).status_code == 404

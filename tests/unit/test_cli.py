@@ -38,8 +38,17 @@ def test_missing_configuration_is_one_clear_line(monkeypatch, capsys, tmp_path):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     assert cli.main(["link", "create", "acme-1"]) == 2
-    assert capsys.readouterr().err.strip() == "invoiced-connect: TABLE_NAME is not set"
+    assert capsys.readouterr().err.strip() == (
+        "invoiced-connect: TABLE_NAME is not set "
+        "(use --env-file .local/stack.env for the local stack, or --stack NAME for a deployed one)"
+    )
     get_settings.cache_clear()
+
+
+def test_env_file_and_stack_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--env-file", "a.env", "--stack", "s", "link", "create", "acme-1"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_missing_env_file_is_reported(capsys, tmp_path):

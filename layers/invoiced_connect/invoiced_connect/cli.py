@@ -66,13 +66,14 @@ def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invoiced-connect", description="Operate an invoiced-connect deployment.")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--env-file",
         help="read configuration from this KEY=VALUE file (make run writes .local/stack.env)",
     )
-    parser.add_argument(
+    source.add_argument(
         "--stack",
-        help="read configuration from this deployed CloudFormation stack (uses your AWS credentials)",
+        help="read configuration from this deployed CloudFormation stack (uses your AWS credentials and region)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -84,6 +85,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--ttl", type=parse_duration, default=timedelta(hours=1), help="link lifetime (default 1h, at most 30d)"
     )
     return parser
+
+
+def _hint(exc: Exception, args: argparse.Namespace) -> str:
+    from botocore.exceptions import NoRegionError
+
+    from invoiced_connect.settings import SettingsError
+
+    if isinstance(exc, SettingsError) and not (args.env_file or args.stack):
+        return " (use --env-file .local/stack.env for the local stack, or --stack NAME for a deployed one)"
+    if isinstance(exc, NoRegionError):
+        return " (set AWS_REGION or configure a default region for your AWS profile)"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError) as exc:
         # ValueError: bad input; OSError: env file; RuntimeError: settings or
         # secrets; botocore: credentials, region, unknown stack.
-        print(f"invoiced-connect: {exc}", file=sys.stderr)
+        print(f"invoiced-connect: {exc}{_hint(exc, args)}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse rejects unknown commands
 

@@ -46,6 +46,10 @@ MAX_PARAM_LENGTH = 4096
 _COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
 CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
 COMPANY_LOOKUP_TIMEOUT = 3.0
+DENIED_MESSAGE = (
+    "You declined access to your Invoiced account, so nothing was connected. "
+    "To connect after all, open a new connect link from the application."
+)
 LINK_USED_MESSAGE = "This connect link has already been used. Ask the application for a new one."
 # RFC 6749 s4.1.2.1: logged by name; anything else a browser sends is "other".
 KNOWN_AUTHORIZE_ERRORS = frozenset(
@@ -294,7 +298,9 @@ class ConnectFlow:
                 cookies=(CLEAR_COOKIE,),
             )
         if denied:
-            return pages.Outcome(200, "Not connected", description or "The authorization was denied.", reference)
+            # Invoiced's own wording ("The resource owner or authorization
+            # server denied the request.") is not for people.
+            return pages.Outcome(200, "Not connected", DENIED_MESSAGE, reference)
         return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
 
     def _exchange_failure(self, exc: InvoicedError, reference: str) -> pages.Outcome:

@@ -89,4 +89,5 @@ def check_return_url(url: str, allowlist: tuple[str, ...] | list[str]) -> str:
         prefix = allowed.path.rstrip("/")
         if not prefix or candidate.path == prefix or candidate.path.startswith(prefix + "/"):
             return url
-    raise ReturnUrlError("return URL is not in the allowlist")
+    allowed = ", ".join(allowlist) if allowlist else "nothing (RETURN_URL_ALLOWLIST is empty)"
+    raise ReturnUrlError(f"return URL is not in the allowlist; allowed: {allowed}")
