@@ -91,6 +91,10 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
         given = _b64decode(signature)
     except ValueError as exc:
         raise LinkError("the connect link is malformed") from exc
+    if _b64encode(given) != signature:
+        # Only the canonical spelling: base64 decoding skips stray characters
+        # and spare bits, which would make one signature readable many ways.
+        raise LinkError("the connect link is malformed")
     signed_part = f"{version}.{body}"
     if not any(hmac.compare_digest(_mac(_check_key(key), signed_part), given) for key in keys if key):
         raise LinkError("the connect link's signature is not valid")
