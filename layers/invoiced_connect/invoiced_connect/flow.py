@@ -6,14 +6,18 @@ of a value kept in a ``__Host-`` cookie) and sends the browser to Invoiced.
 
 ``/callback`` consumes that state in one conditional delete which also checks
 the cookie and the expiry, so a replayed, foreign or double-submitted
-callback never reaches the token endpoint. The code is exchanged exactly
-once; the tokens are encrypted and stored; the browser sees a page or is sent
-to the allowlisted return URL. Every failure is a plain page with a reference.
+callback never reaches the token endpoint. The link is claimed (one
+connection per link), the code is exchanged exactly once, and the tokens are
+encrypted and stored before anything else. The browser is then sent to the
+allowlisted return URL, or to the bare ``/callback``, which shows the outcome
+without the code and state in the address bar. Every failure is a plain page
+with a reference.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import time
@@ -119,7 +123,9 @@ class ConnectFlow:
     client_secret: Callable[[bool], str]
     clock: Callable[[], float] = time.time
 
-    def _client(self) -> InvoicedClient:
+    @functools.cached_property
+    def _invoiced(self) -> InvoicedClient:
+        """One client (and HTTP connection pool) per execution environment."""
         return InvoicedClient(
             base_url=self.settings.invoiced_base_url,
             api_url=self.settings.invoiced_api_url,
@@ -142,7 +148,7 @@ class ConnectFlow:
             )
 
     def _start(self, query: Query) -> HttpResult:
-        client = self._client()  # fails early, before any write, if unconfigured
+        client = self._invoiced  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
             raise BadRequest(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
@@ -229,7 +235,7 @@ class ConnectFlow:
                 "Open the connect link again in this browser.",
                 "no_cookie",
             )
-        client = self._client()
+        client = self._invoiced
         if code:
             self.client_secret(False)  # unconfigured? fail before spending the state
         try:
