@@ -16,7 +16,6 @@ with a reference.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
@@ -25,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from invoiced_connect import pages
+from invoiced_connect import b64url, pages
 from invoiced_connect.crypto import TokenCipher
 from invoiced_connect.invoiced import (
     ClientAuthError,
@@ -360,8 +359,8 @@ def outcome_cookie(outcome: pages.Outcome) -> str:
         "c": _clip(outcome.company, 200),
         "ok": outcome.connected,
     }
-    value = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode("utf-8")).decode("ascii")
-    return f"{RESULT_COOKIE_NAME}={value.rstrip('=')}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
+    value = b64url.encode(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
+    return f"{RESULT_COOKIE_NAME}={value}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
 
 
 def decode_outcome(value: str) -> pages.Outcome | None:
@@ -369,7 +368,7 @@ def decode_outcome(value: str) -> pages.Outcome | None:
     if not value or len(value) > 3000:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        payload = json.loads(b64url.decode(value))
         outcome = pages.Outcome(
             status=int(payload["s"]),
             title=str(payload["t"]),

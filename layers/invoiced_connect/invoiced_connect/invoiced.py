@@ -25,7 +25,6 @@ both are understood. See ``shared/reference/invoiced-provider.md``.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -36,6 +35,7 @@ from urllib.parse import urlencode
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from invoiced_connect import b64url
 from invoiced_connect.models import Company, TokenSet
 
 # Invoiced's wrapper reports every token-endpoint failure as a 400 with one of
@@ -152,7 +152,7 @@ def _jwt_claims(token: str) -> dict[str, Any]:
     if len(parts) != 3:
         raise InvalidTokenResponseError("access token is not a JWT", reason="not_jwt")
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        claims = json.loads(b64url.decode(parts[1]))
     except ValueError as exc:
         raise InvalidTokenResponseError("access token claims are unreadable", reason="not_jwt") from exc
     if not isinstance(claims, dict):

@@ -17,7 +17,6 @@ breaking links already handed out.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlencode
 
+from invoiced_connect import b64url
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.return_urls import ReturnUrlError, check_return_url
 
@@ -49,14 +49,6 @@ class LinkClaims:
     link_id: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _mac(key: str, signed_part: str) -> bytes:
     return hmac.new(key.encode("utf-8"), signed_part.encode("ascii"), hashlib.sha256).digest()
 
@@ -75,9 +67,9 @@ def sign_link_token(claims: LinkClaims, key: str) -> str:
     payload = {"cid": claims.connection_id, "exp": claims.expires_at, "jti": claims.link_id}
     if claims.return_to:
         payload["rt"] = claims.return_to
-    body = _b64encode(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+    body = b64url.encode(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
     signed_part = f"{VERSION}.{body}"
-    return f"{signed_part}.{_b64encode(_mac(_check_key(key), signed_part))}"
+    return f"{signed_part}.{b64url.encode(_mac(_check_key(key), signed_part))}"
 
 
 def verify_link_token(token: str, keys: list[str], *, now: float | None = None) -> LinkClaims:
@@ -88,10 +80,10 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
     if version != VERSION:
         raise LinkError("the connect link is malformed")
     try:
-        given = _b64decode(signature)
+        given = b64url.decode(signature)
     except ValueError as exc:
         raise LinkError("the connect link is malformed") from exc
-    if _b64encode(given) != signature:
+    if b64url.encode(given) != signature:
         # Only the canonical spelling: base64 decoding skips stray characters
         # and spare bits, which would make one signature readable many ways.
         raise LinkError("the connect link is malformed")
@@ -99,7 +91,7 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
     if not any(hmac.compare_digest(_mac(_check_key(key), signed_part), given) for key in keys if key):
         raise LinkError("the connect link's signature is not valid")
     try:
-        payload = json.loads(_b64decode(body))
+        payload = json.loads(b64url.decode(body))
         claims = LinkClaims(
             connection_id=validate_connection_id(payload["cid"]),
             return_to=payload.get("rt"),

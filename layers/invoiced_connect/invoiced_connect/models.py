@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -47,9 +46,6 @@ class TokenSet:
     expires_at: int
     tenant_id: str
     scopes: tuple[str, ...] = ()
-
-    def expires_within(self, seconds: float, now: float | None = None) -> bool:
-        return self.expires_at - (time.time() if now is None else now) <= seconds
 
 
 @dataclass(frozen=True)

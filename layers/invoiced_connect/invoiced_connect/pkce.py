@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
+
+from invoiced_connect import b64url
 
 
 def random_token(num_bytes: int = 32) -> str:
     """A URL-safe random string carrying ``num_bytes`` * 8 bits of entropy."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(num_bytes)).rstrip(b"=").decode("ascii")
+    return b64url.encode(secrets.token_bytes(num_bytes))
 
 
 def new_verifier() -> str:
@@ -18,8 +19,7 @@ def new_verifier() -> str:
 
 
 def s256_challenge(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url.encode(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 def fingerprint(value: str) -> str:

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from invoiced_connect import aws
 from invoiced_connect.models import Connection, ConnectionStatus, TokenSet
 
 CONNECTION_PREFIX = "conn#"
 STATE_PREFIX = "state#"
 LINK_PREFIX = "link#"
-DUE_INDEX = "due-index"
 DUE_SHARDS = 16
 
 
@@ -54,6 +55,10 @@ class FlowState:
     expires_at: int
     link_hash: str
     link_expires_at: int
+
+
+def _condition_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
 def due_shard(connection_id: str) -> int:
@@ -107,8 +112,6 @@ class TokenStore:
         state: one wins) and leaves the row untouched when the browser is
         not the one that started the flow or the state has expired.
         """
-        from botocore.exceptions import ClientError
-
         try:
             response = self._db.delete_item(
                 TableName=self.table_name,
@@ -118,7 +121,7 @@ class TokenStore:
                 ReturnValues="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if _condition_failed(exc):
                 raise StateRejected("state is unknown, used, expired or from another browser") from None
             raise
         item = response.get("Attributes") or {}
@@ -145,8 +148,6 @@ class TokenStore:
 
     def claim_link(self, link_hash: str, *, connection_id: str, expires_at: int, now: int) -> None:
         """Mark a link used, once; :class:`LinkAlreadyUsed` if it already was."""
-        from botocore.exceptions import ClientError
-
         try:
             self._db.put_item(
                 TableName=self.table_name,
@@ -159,7 +160,7 @@ class TokenStore:
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if _condition_failed(exc):
                 raise LinkAlreadyUsed("the connect link was already used") from None
             raise
 
@@ -225,8 +226,6 @@ class TokenStore:
 
     def set_company_name(self, connection_id: str, company_name: str, *, version: int) -> bool:
         """Label a connection, unless a newer write has replaced it meanwhile."""
-        from botocore.exceptions import ClientError
-
         try:
             self._db.update_item(
                 TableName=self.table_name,
@@ -236,7 +235,7 @@ class TokenStore:
                 ExpressionAttributeValues={":company": _s(company_name), ":version": _n(version)},
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if _condition_failed(exc):
                 return False
             raise
         return True
