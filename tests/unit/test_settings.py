@@ -23,11 +23,29 @@ def test_defaults_point_at_production_invoiced():
     assert settings.issuer == "https://invoiced.com"
 
 
-@pytest.mark.parametrize("name", ["TABLE_NAME", "KMS_KEY_ID", "PUBLIC_BASE_URL"])
+@pytest.mark.parametrize("name", ["TABLE_NAME", "KMS_KEY_ID"])
 def test_missing_required_variable_is_named(name):
     env = {k: v for k, v in BASE.items() if k != name}
     with pytest.raises(SettingsError, match=name):
         load_settings(env)
+
+
+def test_public_base_url_is_needed_only_by_the_connect_flow():
+    settings = load_settings({k: v for k, v in BASE.items() if k != "PUBLIC_BASE_URL"})
+    assert settings.table_name  # readers and the refresher load fine
+    with pytest.raises(SettingsError, match="PUBLIC_BASE_URL"):
+        _ = settings.redirect_uri
+
+
+def test_lifecycle_settings_have_defaults_and_bounds():
+    settings = load_settings(BASE)
+    assert (settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds) == (
+        900, 30 * 86400, 24 * 3600)
+    custom = load_settings({**BASE, "REFRESH_WINDOW_MINUTES": "20", "KEEPALIVE_DAYS": "7", "ACTIVE_USE_HOURS": "0"})
+    assert (custom.refresh_window_seconds, custom.keepalive_seconds, custom.active_use_seconds) == (1200, 604800, 0)
+    for name, value in [("KEEPALIVE_DAYS", "366"), ("REFRESH_WINDOW_MINUTES", "2"), ("ACTIVE_USE_HOURS", "x")]:
+        with pytest.raises(SettingsError, match=name):
+            load_settings({**BASE, name: value})
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ with a reference.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from invoiced_connect import b64url, pages
+from invoiced_connect import events as lifecycle
 from invoiced_connect.crypto import TokenCipher
+from invoiced_connect.events import EventPublisher
 from invoiced_connect.invoiced import (
     ClientAuthError,
     InvalidGrantError,
@@ -36,6 +39,7 @@ from invoiced_connect.invoiced import (
 from invoiced_connect.links import LinkError, usable_key, verify_link_token
 from invoiced_connect.pages import HttpResult
 from invoiced_connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
+from invoiced_connect.refresh import RefreshPolicy
 from invoiced_connect.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.secrets import SecretError
 from invoiced_connect.settings import Settings, SettingsError
@@ -121,6 +125,11 @@ class ConnectFlow:
     link_keys: Callable[[], list[str]]
     client_secret: Callable[[bool], str]
     clock: Callable[[], float] = time.time
+    events: EventPublisher | None = None
+
+    @functools.cached_property
+    def _policy(self) -> RefreshPolicy:
+        return RefreshPolicy.from_settings(self.settings)
 
     @functools.cached_property
     def _invoiced(self) -> InvoicedClient:
@@ -268,6 +277,8 @@ class ConnectFlow:
 
         # Store first: the code is spent, and these tokens exist nowhere else.
         ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
+        # Just connected: the app is about to use it, so keep it fresh for a while.
+        active_until = now + self._policy.active_use_seconds
         connection = self.store.save_connection(
             connection_id=flow.connection_id,
             tokens=tokens,
@@ -275,12 +286,17 @@ class ConnectFlow:
             company_name=None,
             issuer=flow.issuer,
             now=now,
+            refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until),
+            active_until=active_until,
         )
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
         )
         company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
+        if self.events is not None:
+            kind = lifecycle.CONNECTION_CREATED if connection.version == 1 else lifecycle.CONNECTION_RECONNECTED
+            self.events.publish(kind, dataclasses.replace(connection, company_name=company_name))
         if flow.return_to:
             return pages.redirect(
                 with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
@@ -405,4 +421,5 @@ def default_flow() -> ConnectFlow:
         cipher=TokenCipher(settings.kms_key_id),
         link_keys=link_keys,
         client_secret=client_secret,
+        events=EventPublisher(settings.event_bus_name),
     )

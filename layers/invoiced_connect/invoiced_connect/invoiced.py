@@ -29,7 +29,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import requests
@@ -37,6 +37,9 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from invoiced_connect import b64url
 from invoiced_connect.models import Company, TokenSet
+
+if TYPE_CHECKING:
+    from invoiced_connect.settings import Settings
 
 # Invoiced's wrapper reports every token-endpoint failure as a 400 with one of
 # these fixed texts and no error code, so the text is the only signal.
@@ -345,3 +348,22 @@ class InvoicedClient:
             raise error(f"companies/current answered {response.status_code}", status=response.status_code)
         name = body.get("name")
         return Company(id=str(body.get("id", "")), name=name if isinstance(name, str) else "")
+
+
+def client_from_settings(settings: Settings) -> InvoicedClient:
+    """The client for this deployment: its Invoiced hosts, client id, and the
+    client secret read from Secrets Manager (cached; re-read when rejected)."""
+    from invoiced_connect.secrets import secret_cache
+
+    secret_arn = settings.require("client_secret_arn")
+
+    def client_secret(force: bool) -> str:
+        return secret_cache.get_field(secret_arn, "client_secret", force=force)
+
+    return InvoicedClient(
+        base_url=settings.invoiced_base_url,
+        api_url=settings.invoiced_api_url,
+        client_id=settings.require_client_id(),
+        client_secret=client_secret,
+        timeout=settings.http_timeout,
+    )

@@ -68,3 +68,19 @@ class Connection:
     version: int
     created_at: int
     updated_at: int
+    refreshed_at: int = 0
+    #: When the scheduler should refresh it next (absent unless active).
+    refresh_at: int | None = None
+    #: Until when the access token is kept fresh ahead of expiry (recent use).
+    active_until: int = 0
+    lease_owner: str | None = None
+    lease_until: int = 0
+    failure_count: int = 0
+    next_attempt_at: int = 0
+    last_error: str | None = None
+    #: Set when a refresh was sent and its answer lost (the tokens may be dead).
+    outcome_unknown_at: int = 0
+    status_reason: str | None = None
+
+    def leased_by_other(self, owner: str | None, now: float) -> bool:
+        return self.lease_until > now and self.lease_owner != owner

@@ -37,6 +37,12 @@ class Settings:
     link_signing_secret_arn: str | None
     client_secret_arn: str | None
     http_timeout: float
+    event_bus_name: str | None = None
+    connections_function_name: str | None = None
+    refresh_queue_url: str | None = None
+    refresh_window_seconds: int = 15 * 60
+    keepalive_seconds: int = 30 * 86400
+    active_use_seconds: int = 24 * 3600
 
     @property
     def issuer(self) -> str:
@@ -45,11 +51,11 @@ class Settings:
 
     @property
     def connect_url(self) -> str:
-        return f"{self.public_base_url}/connect"
+        return f"{self.require('public_base_url')}/connect"
 
     @property
     def redirect_uri(self) -> str:
-        return f"{self.public_base_url}/callback"
+        return f"{self.require('public_base_url')}/callback"
 
     def require_client_id(self) -> str:
         if not self.client_id:
@@ -68,8 +74,12 @@ class Settings:
 
 
 _ENV_NAMES = {
+    "public_base_url": "PUBLIC_BASE_URL",
     "link_signing_secret_arn": "LINK_SIGNING_SECRET_ARN",
     "client_secret_arn": "CLIENT_SECRET_ARN",
+    "event_bus_name": "EVENT_BUS_NAME",
+    "connections_function_name": "CONNECTIONS_FUNCTION_NAME",
+    "refresh_queue_url": "REFRESH_QUEUE_URL",
 }
 
 
@@ -104,6 +114,19 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _whole_number(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -135,11 +158,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         invoiced_api_url=_origin("INVOICED_API_URL", env.get("INVOICED_API_URL") or DEFAULT_API_URL),
         client_id=env.get("INVOICED_CLIENT_ID", "").strip(),
         scope=scope,
-        public_base_url=_origin("PUBLIC_BASE_URL", _required(env, "PUBLIC_BASE_URL")),
+        # Only the connect flow needs it; readers and the refresher do not.
+        public_base_url=_origin("PUBLIC_BASE_URL", env["PUBLIC_BASE_URL"]) if env.get("PUBLIC_BASE_URL", "").strip() else "",
         return_url_allowlist=allowlist,
         link_signing_secret_arn=env.get("LINK_SIGNING_SECRET_ARN", "").strip() or None,
         client_secret_arn=env.get("CLIENT_SECRET_ARN", "").strip() or None,
         http_timeout=timeout,
+        event_bus_name=env.get("EVENT_BUS_NAME", "").strip() or None,
+        connections_function_name=env.get("CONNECTIONS_FUNCTION_NAME", "").strip() or None,
+        refresh_queue_url=env.get("REFRESH_QUEUE_URL", "").strip() or None,
+        # Access tokens live an hour; refresh tokens a year from their last rotation.
+        refresh_window_seconds=60 * _whole_number(env, "REFRESH_WINDOW_MINUTES", 15, 5, 50),
+        keepalive_seconds=86400 * _whole_number(env, "KEEPALIVE_DAYS", 30, 1, 300),
+        active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
     )
 
 

@@ -9,15 +9,22 @@ One table holds two kinds of item, told apart by the key prefix:
   stored, so the table never holds a usable state value.
 * ``link#<sha256(link id)>``: a connect link that has completed a connection
   (kept until the link would have expired, then removed by TTL).
+* ``rescue#<connection id>``: new tokens that Invoiced issued but whose
+  commit to the connection failed, kept aside (encrypted) until recovered.
 
-Active connections also carry ``due_shard``/``refresh_at``, which put them in
-the sparse ``due-index`` used to find connections that need a refresh.
+Active connections and rescue rows carry ``due_shard``/``refresh_at``, which
+put them in the sparse ``due-index``: the scheduler queries each shard for
+``refresh_at <= now + window`` and reads only what is due.
+
+A refresh runs under a lease (``lease_owner``/``lease_until``, taken by a
+conditional update on the version read) and commits conditioned on that
+version and lease, so two refreshers can never both rotate one connection.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +36,11 @@ from invoiced_connect.models import Connection, ConnectionStatus, TokenSet
 CONNECTION_PREFIX = "conn#"
 STATE_PREFIX = "state#"
 LINK_PREFIX = "link#"
+RESCUE_PREFIX = "rescue#"
+DUE_INDEX = "due-index"
 DUE_SHARDS = 16
+_LEASE_FIELDS = ("lease_owner", "lease_until")
+_FAILURE_FIELDS = ("failure_count", "next_attempt_at", "last_error", "outcome_unknown_at")
 
 
 class StateRejected(Exception):
@@ -38,6 +49,31 @@ class StateRejected(Exception):
 
 class LinkAlreadyUsed(Exception):
     """The connect link has already completed a connection."""
+
+
+class LeaseLost(Exception):
+    """A write under a lease found the row changed or the lease gone."""
+
+
+@dataclass(frozen=True)
+class Rescue:
+    """Tokens kept aside after a failed commit (still encrypted for the connection)."""
+
+    connection_id: str
+    ciphertext: bytes = field(repr=False)
+    base_version: int
+    expires_at: int
+    rescued_at: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DueKey:
+    """One entry of the due-index: a connection to refresh, or a rescue to recover."""
+
+    connection_id: str
+    rescue: bool
+    refresh_at: int
 
 
 @dataclass(frozen=True)
@@ -178,8 +214,14 @@ class TokenStore:
         company_name: str | None,
         issuer: str,
         now: int,
+        refresh_at: int | None = None,
+        active_until: int = 0,
     ) -> Connection:
-        """Create the connection or replace its tokens (reconnect); version grows."""
+        """Create the connection or replace its tokens (reconnect); version grows.
+
+        A reconnect wins over a refresh in flight: the lease is cleared, so
+        that refresher's commit fails and its tokens are kept aside.
+        """
         names = {"#status": "status"}
         values: dict[str, Any] = {
             ":cid": _s(connection_id),
@@ -192,6 +234,8 @@ class TokenStore:
             ":now": _n(now),
             ":shard": _n(due_shard(connection_id)),
             ":one": _n(1),
+            ":refresh_at": _n(tokens.expires_at if refresh_at is None else refresh_at),
+            ":active_until": _n(active_until),
         }
         assignments = [
             "connection_id = :cid",
@@ -206,9 +250,10 @@ class TokenStore:
             "refreshed_at = :now",
             "updated_at = :now",
             "due_shard = :shard",
-            "refresh_at = :exp",
+            "refresh_at = :refresh_at",
+            "active_until = :active_until",
         ]
-        removals = ["lease_owner", "lease_until", "failure_count", "next_attempt_at", "status_reason", "revoked_at"]
+        removals = [*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason", "revoked_at"]
         if company_name is not None:
             assignments.append("company_name = :company")
             values[":company"] = _s(company_name)
@@ -254,6 +299,245 @@ class TokenStore:
         return connection_from_item(item), blob
 
 
+    # ---------------------------------------------------------------- refresh lifecycle
+    def _update(self, connection_id: str, expression: str, condition: str, values: dict[str, Any],
+                names: dict[str, str] | None = None) -> Connection:
+        """A conditional update of a connection; :class:`LeaseLost` if the condition fails."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": {"pk": _s(CONNECTION_PREFIX + connection_id)},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_NEW",
+        }
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        try:
+            response = self._db.update_item(**kwargs)
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise LeaseLost(f"{connection_id} changed or its lease is gone") from None
+            raise
+        return connection_from_item(response["Attributes"])
+
+    def take_lease(
+        self,
+        connection_id: str,
+        *,
+        owner: str,
+        version: int,
+        now: int,
+        until: int,
+        statuses: tuple[ConnectionStatus, ...] = (ConnectionStatus.ACTIVE,),
+    ) -> Connection:
+        """Become the only refresher of the connection as read at ``version``.
+
+        Fails (:class:`LeaseLost`) if the row moved past that version, has
+        another status, or someone else holds an unexpired lease.
+        """
+        values: dict[str, Any] = {":owner": _s(owner), ":until": _n(until), ":v": _n(version), ":now": _n(now)}
+        allowed = []
+        for number, status in enumerate(statuses):
+            values[f":s{number}"] = _s(status.value)
+            allowed.append(f":s{number}")
+        return self._update(
+            connection_id,
+            "SET lease_owner = :owner, lease_until = :until",
+            f"version = :v AND #status IN ({', '.join(allowed)}) "
+            "AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            values,
+            {"#status": "status"},
+        )
+
+    def release_lease(self, connection_id: str, *, owner: str) -> bool:
+        """Give the lease back untouched (only if it is still ours)."""
+        try:
+            self._update(connection_id, "REMOVE lease_owner, lease_until", "lease_owner = :owner",
+                         {":owner": _s(owner)})
+        except LeaseLost:
+            return False
+        return True
+
+    def commit_tokens(
+        self,
+        connection_id: str,
+        *,
+        owner: str,
+        version: int,
+        ciphertext: bytes,
+        expires_at: int,
+        now: int,
+        refresh_at: int,
+        active_until: int | None = None,
+    ) -> Connection:
+        """Store rotated tokens, if the row is still at ``version`` and the lease ours."""
+        values: dict[str, Any] = {
+            ":blob": {"B": ciphertext},
+            ":exp": _n(expires_at),
+            ":now": _n(now),
+            ":refresh_at": _n(refresh_at),
+            ":shard": _n(due_shard(connection_id)),
+            ":active": _s(ConnectionStatus.ACTIVE.value),
+            ":one": _n(1),
+            ":v": _n(version),
+            ":owner": _s(owner),
+        }
+        assignments = [
+            "token_ciphertext = :blob", "expires_at = :exp", "refreshed_at = :now", "updated_at = :now",
+            "refresh_at = :refresh_at", "due_shard = :shard", "#status = :active",
+        ]
+        if active_until is not None:
+            assignments.append("active_until = :active_until")
+            values[":active_until"] = _n(active_until)
+        return self._update(
+            connection_id,
+            "SET " + ", ".join(assignments) + " ADD version :one REMOVE "
+            + ", ".join([*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason"]),
+            "version = :v AND lease_owner = :owner",
+            values,
+            {"#status": "status"},
+        )
+
+    def record_failure(
+        self,
+        connection_id: str,
+        *,
+        owner: str,
+        version: int,
+        now: int,
+        reason: str,
+        next_attempt_at: int,
+        outcome_unknown: bool = False,
+    ) -> Connection:
+        """Count a failed refresh, set the cooldown, release the lease; tokens untouched."""
+        values: dict[str, Any] = {
+            ":zero": _n(0), ":one": _n(1), ":next": _n(next_attempt_at), ":reason": _s(reason),
+            ":now": _n(now), ":v": _n(version), ":owner": _s(owner),
+        }
+        assignments = [
+            "failure_count = if_not_exists(failure_count, :zero) + :one", "next_attempt_at = :next",
+            "refresh_at = :next", "last_error = :reason", "updated_at = :now",
+        ]
+        if outcome_unknown:
+            assignments.append("outcome_unknown_at = :now")
+        return self._update(
+            connection_id,
+            "SET " + ", ".join(assignments) + " REMOVE lease_owner, lease_until",
+            "version = :v AND lease_owner = :owner",
+            values,
+        )
+
+    def mark_needs_reauth(self, connection_id: str, *, owner: str, version: int, now: int, reason: str) -> Connection:
+        """The refresh token is dead: stop refreshing (leave the due-index), keep the row."""
+        return self._update(
+            connection_id,
+            "SET #status = :needs, status_reason = :reason, updated_at = :now "
+            "REMOVE lease_owner, lease_until, due_shard, refresh_at, next_attempt_at",
+            "version = :v AND lease_owner = :owner",
+            {":needs": _s(ConnectionStatus.NEEDS_REAUTH.value), ":reason": _s(reason), ":now": _n(now),
+             ":v": _n(version), ":owner": _s(owner)},
+            {"#status": "status"},
+        )
+
+    def mark_revoked(self, connection_id: str, *, owner: str, version: int, now: int, reason: str) -> Connection:
+        """Disconnected: erase the tokens, leave the due-index; the row and its history stay."""
+        return self._update(
+            connection_id,
+            "SET #status = :revoked, status_reason = :reason, revoked_at = :now, updated_at = :now "
+            "ADD version :one REMOVE token_ciphertext, due_shard, refresh_at, "
+            + ", ".join([*_LEASE_FIELDS, *_FAILURE_FIELDS]),
+            "version = :v AND lease_owner = :owner",
+            {":revoked": _s(ConnectionStatus.REVOKED.value), ":reason": _s(reason), ":now": _n(now),
+             ":one": _n(1), ":v": _n(version), ":owner": _s(owner)},
+            {"#status": "status"},
+        )
+
+    # ---------------------------------------------------------------- tokens kept aside
+    def put_rescue(self, rescue: Rescue) -> None:
+        """Keep new tokens aside; in the due-index at once so the scheduler finds them."""
+        self._db.put_item(
+            TableName=self.table_name,
+            Item={
+                "pk": _s(RESCUE_PREFIX + rescue.connection_id),
+                "connection_id": _s(rescue.connection_id),
+                "token_ciphertext": {"B": rescue.ciphertext},
+                "base_version": _n(rescue.base_version),
+                "expires_at": _n(rescue.expires_at),
+                "rescued_at": _n(rescue.rescued_at),
+                "reason": _s(rescue.reason),
+                "due_shard": _n(due_shard(rescue.connection_id)),
+                "refresh_at": _n(rescue.rescued_at),
+            },
+        )
+
+    def get_rescue(self, connection_id: str) -> Rescue | None:
+        response = self._db.get_item(
+            TableName=self.table_name, Key={"pk": _s(RESCUE_PREFIX + connection_id)}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        if not item:
+            return None
+        return Rescue(
+            connection_id=item["connection_id"]["S"],
+            ciphertext=item["token_ciphertext"]["B"],
+            base_version=int(item["base_version"]["N"]),
+            expires_at=int(item["expires_at"]["N"]),
+            rescued_at=int(item["rescued_at"]["N"]),
+            reason=item["reason"]["S"],
+        )
+
+    def delete_rescue(self, rescue: Rescue) -> None:
+        """Remove a recovered rescue (not a newer one written meanwhile)."""
+        try:
+            self._db.delete_item(
+                TableName=self.table_name,
+                Key={"pk": _s(RESCUE_PREFIX + rescue.connection_id)},
+                ConditionExpression="rescued_at = :at AND base_version = :bv",
+                ExpressionAttributeValues={":at": _n(rescue.rescued_at), ":bv": _n(rescue.base_version)},
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+
+    # ---------------------------------------------------------------- finding work
+    def due(self, shard: int, until: int, *, page_size: int = 500) -> Iterator[tuple[list[DueKey], int]]:
+        """Pages of what is due on one shard (``refresh_at <= until``), with items read per page."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "due_shard = :shard AND refresh_at <= :until",
+            "ExpressionAttributeValues": {":shard": _n(shard), ":until": _n(until)},
+            "Limit": page_size,
+        }
+        while True:
+            response = self._db.query(**kwargs)
+            keys = []
+            for item in response.get("Items", []):
+                pk = item["pk"]["S"]
+                rescue = pk.startswith(RESCUE_PREFIX)
+                keys.append(DueKey(pk.split("#", 1)[1], rescue, int(item["refresh_at"]["N"])))
+            yield keys, int(response.get("ScannedCount", len(keys)))
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def list_connections(self) -> Iterator[Connection]:
+        """Every connection (an operator's listing: a Scan, never used by the functions)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "begins_with(pk, :prefix)",
+            "ExpressionAttributeValues": {":prefix": _s(CONNECTION_PREFIX)},
+        }
+        while True:
+            response = self._db.scan(**kwargs)
+            for item in response.get("Items", []):
+                yield connection_from_item(item)
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
 def connection_from_item(item: dict[str, Any]) -> Connection:
     return Connection(
         connection_id=item["connection_id"]["S"],
@@ -266,4 +550,18 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         version=int(item["version"]["N"]),
         created_at=int(item["created_at"]["N"]),
         updated_at=int(item["updated_at"]["N"]),
+        refreshed_at=_int(item, "refreshed_at"),
+        refresh_at=int(item["refresh_at"]["N"]) if "refresh_at" in item else None,
+        active_until=_int(item, "active_until"),
+        lease_owner=item.get("lease_owner", {}).get("S"),
+        lease_until=_int(item, "lease_until"),
+        failure_count=_int(item, "failure_count"),
+        next_attempt_at=_int(item, "next_attempt_at"),
+        last_error=item.get("last_error", {}).get("S"),
+        outcome_unknown_at=_int(item, "outcome_unknown_at"),
+        status_reason=item.get("status_reason", {}).get("S"),
     )
+
+
+def _int(item: dict[str, Any], name: str) -> int:
+    return int(item[name]["N"]) if name in item else 0

@@ -9,7 +9,6 @@ stack trace or a reflected value.
 from __future__ import annotations
 
 import functools
-import logging
 import uuid
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from invoiced_connect import pages
 from invoiced_connect.flow import ConnectFlow, default_flow, parse_cookies, parse_query
+from invoiced_connect.logs import use_handler_logger
 from invoiced_connect.secrets import SecretError
 from invoiced_connect.settings import SettingsError
 
@@ -57,10 +57,7 @@ def request_cookies(app: APIGatewayHttpResolver) -> dict[str, str]:
 def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
     """Route the package's own log records through the handler's JSON logger
     and turn unexpected exceptions into a plain 500 page."""
-    from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-
-    logging.getLogger("invoiced_connect")
-    copy_config_to_registered_loggers(source_logger=logger, include={"invoiced_connect"})
+    use_handler_logger(logger)
 
     @app.not_found
     def _not_found(exc: Exception) -> Response:

@@ -1,0 +1,77 @@
+"""The connections function: a locked refresh or a disconnect, on request.
+
+Invoked synchronously (by the reader SDK and the CLI), never routed. It
+answers with an outcome, a status and a version, never a token, so whoever
+may invoke it still needs the table and key to read one.
+
+    {"action": "refresh", "connection_id": "acme-7", "stale_version": 3}
+    {"action": "refresh", "connection_id": "acme-7", "force": true}
+    {"action": "disconnect", "connection_id": "acme-7"}
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from invoiced_connect.disconnect import Disconnector
+from invoiced_connect.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.refresh import Mode, Outcome, Refresher, default_refresher
+
+ACTIONS = ("refresh", "disconnect")
+#: Leave this much of the invocation for the refresh itself and the answer.
+RESERVE_SECONDS = 30.0
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _parse(event: Any) -> tuple[str, str, int | None, bool]:
+    if not isinstance(event, Mapping):
+        raise BadRequest("the request must be a JSON object")
+    action = event.get("action")
+    if action not in ACTIONS:
+        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
+    try:
+        connection_id = validate_connection_id(event.get("connection_id"))
+    except InvalidConnectionId as exc:
+        raise BadRequest(str(exc)) from None
+    stale = event.get("stale_version")
+    if stale is not None and (isinstance(stale, bool) or not isinstance(stale, int) or stale < 0):
+        raise BadRequest("stale_version must be a non-negative integer")
+    force = event.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("force must be true or false")
+    return action, connection_id, stale, force
+
+
+def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = None) -> dict[str, Any]:
+    """Carry out one request; bad input gets ``{"error": "bad_request", ...}``."""
+    try:
+        action, connection_id, stale, force = _parse(event)
+    except BadRequest as exc:
+        return {"error": "bad_request", "message": str(exc)}
+    refresher = refresher or shared_refresher()
+    wait = max(0.0, remaining_seconds - RESERVE_SECONDS)
+    if action == "disconnect":
+        return Disconnector(refresher).disconnect(connection_id, wait_seconds=wait).as_dict()
+    mode = Mode.FORCED if force else Mode.ON_DEMAND
+    return refresher.refresh(connection_id, mode=mode, stale_version=stale, wait_seconds=wait).as_dict()
+
+
+@functools.cache
+def shared_refresher() -> Refresher:
+    """One refresher (and Invoiced connection pool) per execution environment."""
+    return default_refresher()
+
+
+def metric_name(answer: Mapping[str, Any]) -> str | None:
+    """The metric counting this answer's outcome (refreshes only; disconnects are logged)."""
+    if "error" in answer:
+        return "BadRequests"
+    try:
+        return Outcome(answer.get("outcome")).metric_name
+    except ValueError:
+        return None

@@ -1,0 +1,104 @@
+"""The refresh worker: one SQS batch of due connections, each on its own.
+
+Each message names a connection (``kind`` "refresh") or kept-aside tokens to
+recover ("recover"). Every outcome the refresher reports (including
+transient failures, whose retry time is stored on the row) completes the
+message: the due-index, not the queue, decides when to try again. Only an
+unexpected error (AWS unavailable, a bug) fails a message, which SQS then
+redelivers and, after five receipts, moves to the dead-letter queue. When
+the invocation's remaining time is short, no new provider call is started
+and the rest of the batch is handed back for redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from invoiced_connect.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.refresh import Mode, Outcome, Refresher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failed_ids: list[str] = field(default_factory=list)
+    deferred: int = 0
+
+    def metrics(self) -> dict[str, int]:
+        """Counts by CloudWatch metric name (``RefreshRefreshed``, ``RefreshUnknownOutcome``, ...)."""
+        counts: dict[str, int] = {}
+        for outcome, count in self.outcomes.items():
+            try:
+                name = Outcome(outcome).metric_name
+            except ValueError:
+                name = "Refresh" + "".join(part.capitalize() for part in outcome.split("_"))
+            counts[name] = counts.get(name, 0) + count
+        if self.deferred:
+            counts["RefreshDeferred"] = self.deferred
+        return counts
+
+    def response(self) -> dict[str, Any]:
+        """Lambda's partial batch response."""
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in self.failed_ids]}
+
+
+def parse_message(body: str) -> tuple[str, str]:
+    data = json.loads(body)
+    if not isinstance(data, Mapping):
+        raise ValueError("message is not a JSON object")
+    kind = data.get("kind", "refresh")
+    if kind not in ("refresh", "recover"):
+        raise ValueError(f"unknown kind {kind!r}")
+    return validate_connection_id(data.get("connection_id")), kind
+
+
+def process_batch(
+    records: Sequence[Mapping[str, Any]],
+    refresher: Refresher,
+    remaining_seconds: Callable[[], float],
+    *,
+    reserve_seconds: float,
+) -> BatchReport:
+    """Refresh each record's connection; see the module doc for what fails a message."""
+    report = BatchReport()
+    stop_client_calls = False
+    for record in records:
+        message_id = record["messageId"]
+        if remaining_seconds() < reserve_seconds:
+            report.failed_ids.append(message_id)  # not started: redelivered later
+            report.deferred += 1
+            continue
+        try:
+            connection_id, kind = parse_message(record["body"])
+        except (ValueError, InvalidConnectionId):
+            # Not ours to retry: a malformed message would only reach the DLQ later.
+            logger.error("malformed refresh message dropped", extra={"message_id": message_id})
+            report.outcomes["malformed"] += 1
+            continue
+        if stop_client_calls and kind == "refresh":
+            report.outcomes["skipped_client_auth"] += 1
+            continue  # the next schedule run finds it again
+        try:
+            if kind == "recover":
+                result = refresher.recover(connection_id)
+            else:
+                result = refresher.refresh(connection_id, mode=Mode.SCHEDULED)
+        except Exception as exc:  # noqa: BLE001 - one failure never blocks the others
+            logger.error("refresh failed unexpectedly",
+                         extra={"connection_id": connection_id, "error_type": type(exc).__name__})
+            report.failed_ids.append(message_id)
+            report.outcomes["error"] += 1
+            continue
+        report.outcomes[result.outcome.value] += 1
+        if result.outcome is Outcome.CLIENT_AUTH_FAILED:
+            # Every refresh would fail the same way: do not send more bad credentials.
+            stop_client_calls = True
+    logger.info("refresh batch", extra={"outcomes": dict(report.outcomes), "deferred": report.deferred})
+    return report
