@@ -328,7 +328,7 @@ class Refresher:
         try:
             committed = self._commit(row, owner, ciphertext, tokens.expires_at, active_until=active_until)
         except (LeaseLost, ClientError, BotoCoreError) as exc:
-            return self._keep_aside(row, ciphertext, tokens.expires_at, type(exc).__name__)
+            return self._keep_aside(row, owner, ciphertext, tokens.expires_at, type(exc).__name__)
         if row.outcome_unknown_at:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
         return self._result(committed, Outcome.REFRESHED)
@@ -358,14 +358,23 @@ class Refresher:
             self.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + self.rng() / 2))
         raise AssertionError("unreachable")
 
-    def _keep_aside(self, row: Connection, ciphertext: bytes, expires_at: int, reason: str) -> RefreshResult:
+    def _keep_aside(self, row: Connection, owner: str, ciphertext: bytes, expires_at: int,
+                    reason: str) -> RefreshResult:
         now = int(self.clock())
         rescue = Rescue(row.connection_id, ciphertext, row.version, expires_at, now, reason)
         self._retry_write(lambda: self.store.put_rescue(rescue))
         logger.error("new tokens could not be committed; kept aside for recovery",
                      extra={"connection_id": row.connection_id, "reason": reason, "alarm": "tokens_kept_aside"})
         self.events.publish(lifecycle.CONNECTION_REFRESH_FAILING, row, reason="kept_aside")
-        with_recovery = self.recover(row.connection_id)
+        # Try to recover at once; if that fails too, the rescue row is in the
+        # due-index and the next scheduler run brings it back.
+        try:
+            self.store.release_lease(row.connection_id, owner=owner)
+            with_recovery = self.recover(row.connection_id)
+        except (ClientError, BotoCoreError, InvoicedError) as exc:
+            logger.warning("recovery postponed", extra={"connection_id": row.connection_id,
+                                                         "error_type": type(exc).__name__})
+            return self._result(row, Outcome.KEPT_ASIDE)
         if with_recovery.outcome in (Outcome.RESCUE_APPLIED, Outcome.RESCUE_DISCARDED):
             return with_recovery
         return self._result(row, Outcome.KEPT_ASIDE)
