@@ -2,20 +2,38 @@
 
 Reads the same configuration as the functions: the process environment, or
 an env file (``--env-file .local/stack.env`` for the local stack, written by
-``make run``). Errors are one line on stderr and exit status 2.
+``make run``), or a deployed stack's outputs (``--stack NAME``). Errors are
+one line on stderr and exit status 2.
+
+    invoiced-connect link create ID [--return-to URL] [--ttl 1h]
+    invoiced-connect connections list [--json]
+    invoiced-connect connections show ID [--json]
+    invoiced-connect refresh ID          # a locked refresh, through the connections function
+    invoiced-connect disconnect ID [--yes]
+
+``refresh`` and ``disconnect`` invoke the stack's connections function, as the
+reader SDK does, so the command never needs the client secret. Nothing it
+prints contains a token.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from invoiced_connect.models import Connection
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from invoiced_connect.tokens import TokenError
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,6 +75,7 @@ def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, 
             "LINK_SIGNING_SECRET_ARN": outputs["LinkSigningSecretArn"],
             "TABLE_NAME": outputs["TokensTableName"],
             "KMS_KEY_ID": outputs["TokenKeyArn"],
+            "CONNECTIONS_FUNCTION_NAME": outputs["ConnectionsFunctionName"],
         }
     except KeyError as exc:
         raise ValueError(f"stack {stack_name} has no output {exc.args[0]}; is it an invoiced-connect stack?") from None
@@ -84,7 +103,121 @@ def _build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--ttl", type=parse_duration, default=timedelta(hours=1), help="link lifetime (default 1h, at most 30d)"
     )
+
+    connections = commands.add_parser("connections", help="look at connections (never their tokens)")
+    connection_commands = connections.add_subparsers(dest="connections_command", required=True)
+    listing = connection_commands.add_parser("list", help="every connection, one line each")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = connection_commands.add_parser("show", help="one connection in detail")
+    show.add_argument("connection_id")
+    show.add_argument("--json", action="store_true", help="as a JSON object")
+
+    refresh = commands.add_parser("refresh", help="refresh a connection's tokens now (locked, like any refresh)")
+    refresh.add_argument("connection_id")
+    disconnect = commands.add_parser("disconnect", help="revoke a connection at Invoiced and erase its tokens")
+    disconnect.add_argument("connection_id")
+    disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
+
+
+# ---------------------------------------------------------------- connections
+_SHOWN = ("connection_id", "status", "company_name", "tenant_id", "version", "expires_at", "refresh_at",
+          "refreshed_at", "active_until", "failure_count", "next_attempt_at", "last_error", "outcome_unknown_at",
+          "status_reason", "lease_owner", "lease_until", "created_at", "updated_at", "issuer", "scopes")
+_TIMES = {"expires_at", "refresh_at", "refreshed_at", "active_until", "next_attempt_at", "outcome_unknown_at",
+          "lease_until", "created_at", "updated_at"}
+#: Refresh outcomes after which the connection holds a current token.
+_GOOD_OUTCOMES = {"refreshed", "already_fresh", "race_recovered", "rescue_applied"}
+
+
+def _when(epoch: int | None) -> str:
+    if not epoch:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def connection_view(connection: Connection) -> dict[str, Any]:
+    """What the command shows of a connection: metadata only."""
+    view: dict[str, Any] = {}
+    for name in _SHOWN:
+        value = getattr(connection, name)
+        if name == "status":
+            value = value.value
+        elif name == "scopes":
+            value = " ".join(value)
+        elif name in _TIMES:
+            value = _when(value)
+        view[name] = value
+    return view
+
+
+def _list_connections(as_json: bool) -> int:
+    from invoiced_connect.settings import get_settings
+    from invoiced_connect.store import TokenStore
+
+    rows = sorted(TokenStore(get_settings().table_name).list_connections(), key=lambda c: c.connection_id)
+    if as_json:
+        for connection in rows:
+            print(json.dumps(connection_view(connection)))
+        return 0
+    columns = ("connection_id", "status", "company_name", "version", "expires_at", "refresh_at", "failure_count")
+    table = [[str(connection_view(connection)[name] or "-") for name in columns] for connection in rows]
+    widths = [max([len(name), *(len(row[i]) for row in table)]) for i, name in enumerate(columns)]
+    print("  ".join(name.upper().ljust(width) for name, width in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} connection(s)", file=sys.stderr)
+    return 0
+
+
+def _show_connection(connection_id: str, as_json: bool) -> int:
+    from invoiced_connect.models import validate_connection_id
+    from invoiced_connect.settings import get_settings
+    from invoiced_connect.store import TokenStore
+
+    found = TokenStore(get_settings().table_name).get_connection(validate_connection_id(connection_id))
+    if found is None:
+        print(f"invoiced-connect: no connection {connection_id!r}", file=sys.stderr)
+        return 1
+    view = connection_view(found[0])
+    view["has_tokens"] = found[1] is not None
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        for name, value in view.items():
+            print(f"{name:<20} {'-' if value in (None, '') else value}")
+    return 0
+
+
+def _invoke(action: str, connection_id: str) -> dict[str, Any]:
+    from invoiced_connect.models import validate_connection_id
+    from invoiced_connect.settings import get_settings
+    from invoiced_connect.tokens import lambda_invoker
+
+    payload: dict[str, Any] = {"action": action, "connection_id": validate_connection_id(connection_id)}
+    if action == "refresh":
+        payload["force"] = True
+    return lambda_invoker(get_settings().require("connections_function_name"))(payload)
+
+
+def _refresh(connection_id: str) -> int:
+    answer = _invoke("refresh", connection_id)
+    print(json.dumps(answer))
+    return 0 if answer.get("outcome") in _GOOD_OUTCOMES else 1
+
+
+def _disconnect(connection_id: str, yes: bool) -> int:
+    if not yes:
+        if not sys.stdin.isatty():
+            print("invoiced-connect: disconnect needs --yes when not run interactively", file=sys.stderr)
+            return 2
+        reply = input(f"Revoke {connection_id!r} at Invoiced and erase its tokens? [y/N] ")
+        if reply.strip().lower() not in ("y", "yes"):
+            print("Nothing changed.")
+            return 1
+    answer = _invoke("disconnect", connection_id)
+    print(json.dumps(answer))
+    return 0 if answer.get("outcome") in ("disconnected", "already_revoked") else 1
 
 
 def _hint(exc: Exception, args: argparse.Namespace) -> str:
@@ -111,7 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl))
             return 0
-    except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError) as exc:
+        if args.command == "connections":
+            if args.connections_command == "list":
+                return _list_connections(args.json)
+            return _show_connection(args.connection_id, args.json)
+        if args.command == "refresh":
+            return _refresh(args.connection_id)
+        if args.command == "disconnect":
+            return _disconnect(args.connection_id, args.yes)
+    except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError, TokenError) as exc:
         # ValueError: bad input; OSError: env file; RuntimeError: settings or
         # secrets; botocore: credentials, region, unknown stack.
         print(f"invoiced-connect: {exc}{_hint(exc, args)}", file=sys.stderr)
