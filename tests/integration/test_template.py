@@ -36,16 +36,25 @@ LOGICAL_IDS = {
     "TokensTable", "TokenKey", "ClientSecret", "LinkSigningSecret", "InvoicedConnectLayer",
     "ConnectFunction", "CallbackFunction", "HttpApi", "HttpApiStage",
     "ConnectIntegration", "ConnectRoute", "CallbackIntegration", "CallbackRoute",
+    "EventBus", "RefreshQueue", "RefreshDeadLetterQueue", "SchedulerFunction", "RefreshWorkerFunction",
+    "ConnectionsFunction", "ListInvoicesFunction", "TokenRefresherPolicy", "TokenReaderPolicy",
 }
 OUTPUTS = {
     "ConnectUrl", "CallbackUrl", "TokensTableName", "TokenKeyArn",
     "ClientSecretArn", "LinkSigningSecretArn", "LayerArn",
+    "TokenReaderPolicyArn", "ConnectionsFunctionName", "ListInvoicesFunctionName", "EventBusName",
+    "RefreshQueueUrl", "RefreshDeadLetterQueueUrl",
 }
 SHARED_ENV = {
     "TABLE_NAME", "KMS_KEY_ID", "INVOICED_BASE_URL", "INVOICED_API_URL", "INVOICED_CLIENT_ID",
     "INVOICED_SCOPE", "PUBLIC_BASE_URL", "RETURN_URL_ALLOWLIST",
-    "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL",
+    "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_NAMESPACE",
+    "EVENT_BUS_NAME", "CONNECTIONS_FUNCTION_NAME", "REFRESH_WINDOW_MINUTES", "KEEPALIVE_DAYS", "ACTIVE_USE_HOURS",
 }
+#: The functions that call Invoiced's token endpoint: the only readers of the client secret.
+TOKEN_ENDPOINT_CALLERS = {"CallbackFunction", "RefreshWorkerFunction", "ConnectionsFunction"}
+#: Event sources a function may have (an HTTP API event would create an implicit API).
+ALLOWED_EVENTS = {"SchedulerFunction": "Schedule", "RefreshWorkerFunction": "SQS"}
 ROUTES = {"GET /connect": "ConnectFunction", "GET /callback": "CallbackFunction"}
 # Exactly what each handler does to the table, by key prefix.
 TABLE_GRANTS = {
@@ -55,6 +64,14 @@ TABLE_GRANTS = {
     ("CallbackFunction", "dynamodb:PutItem", "link#*"),
     ("CallbackFunction", "dynamodb:DeleteItem", "link#*"),
     ("CallbackFunction", "dynamodb:UpdateItem", "conn#*"),
+    *{(fn, action, "conn#*") for fn in ("RefreshWorkerFunction", "ConnectionsFunction", "TokenRefresherPolicy")
+      for action in ("dynamodb:GetItem", "dynamodb:UpdateItem")},
+    *{(fn, action, "rescue#*") for fn in ("RefreshWorkerFunction", "ConnectionsFunction", "TokenRefresherPolicy")
+      for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")},
+    ("ListInvoicesFunction", "dynamodb:GetItem", "conn#*"),
+    ("TokenReaderPolicy", "dynamodb:GetItem", "conn#*"),
+    # The scheduler's one grant: Query on the due-index (keys only), not the table.
+    ("SchedulerFunction", "dynamodb:Query", "index/due-index"),
 }
 # Access-log variables that could carry a code, a state, a cookie or a token.
 SENSITIVE_LOG_VARIABLE = re.compile(r"query|body|header|cookie|authori[sz]|override|apikey|jwt|claims", re.I)
@@ -129,10 +146,17 @@ def iam_statements(tpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         for policy in as_list(role["Properties"].get("Policies")):
             for statement in as_list(policy.get("PolicyDocument", {}).get("Statement")):
                 yield name, statement
-    for type_name in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
-        for name, res in resources(tpl, type_name).items():
-            for statement in as_list(res["Properties"].get("PolicyDocument", {}).get("Statement")):
-                yield name, statement
+    for name, res in resources(tpl, "AWS::IAM::Policy").items():
+        for statement in as_list(res["Properties"].get("PolicyDocument", {}).get("Statement")):
+            yield name, statement
+    # A managed policy's statements count for every function that attaches
+    # it, and for the policy itself (consumers outside the stack attach it).
+    for name, res in resources(tpl, "AWS::IAM::ManagedPolicy").items():
+        holders = [fn for fn, props in functions(tpl).items()
+                   if any(refers_to(p, name) for p in as_list(props["Properties"].get("Policies")))]
+        for statement in as_list(res["Properties"].get("PolicyDocument", {}).get("Statement")):
+            for owner in [*holders, name]:
+                yield owner, statement
 
 
 def actions(statement: dict[str, Any]) -> list[str]:
@@ -196,8 +220,10 @@ def check_routes(tpl: dict[str, Any]) -> list[str]:
         if expected and not refers_to(props.get("IntegrationUri"), expected):
             problems.append(f"{name}: {key} does not reach {expected}")
     for name, fn in functions(tpl).items():
-        if fn["Properties"].get("Events"):
-            problems.append(f"{name}: has events (an implicit API would loop back into PUBLIC_BASE_URL)")
+        for event in (fn["Properties"].get("Events") or {}).values():
+            if event.get("Type") != ALLOWED_EVENTS.get(name):
+                problems.append(f"{name}: has a {event.get('Type')} event (an implicit API would loop back "
+                                "into PUBLIC_BASE_URL; only the scheduler and the worker have event sources)")
     for name, permission in resources(tpl, "AWS::Lambda::Permission").items():
         source = text_of(permission["Properties"].get("SourceArn"))
         if not re.search(r"/GET/\w+$", source):
@@ -249,17 +275,18 @@ def check_secrets(tpl: dict[str, Any]) -> list[str]:
                     who.add(owner)
             if not any(refers_to(resource, secret) for secret in readers):
                 problems.append(f"{owner}: secretsmanager on {resource!r}")
-    if readers["ClientSecret"] != {"CallbackFunction"}:
+    if readers["ClientSecret"] != TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
         problems.append(f"ClientSecret readable by {sorted(readers['ClientSecret'])}")
     if readers["LinkSigningSecret"] != {"ConnectFunction"}:
         problems.append(f"LinkSigningSecret readable by {sorted(readers['LinkSigningSecret'])}")
     # A secret's ARN goes only where it can be read.
     global_env = global_function(tpl).get("Environment", {}).get("Variables", {})
-    for variable, owner in (("CLIENT_SECRET_ARN", "CallbackFunction"), ("LINK_SIGNING_SECRET_ARN", "ConnectFunction")):
+    for variable, owners in (("CLIENT_SECRET_ARN", TOKEN_ENDPOINT_CALLERS),
+                             ("LINK_SIGNING_SECRET_ARN", {"ConnectFunction"})):
         if variable in global_env:
             problems.append(f"{variable} is in Globals")
         holders = {name for name in functions(tpl) if variable in function_env(tpl, name)}
-        if holders != {owner}:
+        if holders != owners:
             problems.append(f"{variable} given to {sorted(holders)}")
     return problems
 
@@ -267,6 +294,10 @@ def check_secrets(tpl: dict[str, Any]) -> list[str]:
 def check_table_access(tpl: dict[str, Any]) -> list[str]:
     problems, grants = [], set()
     for owner, statement in statements_for(tpl, "dynamodb"):
+        index_only = [text_of(r) for r in as_list(statement.get("Resource"))] == ["${TokensTable.Arn}/index/due-index"]
+        if index_only:
+            grants |= {(owner, action, "index/due-index") for action in actions(statement)}
+            continue
         if not all(refers_to(r, "TokensTable") for r in as_list(statement.get("Resource"))):
             problems.append(f"{owner}/{statement.get('Sid')}: not on TokensTable")
         prefixes = statement.get("Condition", {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
@@ -298,8 +329,66 @@ def check_key_use(tpl: dict[str, Any]) -> list[str]:
         if via_dynamodb and set(actions(statement)) - {"kms:Decrypt", "kms:DescribeKey"}:
             problems.append(f"{sid}: more than table decryption via DynamoDB")
     encrypters = {owner for owner, st in statements_for(tpl, "kms") if "kms:Encrypt" in actions(st)}
-    if encrypters != {"CallbackFunction"}:
+    if encrypters != TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
         problems.append(f"kms:Encrypt granted to {sorted(encrypters)}")
+    return problems
+
+
+def check_reader_policy(tpl: dict[str, Any]) -> list[str]:
+    """What consumers attach: read connection rows, decrypt under a
+    connection_id context, invoke the connections function. Nothing else."""
+    problems = []
+    granted = set()
+    for owner, statement in iam_statements(tpl):
+        if owner != "TokenReaderPolicy":
+            continue
+        for action in actions(statement):
+            granted.add(action)
+            if action == "lambda:InvokeFunction" and not all(
+                    refers_to(r, "ConnectionsFunction") for r in as_list(statement.get("Resource"))):
+                problems.append("the reader policy invokes something other than the connections function")
+    if granted != {"dynamodb:GetItem", "kms:Decrypt", "kms:DescribeKey", "lambda:InvokeFunction"}:
+        problems.append(f"the reader policy grants {sorted(granted)}")
+    holders = {fn for fn, props in functions(tpl).items()
+               if any(refers_to(p, "TokenReaderPolicy") for p in as_list(props["Properties"].get("Policies")))}
+    if holders != {"ListInvoicesFunction"}:
+        problems.append(f"the reader policy is attached to {sorted(holders)}")
+    return problems
+
+
+def check_refresh_pipeline(tpl: dict[str, Any]) -> list[str]:
+    """Schedule -> queue (with a DLQ) -> worker with partial batch failures and bounded concurrency."""
+    problems = []
+    scheduler = functions(tpl)["SchedulerFunction"]["Properties"]
+    if [e.get("Type") for e in (scheduler.get("Events") or {}).values()] != ["Schedule"]:
+        problems.append("the scheduler has no schedule")
+    worker = functions(tpl)["RefreshWorkerFunction"]["Properties"]
+    events = [e for e in (worker.get("Events") or {}).values() if e.get("Type") == "SQS"]
+    if len(events) != 1:
+        return [*problems, "the worker has no SQS event"]
+    sqs = events[0]["Properties"]
+    if not refers_to(sqs.get("Queue"), "RefreshQueue"):
+        problems.append("the worker does not read the refresh queue")
+    if sqs.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
+        problems.append("the worker does not report partial batch failures")
+    if not refers_to(sqs.get("ScalingConfig", {}).get("MaximumConcurrency"), "RefreshConcurrency"):
+        problems.append("the worker's concurrency is not bounded by RefreshConcurrency")
+    concurrency = tpl["Parameters"]["RefreshConcurrency"]
+    if not (2 <= concurrency.get("Default", 0) <= 10 and concurrency.get("MaxValue", 99) < 20):
+        problems.append("RefreshConcurrency may reach Invoiced's 20 concurrent requests")
+    queue = tpl["Resources"]["RefreshQueue"]["Properties"]
+    if not refers_to(queue.get("RedrivePolicy", {}).get("deadLetterTargetArn"), "RefreshDeadLetterQueue"):
+        problems.append("the refresh queue has no dead-letter queue")
+    timeout = worker.get("Timeout", global_function(tpl).get("Timeout", 3))
+    if queue.get("VisibilityTimeout", 30) < 6 * timeout:
+        problems.append("the queue's visibility timeout is under six times the worker's timeout")
+    publishers = {owner for owner, st in iam_statements(tpl) if "events:PutEvents" in actions(st)}
+    for owner, statement in iam_statements(tpl):
+        if "events:PutEvents" in actions(statement) and not all(
+                refers_to(r, "EventBus") for r in as_list(statement.get("Resource"))):
+            problems.append(f"{owner}: PutEvents beyond the stack's bus")
+    if publishers != TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
+        problems.append(f"events published by {sorted(publishers)}")
     return problems
 
 
@@ -410,6 +499,8 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "table_access": check_table_access,
     "key_use": check_key_use,
     "key_policy": check_key_policy,
+    "reader_policy": check_reader_policy,
+    "refresh_pipeline": check_refresh_pipeline,
     "table": check_table,
     "stage": check_stage,
     "log_groups": check_log_groups,
@@ -432,6 +523,17 @@ def _statement(tpl, fn, sid):
 
 def _res(tpl, name):
     return tpl["Resources"][name]["Properties"]
+
+
+def _managed(tpl, name):
+    return tpl["Resources"][name]["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _managed_statement(tpl, name, sid):
+    for statement in _managed(tpl, name):
+        if statement.get("Sid") == sid:
+            return statement
+    raise KeyError(sid)
 
 
 def _add_statement(tpl, fn, statement):
@@ -485,6 +587,31 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("stage", "no throttling", lambda t: _res(t, "HttpApiStage").pop("DefaultRouteSettings")),
     ("log_groups", "no retention", lambda t: _res(t, "HttpApiAccessLogs").pop("RetentionInDays")),
     ("log_groups", "function makes its own group", lambda t: _res(t, "CallbackFunction").pop("LoggingConfig")),
+    ("secrets", "reader policy reads client secret", lambda t: _managed(t, "TokenReaderPolicy").append(
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "ClientSecret"}})),
+    ("table_access", "scheduler scans", lambda t: _add_statement(t, "SchedulerFunction", {
+        "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}})),
+    ("table_access", "refresher touches state rows", lambda t: _managed_statement(
+        t, "TokenRefresherPolicy", "KeepTokensAside")["Condition"]["ForAllValues:StringLike"].update(
+        {"dynamodb:LeadingKeys": ["rescue#*", "state#*"]})),
+    ("reader_policy", "reader writes", lambda t: _managed_statement(t, "TokenReaderPolicy", "ReadConnections").update(
+        Action=["dynamodb:GetItem", "dynamodb:UpdateItem"])),
+    ("reader_policy", "reader scans", lambda t: _managed(t, "TokenReaderPolicy").append(
+        {"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}})),
+    ("reader_policy", "reader invokes anything", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "AskForRefresh").update(Resource={"Fn::Sub": "arn:aws:lambda:*:*:function:*"})),
+    ("key_use", "reader decrypts without context", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "DecryptTokensOfOneConnection").pop("Condition")),
+    ("refresh_pipeline", "no dlq", lambda t: _res(t, "RefreshQueue").pop("RedrivePolicy")),
+    ("refresh_pipeline", "unbounded worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"]["Queue"][
+        "Properties"].pop("ScalingConfig")),
+    ("refresh_pipeline", "whole batch fails", lambda t: _res(t, "RefreshWorkerFunction")["Events"]["Queue"][
+        "Properties"].pop("FunctionResponseTypes")),
+    ("refresh_pipeline", "short visibility", lambda t: _res(t, "RefreshQueue").update(VisibilityTimeout=60)),
+    ("refresh_pipeline", "events anywhere", lambda t: _managed_statement(
+        t, "TokenRefresherPolicy", "PublishLifecycleEvents").update(Resource="*")),
+    ("routes", "http event on the worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"].update(
+        Api={"Type": "HttpApi", "Properties": {"Path": "/refresh", "Method": "post"}})),
     ("contract", "renamed output", lambda t: t["Outputs"].update(ConnectLink=t["Outputs"].pop("ConnectUrl"))),
 ]
 
