@@ -68,6 +68,7 @@ Outputs:
   LinkSigningSecretArn: {Value: "arn:aws:secretsmanager:us-east-1:123456789012:secret:link-AbCdEf"}
   TokensTableName: {Value: "tokens-table"}
   TokenKeyArn: {Value: "arn:aws:kms:us-east-1:123456789012:key/1234"}
+  ConnectionsFunctionName: {Value: "ic-test-connections"}
 """
 
 
@@ -88,6 +89,7 @@ def test_stack_environment_reads_outputs_and_parameters():
             "LINK_SIGNING_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:link-AbCdEf",
             "TABLE_NAME": "tokens-table",
             "KMS_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/1234",
+            "CONNECTIONS_FUNCTION_NAME": "ic-test-connections",
             "RETURN_URL_ALLOWLIST": "https://a.test/x,https://b.test",
         }
         cfn.create_stack(StackName="other", TemplateBody=STACK_TEMPLATE.split("Outputs:")[0])
