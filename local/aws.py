@@ -1,10 +1,12 @@
 """Loopback AWS: moto's server, and the template's stateful resources created in it.
 
 Only the resources the functions touch at run time are created (KMS keys
-and aliases, DynamoDB tables, Secrets Manager secrets), each from its own
-``Properties`` in template.yaml. Everything else (functions, the HTTP API,
-log groups, permissions) gets a stand-in identity so references to it
-resolve; the gateway plays the API and the functions run in-process.
+and aliases, DynamoDB tables, Secrets Manager secrets, SQS queues, EventBridge
+buses), each from its own ``Properties`` in template.yaml. Everything else
+(functions, the HTTP API, log groups, IAM policies, permissions) gets a
+stand-in identity so references to it resolve; the gateway plays the API,
+the functions run in-process, and :mod:`local.queues` and
+:mod:`local.schedule` play Lambda's event sources.
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ import logging
 import secrets
 import socket
 import string
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from local.template import Physical, Resolver, TemplateError, physical_name, resources_of_type
+from local.template import (
+    Physical,
+    Resolver,
+    TemplateError,
+    event_bus_physical,
+    physical_name,
+    references,
+    resources_of_type,
+    sqs_queue_physical,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +47,9 @@ class MotoServer:
     def start(self) -> MotoServer:
         from moto.server import ThreadedMotoServer
 
+        from local.moto_fidelity import make_dynamodb_item_operations_atomic
+
+        make_dynamodb_item_operations_atomic()  # the lease and the versioned commit rely on it
         if self.port:
             # ThreadedMotoServer binds inside its thread; a taken port would
             # leave start() waiting forever, so find out here first.
@@ -86,16 +101,32 @@ def aws_environment(endpoint_url: str, region: str) -> dict[str, str]:
     }
 
 
-def boto_client(service: str, endpoint_url: str, region: str) -> Any:
-    import boto3
+_session_lock = threading.Lock()
+_session: Any = None
 
-    return boto3.session.Session().client(
-        service,
-        endpoint_url=endpoint_url,
-        region_name=region,
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+
+def boto_client(service: str, endpoint_url: str, region: str, *, max_pool_connections: int | None = None) -> Any:
+    """A boto3 client for ``endpoint_url`` with the fake credentials.
+
+    All come from one session, made once: a new session reads the service
+    models from disk again (about 0.1 s a client). Sessions are not
+    thread-safe, so clients are made under a lock; the clients themselves are.
+    """
+    global _session
+    import boto3
+    from botocore.config import Config
+
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            service,
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(max_pool_connections=max_pool_connections) if max_pool_connections else None,
+        )
 
 
 # ---------------------------------------------------------------- provisioning
@@ -113,12 +144,16 @@ class Provisioned:
 
 
 # Created in this order so a property can refer to an earlier type (a table's
-# SSE key, a secret's KMS key, an alias's target).
+# SSE key, a secret's KMS key, an alias's target, a queue's KMS key). Within a
+# type, a resource comes after those of the same type it refers to (a queue
+# after its dead-letter queue).
 _ORDER = (
     "AWS::KMS::Key",
     "AWS::KMS::Alias",
     "AWS::SecretsManager::Secret",
     "AWS::DynamoDB::Table",
+    "AWS::SQS::Queue",
+    "AWS::Events::EventBus",
 )
 
 
@@ -129,7 +164,7 @@ def provision(
     secret_strings: Mapping[str, str] | None = None,
     name_suffix: str = "",
 ) -> Provisioned:
-    """Create the template's keys, aliases, secrets and tables in moto.
+    """Create the template's keys, aliases, secrets, tables, queues and buses in moto.
 
     ``secret_strings`` overrides the SecretString of secrets by logical id
     (the stack puts the client secret it uses there). ``name_suffix`` makes
@@ -137,25 +172,54 @@ def provision(
     state per process, so two stacks in one test run must not collide.
     """
     region = resolver.pseudo["AWS::Region"]
-    creators = {
-        "AWS::KMS::Key": _KeyCreator(boto_client("kms", endpoint_url, region)),
-        "AWS::KMS::Alias": _AliasCreator(boto_client("kms", endpoint_url, region)),
-        "AWS::SecretsManager::Secret": _SecretCreator(
-            boto_client("secretsmanager", endpoint_url, region), dict(secret_strings or {})
-        ),
-        "AWS::DynamoDB::Table": _TableCreator(boto_client("dynamodb", endpoint_url, region)),
+
+    def client(service: str) -> Any:
+        return boto_client(service, endpoint_url, region)
+
+    # Made only for the types the template has.
+    creators: dict[str, Callable[[], Any]] = {
+        "AWS::KMS::Key": lambda: _KeyCreator(client("kms")),
+        "AWS::KMS::Alias": lambda: _AliasCreator(client("kms")),
+        "AWS::SecretsManager::Secret": lambda: _SecretCreator(client("secretsmanager"), dict(secret_strings or {})),
+        "AWS::DynamoDB::Table": lambda: _TableCreator(client("dynamodb")),
+        "AWS::SQS::Queue": lambda: _QueueCreator(client("sqs"), region),
+        "AWS::Events::EventBus": lambda: _EventBusCreator(client("events")),
     }
     created: dict[str, Physical] = {}
     for resource_type in _ORDER:
-        for logical_id, resource in resources_of_type(resolver.template, resource_type).items():
+        resources = dependency_order(resources_of_type(resolver.template, resource_type))
+        creator = creators[resource_type]() if resources else None
+        for logical_id, resource in resources.items():
             props = resolver.resolve(resource.get("Properties") or {})
             name = physical_name(resolver.stack_name, logical_id) + name_suffix
-            physical = creators[resource_type].create(logical_id, name, props)
+            physical = creator.create(logical_id, name, props)
             resolver.physical[logical_id] = created[logical_id] = physical
     unused = set(secret_strings or {}) - set(created)
     if unused:
         raise TemplateError(f"no secrets named {', '.join(sorted(unused))} in the template")
     return Provisioned(created)
+
+
+def dependency_order(resources: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """``resources`` with each one after those among them its properties refer to.
+
+    Template order otherwise. Resolving a reference to a resource not yet
+    created would give it a stand-in identity (and keep it), so a queue must
+    be created after its dead-letter queue, whatever the template's order.
+    """
+    pending = dict(resources)
+    needs = {
+        logical_id: references(resource.get("Properties") or {}) & set(pending) - {logical_id}
+        for logical_id, resource in pending.items()
+    }
+    ordered: dict[str, Mapping[str, Any]] = {}
+    while pending:
+        ready = [logical_id for logical_id in pending if not needs[logical_id] - set(ordered)]
+        if not ready:
+            raise TemplateError(f"circular references between {', '.join(sorted(pending))}")
+        for logical_id in ready:
+            ordered[logical_id] = pending.pop(logical_id)
+    return ordered
 
 
 class _KeyCreator:
@@ -326,6 +390,84 @@ class _TableCreator:
             call(**kwargs)
         except ClientError as exc:
             logger.debug("moto does not support %s: %s", feature, exc)
+
+
+# CloudFormation properties of AWS::SQS::Queue that are queue attributes of the same name.
+_QUEUE_ATTRIBUTES = (
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "DelaySeconds",
+    "FifoQueue",
+    "FifoThroughputLimit",
+    "KmsDataKeyReusePeriodSeconds",
+    "KmsMasterKeyId",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "RedriveAllowPolicy",
+    "RedrivePolicy",
+    "SqsManagedSseEnabled",
+    "VisibilityTimeout",
+)
+
+
+class _QueueCreator:
+    def __init__(self, sqs: Any, region: str) -> None:
+        self.sqs = sqs
+        self.region = region
+
+    def create(self, logical_id: str, name: str, props: Mapping[str, Any]) -> Physical:
+        fifo = _true(props.get("FifoQueue"))
+        queue_name = props.get("QueueName") or self._generated_name(name, fifo)
+        attributes = {
+            key: _attribute_text(props[key]) for key in _QUEUE_ATTRIBUTES if key in props
+        }
+        if not fifo:
+            attributes.pop("FifoQueue", None)  # SQS refuses FifoQueue=false on a standard queue
+        args: dict[str, Any] = {"QueueName": queue_name, "Attributes": attributes}
+        if props.get("Tags"):
+            args["tags"] = {tag["Key"]: tag["Value"] for tag in props["Tags"]}
+        url = self.sqs.create_queue(**args)["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        account = arn.split(":")[4]
+        physical = sqs_queue_physical(url, queue_name, self.region, account)
+        if physical.attributes["Arn"] != arn:
+            raise TemplateError(f"{logical_id}: moto made the queue {arn}, expected {physical.attributes['Arn']}")
+        return physical
+
+    @staticmethod
+    def _generated_name(name: str, fifo: bool) -> str:
+        # SQS names: at most 80 characters (".fifo" included), letters, digits, - and _;
+        # the end of the name is the unique part.
+        return name[-(80 - len(".fifo")):] + ".fifo" if fifo else name[-80:]
+
+
+class _EventBusCreator:
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def create(self, logical_id: str, name: str, props: Mapping[str, Any]) -> Physical:
+        bus_name = props.get("Name") or name
+        args: dict[str, Any] = {"Name": bus_name}
+        if props.get("Description"):
+            args["Description"] = props["Description"]
+        if props.get("Tags"):
+            args["Tags"] = list(props["Tags"])
+        arn = self.events.create_event_bus(**args)["EventBusArn"]
+        region, account = arn.split(":")[3:5]
+        physical = event_bus_physical(bus_name, region, account)
+        if physical.attributes["Arn"] != arn:
+            raise TemplateError(f"{logical_id}: moto made the bus {arn}, expected {physical.attributes['Arn']}")
+        return physical
+
+
+def _attribute_text(value: Any) -> str:
+    """A queue attribute as SQS takes it: JSON for policies, ``true``/``false`` for booleans."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _index(index: Mapping[str, Any], billing: str, *, with_throughput: bool) -> dict[str, Any]:

@@ -295,17 +295,20 @@ class LocalFunction:
         self._lock = threading.Lock()
         self.cold_starts = 0
 
-    def context(self) -> LambdaContext:
+    def context(self, request_id: str | None = None) -> LambdaContext:
         return LambdaContext(
             function_name=self.function_name,
             memory_limit_in_mb=self.spec.memory_mb,
             invoked_function_arn=self.arn,
-            aws_request_id=str(uuid.uuid4()),
+            aws_request_id=request_id or str(uuid.uuid4()),
             timeout_s=self.spec.timeout_s,
         )
 
-    def invoke(self, event: Mapping[str, Any]) -> Any:
-        """Run the handler in an idle environment (or a new one); return its JSON result."""
+    def invoke(self, event: Mapping[str, Any], *, request_id: str | None = None) -> Any:
+        """Run the handler in an idle environment (or a new one); return its JSON result.
+
+        ``request_id`` becomes the context's ``aws_request_id`` (default: a new one).
+        """
         with self._lock:
             handler = self._idle.pop() if self._idle else None
             if handler is None:
@@ -313,7 +316,7 @@ class LocalFunction:
         if handler is None:
             _, handler = import_handler(self.spec.handler_file, self.spec.handler_name, self.spec.logical_id)
         try:
-            context = self.context()
+            context = self.context(request_id)
             # Through JSON both ways, as Lambda does: no shared objects, and a
             # result Lambda could not serialise fails here as it would there.
             result = json.loads(json.dumps(handler(json.loads(json.dumps(event)), context)))
@@ -325,6 +328,49 @@ class LocalFunction:
         finally:
             with self._lock:
                 self._idle.append(handler)
+
+
+class Activity:
+    """Invocations in flight, shared by everything that invokes functions in the background.
+
+    ``started`` only grows, so a caller can tell "nothing ran in between"
+    from "something started and finished in between" (see
+    :meth:`local.queues.QueuePollers.wait_drained`).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.in_flight = 0
+        self.started = 0
+
+    def begin(self) -> None:
+        with self._condition:
+            self.in_flight += 1
+            self.started += 1
+
+    def end(self) -> None:
+        with self._condition:
+            self.in_flight -= 1
+            self._condition.notify_all()
+
+    def snapshot(self) -> tuple[int, int]:
+        """``(in_flight, started)`` at one instant."""
+        with self._condition:
+            return self.in_flight, self.started
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; ``False`` if ``timeout`` passed first."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self.in_flight == 0, timeout)
+
+
+def error_location(exc: BaseException) -> str:
+    """Where ``exc`` was raised (``file:line in function``): loggable, unlike its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 def load_handler(template_path: str | Path, logical_id: str) -> Callable[..., Any]:
@@ -530,35 +576,11 @@ class _Handler(BaseHTTPRequestHandler):
         return "local-apigw"
 
     def _serve(self) -> None:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body: bytes | None = self._read_chunked()
-        elif length:
-            body = self.rfile.read(int(length))
-        else:
-            body = None
+        body = read_request_body(self)
         status, headers, data = self.server.gateway.handle(
             self.command, self.path, list(self.headers.items()), body, self.client_address[0]
         )
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _read_chunked(self) -> bytes:
-        chunks = []
-        while True:
-            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline().strip():  # trailers
-                    pass
-                return b"".join(chunks)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
+        send_http_response(self, status, headers, data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
@@ -567,6 +589,37 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         logger.debug("gateway: " + format, *args)
+
+
+def read_request_body(handler: BaseHTTPRequestHandler) -> bytes | None:
+    """The request's body (``Content-Length`` or chunked), ``None`` without one."""
+    length = handler.headers.get("Content-Length")
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline().strip():  # trailers
+                    pass
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    if length:
+        return handler.rfile.read(int(length))
+    return None
+
+
+def send_http_response(handler: BaseHTTPRequestHandler, status: int, headers: Iterable[tuple[str, str]],
+                       data: bytes) -> None:
+    """Write status, headers (framing ones replaced by ours) and body."""
+    handler.send_response(status)
+    for name, value in headers:
+        if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
 
 
 # ---------------------------------------------------------------- from a template

@@ -11,6 +11,11 @@
 * The HTTP API's routes are read from the template too and served by a
   loopback gateway that speaks API Gateway's payload format 2.0 to the
   handlers, which run in-process (see :mod:`local.gateway`).
+* What else invokes the functions in AWS is played too: Lambda's Invoke API
+  (:mod:`local.lambda_api`, reached through boto3's standard
+  ``AWS_ENDPOINT_URL_LAMBDA``), the SQS event sources (:mod:`local.queues`),
+  the schedules (:mod:`local.schedule`), and a tap on the event buses that
+  shows what the functions publish (:mod:`local.events`).
 * Invoiced is the local stand-in (:mod:`local.invoiced`), unless a real one
   is configured.
 
@@ -20,7 +25,7 @@ differ only in which secret ARN each may read) and is restored by ``stop()``.
 The package's per-process caches are reset on both changes. So one stack per
 process at a time.
 
-    python -m local.stack [--connection-id ID] [--return-to URL] [--gateway-port N] ...
+    python -m local.stack [--connection-id ID] [--return-to URL] [--gateway-port N] [--schedule-every S] ...
     invoiced-connect --env-file .local/stack.env link create ID   # another link, from a second shell
 """
 
@@ -36,7 +41,8 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +50,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from local.aws import MotoServer, Provisioned, aws_environment, boto_client, port_is_free, provision
-from local.gateway import Gateway, HttpResponse, LocalFunction, api_logical_id, local_functions
+from local.events import EventTap, event_summary
+from local.gateway import Activity, Gateway, HttpResponse, LocalFunction, api_logical_id, local_functions
+from local.lambda_api import LambdaApi
+from local.queues import PollerStats, QueuePollers, sqs_event_sources
+from local.schedule import Scheduler, schedule_specs
 from local.template import (
     DEFAULT_STACK_NAME,
     REGION,
@@ -200,9 +210,19 @@ class LocalStack:
     ``<gateway>/done``. Ports 0 pick free ones. ``env_file``: where to write
     the resolved environment (``KEY=VALUE``, mode 600) while running.
 
+    Besides the gateway, the functions are invoked as AWS would: through the
+    Lambda Invoke API at ``lambda_url`` (``AWS_ENDPOINT_URL_LAMBDA`` in the
+    functions' environment), by a poller per SQS event source, and by their
+    schedules. ``auto_schedule``: fire rate schedules on their own (``make
+    run``); off by default, so tests fire them with :meth:`fire_schedule`
+    when they choose. ``schedule_every``: seconds between automatic fires
+    instead of the template's rate. ``on_event``: called (from a thread) with
+    each event published on the template's buses, as it arrives.
+
     After :meth:`start`: ``gateway_url``, ``connect_url``, ``callback_url``,
-    ``moto_url``, ``table_name``, ``kms_key_arn``, ``env``, ``invoiced``,
-    ``client_id``, ``client_secret``, ``resources``, ``functions``.
+    ``moto_url``, ``lambda_url``, ``table_name``, ``kms_key_arn``, ``env``,
+    ``invoiced``, ``client_id``, ``client_secret``, ``resources``,
+    ``functions``, ``lambda_api``, ``pollers``, ``scheduler``, ``event_tap``.
     """
 
     _active: ClassVar[LocalStack | None] = None
@@ -225,18 +245,27 @@ class LocalStack:
         env_file: str | Path | None = None,
         access_log: bool = False,
         stack_name: str = DEFAULT_STACK_NAME,
+        lambda_port: int = 0,
+        auto_schedule: bool = False,
+        schedule_every: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if upstream is not None and (invoiced is not None or client_id or client_secret or companies):
             raise ValueError("upstream carries its own client credentials; do not pass invoiced, client_id, "
                              "client_secret or companies with it")
         if invoiced is not None and not (client_id and client_secret):
             raise ValueError("pass the client_id and client_secret the given LocalInvoiced was made with")
+        if schedule_every is not None and schedule_every <= 0:
+            raise ValueError("schedule_every must be a positive number of seconds")
         self.template_path = Path(template_path)
         self._given_invoiced = invoiced
         self._upstream = upstream
         self._allowlist = None if return_url_allowlist is None else tuple(return_url_allowlist)
-        self._ports = {"gateway": gateway_port, "moto": moto_port,
+        self._ports = {"gateway": gateway_port, "moto": moto_port, "lambda": lambda_port,
                        "invoiced_app": invoiced_app_port, "invoiced_api": invoiced_api_port}
+        self._auto_schedule = auto_schedule
+        self._schedule_every = schedule_every
+        self._on_event = on_event
         self._companies = list(companies) if companies else None
         self._env_file = Path(env_file) if env_file is not None else None
         self._access_log = access_log
@@ -245,11 +274,16 @@ class LocalStack:
         self.client_id: str = upstream.client_id if upstream else client_id or f"local{secrets.token_hex(8)}"
         self.client_secret: str = upstream.client_secret if upstream else client_secret or secrets.token_urlsafe(32)
         self.invoiced: LocalInvoiced | None = invoiced
-        self.gateway_url = self.connect_url = self.callback_url = self.moto_url = ""
+        self.gateway_url = self.connect_url = self.callback_url = self.moto_url = self.lambda_url = ""
         self.table_name = self.kms_key_arn = ""
         self.env: dict[str, str] = {}
         self.resources: Provisioned | None = None
         self.functions: dict[str, LocalFunction] = {}
+        self.activity = Activity()  # every background invocation, for wait_for_queues
+        self.lambda_api: LambdaApi | None = None
+        self.pollers: QueuePollers | None = None
+        self.scheduler: Scheduler | None = None
+        self.event_tap: EventTap | None = None
         self._cleanup = contextlib.ExitStack()
         self._started = False
 
@@ -282,6 +316,12 @@ class LocalStack:
         self.gateway_url = gateway.url
         self.connect_url = f"{self.gateway_url}/connect"
         self.callback_url = f"{self.gateway_url}/callback"
+        # Likewise the Lambda API: its URL goes into the functions' environment.
+        lambda_api = LambdaApi(host=LOOPBACK, port=self._ports["lambda"], activity=self.activity,
+                               access_log=self._access_log).bind()
+        self._cleanup.callback(lambda_api.stop)
+        self.lambda_api = lambda_api
+        self.lambda_url = lambda_api.url
 
         base_url, api_url = self._start_invoiced()
         allowlist = self._allowlist if self._allowlist is not None else (f"{self.gateway_url}{DEMO_RETURN_PATH}",)
@@ -294,17 +334,19 @@ class LocalStack:
             unchecked_patterns={"PublicBaseUrl"},
         )
         client_secret_id = secret_behind(template, "CLIENT_SECRET_ARN")
+        name_suffix = _name_suffix()
         self.resources = provision(
             resolver,
             self.moto_url,
             secret_strings={client_secret_id: json.dumps({"client_secret": self.client_secret})},
-            name_suffix=_name_suffix(),
+            name_suffix=name_suffix,
         )
         self.functions = local_functions(template, self.template_path.parent, resolver)
 
-        # What differs from a deployment: where Invoiced and AWS are.
+        # What differs from a deployment: where Invoiced and AWS (Lambda's Invoke API included) are.
         local = {"INVOICED_BASE_URL": base_url, "INVOICED_API_URL": api_url,
-                 **aws_environment(self.moto_url, resolver.pseudo["AWS::Region"])}
+                 **aws_environment(self.moto_url, resolver.pseudo["AWS::Region"]),
+                 "AWS_ENDPOINT_URL_LAMBDA": self.lambda_url}
         for function in self.functions.values():
             function.spec = replace(function.spec, environment={**function.spec.environment, **local})
         env = shared_environment(self.functions)
@@ -328,9 +370,39 @@ class LocalStack:
         gateway.mount(http_routes(template, resolver), self.functions)
         gateway.extra_pages[DEMO_RETURN_PATH] = demo_return_page
         gateway.start()
-        self._cleanup.callback(gateway.stop)  # first thing on stop: no request sees a half-restored process
+        self._cleanup.callback(gateway.stop)  # on stop, after the drivers below: no request sees a half-restored process
+        self._start_drivers(template, resolver, name_suffix)
         if self._env_file is not None:
             self._write_env_file(self._env_file)
+
+    def _start_drivers(self, template: Mapping[str, Any], resolver: Resolver, name_suffix: str) -> None:
+        """What invokes the functions besides the gateway; stopped (in reverse) before anything else."""
+        region = resolver.pseudo["AWS::Region"]
+        account = resolver.pseudo["AWS::AccountId"]
+        assert self.lambda_api is not None
+        self.lambda_api.mount(self.functions).start()
+        self._cleanup.callback(self.lambda_api.stop)
+
+        self.pollers = QueuePollers(sqs_event_sources(template, resolver), self.functions, self.moto_url,
+                                    activity=self.activity)
+        self._cleanup.callback(self.pollers.stop)  # before moto resets and the environment is restored
+        self.pollers.start()
+
+        self.scheduler = Scheduler(
+            schedule_specs(template, resolver, name_suffix=name_suffix), self.functions,
+            region=region, account_id=account, events_client=boto_client("events", self.moto_url, region),
+            every=self._schedule_every, activity=self.activity,
+        )
+        self._cleanup.callback(self.scheduler.stop)
+        self.scheduler.start(auto=self._auto_schedule)
+
+        buses = [self.resources.ref(logical_id) for logical_id in resources_of_type(template, "AWS::Events::EventBus")
+                 if self.resources is not None and logical_id in self.resources.physical]
+        self.event_tap = EventTap(self.moto_url, region, buses, name=f"{self.stack_name}-local-tap{name_suffix}",
+                                  account_id=account).create()
+        self._cleanup.callback(self.event_tap.stop)
+        if self._on_event is not None:
+            self.event_tap.watch(self._on_event)
 
     def _start_invoiced(self) -> tuple[str, str]:
         if self._upstream is not None:
@@ -394,9 +466,45 @@ class LocalStack:
         return create_connect_link(connection_id, return_to, ttl)
 
     def client(self, service: str) -> Any:
-        """A boto3 client for the stack's moto server."""
+        """A boto3 client for the stack's moto server (``lambda``: for its Lambda Invoke API)."""
         self._require_started()
-        return boto_client(service, self.moto_url, self.env.get("AWS_REGION", REGION))
+        endpoint = self.lambda_url if service == "lambda" else self.moto_url
+        return boto_client(service, endpoint, self.env.get("AWS_REGION", REGION))
+
+    def wait_for_queues(self, timeout: float = 30.0) -> bool:
+        """Wait until every polled queue is empty and no invocation is in flight.
+
+        In flight: SQS batches, asynchronous Invoke API calls and scheduled
+        runs. A failed message counts until it is processed or moved to its
+        dead-letter queue (its visibility timeout must pass first). ``True``
+        once quiet, ``False`` if ``timeout`` seconds passed first.
+        """
+        self._require_started()
+        assert self.pollers is not None
+        return self.pollers.wait_drained(timeout)
+
+    def queue_stats(self) -> dict[str, PollerStats]:
+        """What each SQS event source has done (invocations, messages, deleted, failed, errors), by
+        ``Function.Event``."""
+        self._require_started()
+        assert self.pollers is not None
+        return self.pollers.stats
+
+    def fire_schedule(self, logical_id: str | None = None) -> dict[str, Any]:
+        """Invoke the scheduled function(s) now, synchronously, with EventBridge's Scheduled Event.
+
+        ``logical_id``: one function; ``None``: every schedule. Returns each
+        function's result by logical id; a function error propagates.
+        """
+        self._require_started()
+        assert self.scheduler is not None
+        return self.scheduler.fire(logical_id)
+
+    def published_events(self) -> list[dict[str, Any]]:
+        """Every event published on the template's buses since the stack started, oldest first."""
+        self._require_started()
+        assert self.event_tap is not None
+        return self.event_tap.all_events()
 
     def _require_started(self) -> None:
         if not self._started:
@@ -404,8 +512,8 @@ class LocalStack:
 
 
 # ---------------------------------------------------------------- the command
-DEFAULT_PORTS = {"gateway": 3000, "moto": 5000, "invoiced_app": 9000, "invoiced_api": 9001}
-_PORT_ENV = {"gateway": "LOCAL_GATEWAY_PORT", "moto": "LOCAL_MOTO_PORT",
+DEFAULT_PORTS = {"gateway": 3000, "moto": 5000, "lambda": 3001, "invoiced_app": 9000, "invoiced_api": 9001}
+_PORT_ENV = {"gateway": "LOCAL_GATEWAY_PORT", "moto": "LOCAL_MOTO_PORT", "lambda": "LOCAL_LAMBDA_PORT",
              "invoiced_app": "LOCAL_INVOICED_PORT", "invoiced_api": "LOCAL_INVOICED_API_PORT"}
 
 
@@ -438,6 +546,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local.stack",
@@ -453,7 +571,10 @@ def _run_parser() -> argparse.ArgumentParser:
         env_name = _PORT_ENV[name]
         parser.add_argument(flag, type=_port, default=None, dest=f"{name}_port",
                             help=f"default {default} (or ${env_name}); taken: any free port")
+    parser.add_argument("--schedule-every", type=_seconds, metavar="SECONDS",
+                        help="fire the scheduled functions this often instead of the template's rate (for demos)")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help=argparse.SUPPRESS)
+    parser.add_argument("--env-file", type=Path, default=None, help=argparse.SUPPRESS)  # tests: not .local/
     return parser
 
 
@@ -475,10 +596,11 @@ def _allowlist_entry(url: str) -> str:
 
 def run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(argv)
-    other = running_stack_url(DEFAULT_ENV_FILE)
+    env_file = args.env_file or DEFAULT_ENV_FILE
+    other = running_stack_url(env_file)
     if other:
         print(f"Another local stack is running at {other} (its settings are in "
-              f"{os.path.relpath(DEFAULT_ENV_FILE)}); stop it first.", file=sys.stderr)
+              f"{os.path.relpath(env_file)}); stop it first.", file=sys.stderr)
         return 1
     try:
         upstream = upstream_from_env(os.environ)
@@ -510,8 +632,12 @@ def run(argv: Sequence[str]) -> int:
         upstream=upstream,
         invoiced_app_port=ports.get("invoiced_app", 0),
         invoiced_api_port=ports.get("invoiced_api", 0),
-        env_file=DEFAULT_ENV_FILE,
+        lambda_port=ports["lambda"],
+        env_file=env_file,
         access_log=True,
+        auto_schedule=True,
+        schedule_every=args.schedule_every,
+        on_event=_print_event,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -526,7 +652,7 @@ def run(argv: Sequence[str]) -> int:
         except ValueError as exc:
             print(f"Cannot make the link: {exc}", file=sys.stderr)
             return 2
-        _print_banner(stack, args.connection_id, first_link, upstream)
+        _print_banner(stack, args.connection_id, first_link, upstream, env_file)
         with contextlib.suppress(KeyboardInterrupt):
             while not stop.wait(0.5):
                 pass
@@ -536,8 +662,14 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
-def _print_banner(stack: LocalStack, connection_id: str, link: str, upstream: InvoicedUpstream | None) -> None:
-    relative_env = os.path.relpath(DEFAULT_ENV_FILE)
+def _print_event(event: dict[str, Any]) -> None:
+    # The detail-type and the connection id only: never the whole detail.
+    print(f"{time.strftime('%H:%M:%S')} {event_summary(event)}", flush=True)
+
+
+def _print_banner(stack: LocalStack, connection_id: str, link: str, upstream: InvoicedUpstream | None,
+                  env_file: Path) -> None:
+    relative_env = os.path.relpath(env_file)
     lines = [
         "",
         "invoiced-connect is running on loopback. Ctrl-C stops it.",
@@ -561,6 +693,16 @@ def _print_banner(stack: LocalStack, connection_id: str, link: str, upstream: In
         ]
     lines += [
         f"  AWS (moto)       {stack.moto_url}  table {stack.table_name}",
+        f"  Lambda API       {stack.lambda_url}  (Invoke; boto3 finds it through AWS_ENDPOINT_URL_LAMBDA)",
+    ]
+    assert stack.pollers is not None and stack.scheduler is not None and stack.event_tap is not None
+    for index, line in enumerate(stack.scheduler.describe()):
+        lines.append(f"  {'Schedule' if index == 0 else '':<16} {line}")
+    for index, line in enumerate(stack.pollers.describe()):
+        lines.append(f"  {'Queue' if index == 0 else '':<16} {line}")
+    if stack.event_tap.bus_names:
+        lines.append(f"  Events           published on {', '.join(stack.event_tap.bus_names)}: printed below as they come")
+    lines += [
         f"  Environment      {relative_env}",
         "",
         f"  Another link:    {_cli()} --env-file {relative_env} link create CONNECTION_ID [--return-to URL]",

@@ -322,9 +322,61 @@ class Resolver:
             group = _scalar_text(self.resolve(group)) if group is not None else name
             arn = f"arn:{PARTITION}:logs:{region}:{account}:log-group:{group}:*"
             return Physical(group, {"Arn": arn})
+        if kind == "AWS::SQS::Queue":
+            queue = props.get("QueueName")
+            queue = _scalar_text(self.resolve(queue)) if queue is not None else name
+            return sqs_queue_physical(f"https://sqs.{region}.{URL_SUFFIX}/{account}/{queue}", queue, region, account)
+        if kind == "AWS::Events::EventBus":
+            bus = _scalar_text(self.resolve(props["Name"])) if props.get("Name") is not None else name
+            return event_bus_physical(bus, region, account)
+        if kind == "AWS::IAM::ManagedPolicy":
+            policy = props.get("ManagedPolicyName")
+            policy = _scalar_text(self.resolve(policy)) if policy is not None else name
+            path = _scalar_text(self.resolve(props.get("Path", "/"))) or "/"
+            arn = f"arn:{PARTITION}:iam::{account}:policy{path}{policy}"
+            return Physical(arn, {"PolicyArn": arn})
         # API ids, integration ids and the like: ten lowercase characters, stable per stack.
         token = hashlib.sha256(f"{self.stack_name}/{logical_id}".encode()).hexdigest()[:10]
         return Physical(token, {"Arn": f"arn:{PARTITION}:local:{region}:{account}:{token}"})
+
+
+def sqs_queue_physical(url: str, name: str, region: str, account: str) -> Physical:
+    """What a queue answers: ``Ref`` its URL, ``GetAtt`` ``Arn``, ``QueueName`` and ``QueueUrl``."""
+    arn = f"arn:{PARTITION}:sqs:{region}:{account}:{name}"
+    return Physical(url, {"Arn": arn, "QueueName": name, "QueueUrl": url})
+
+
+def event_bus_physical(name: str, region: str, account: str) -> Physical:
+    """What an event bus answers: ``Ref`` its name, ``GetAtt`` ``Arn`` and ``Name``."""
+    return Physical(name, {"Arn": f"arn:{PARTITION}:events:{region}:{account}:event-bus/{name}", "Name": name})
+
+
+def references(value: Any) -> set[str]:
+    """The names ``value`` refers to through ``Ref``, ``Fn::GetAtt`` and ``Fn::Sub``.
+
+    Parameters and pseudo parameters are included; callers intersect the
+    result with the logical ids they care about.
+    """
+    found: set[str] = set()
+    if isinstance(value, list):
+        for item in value:
+            found |= references(item)
+    elif isinstance(value, dict):
+        for key, argument in value.items():
+            if key == "Ref" and isinstance(argument, str):
+                found.add(argument)
+            elif key == "Fn::GetAtt":
+                target = argument.split(".", 1)[0] if isinstance(argument, str) else argument[0]
+                found |= {target} if isinstance(target, str) else references(target)
+            elif key == "Fn::Sub":
+                text = argument[0] if isinstance(argument, list) else argument
+                if isinstance(text, str):
+                    found |= {name.split(".", 1)[0] for name in _SUB_VARIABLE.findall(text) if not name.startswith("!")}
+                if isinstance(argument, list) and len(argument) > 1:
+                    found |= references(argument[1])
+            else:
+                found |= references(argument)
+    return found
 
 
 def physical_name(stack_name: str, logical_id: str) -> str:

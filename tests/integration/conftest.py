@@ -21,10 +21,8 @@ CLIENT_SECRET_CANARY = "CANARYsecret" + "x" * 20
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[object]:
-    from local.moto_fidelity import make_dynamodb_item_operations_atomic
     from local.stack import LocalStack
 
-    make_dynamodb_item_operations_atomic()  # TODO: move into MotoServer.start
     with LocalStack(return_url_allowlist=(RETURN_BASE,), client_secret=CLIENT_SECRET_CANARY) as running:
         yield running
 
