@@ -22,6 +22,7 @@ from invoiced_connect.refresh import MIN_VALIDITY_SECONDS, Mode, Outcome, Refres
 from invoiced_connect.store import LeaseLost
 
 logger = logging.getLogger(__name__)
+OUTCOMES = ("disconnected", "already_revoked", "not_found", "busy", "unavailable")
 # After these refresh outcomes the row has a current token (or is dead): look again.
 _LOOK_AGAIN = frozenset({Outcome.REFRESHED, Outcome.ALREADY_FRESH, Outcome.RACE_RECOVERED, Outcome.NEEDS_REAUTH,
                          Outcome.NOT_ACTIVE, Outcome.RESCUE_APPLIED})

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from invoiced_connect.disconnect import OUTCOMES as DISCONNECT_OUTCOMES
 from invoiced_connect.disconnect import Disconnector
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.refresh import Mode, Outcome, Refresher, default_refresher
@@ -68,10 +69,13 @@ def shared_refresher() -> Refresher:
 
 
 def metric_name(answer: Mapping[str, Any]) -> str | None:
-    """The metric counting this answer's outcome (refreshes only; disconnects are logged)."""
+    """The metric counting this answer's outcome: ``RefreshRefreshed``, ``DisconnectDisconnected``, ..."""
     if "error" in answer:
         return "BadRequests"
+    outcome = answer.get("outcome")
+    if outcome in DISCONNECT_OUTCOMES:
+        return "Disconnect" + "".join(part.capitalize() for part in str(outcome).split("_"))
     try:
-        return Outcome(answer.get("outcome")).metric_name
+        return Outcome(outcome).metric_name
     except ValueError:
         return None
