@@ -9,7 +9,7 @@ SAM       := $(SAM_VENV)/bin/sam
 # sam validate runs the SAM transform, which needs a region; no credentials.
 REGION    ?= us-east-1
 
-.PHONY: help install run test unit lint validate build clean
+.PHONY: help install run test unit lint validate build bench clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,8 +28,8 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 
 install: $(VENV)/.installed $(SAM_VENV)/.installed ## Create the virtual environments (.venv, .venv-sam)
 
-run: $(VENV)/.installed ## Start the whole system on loopback and print a connect link
-	$(PY) -m local.stack
+run: $(VENV)/.installed ## Start the whole system on loopback and print a connect link (ARGS="--schedule-every 30")
+	$(PY) -m local.stack $(ARGS)
 
 validate: $(VENV)/.installed $(SAM_VENV)/.installed ## sam validate (runs the SAM transform) and cfn-lint
 	SAM_CLI_TELEMETRY=0 $(SAM) validate --region $(REGION) --template template.yaml
@@ -39,12 +39,15 @@ build: $(SAM_VENV)/.installed ## sam build (no Docker, no local python3.13 neede
 	SAM_CLI_TELEMETRY=0 PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template template.yaml
 
 lint: $(VENV)/.installed ## ruff over the code and tests
-	$(VENV)/bin/ruff check layers functions local tests
+	$(VENV)/bin/ruff check layers functions local tests bench
 
 test: install lint validate ## Install everything, lint, check the template, run every test (browser included)
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) || { if [ -n "$$CI" ]; then exit 1; fi; }; \
 	  export CHROMIUM_PATH SAM_CLI="$(CURDIR)/$(SAM)"; \
 	  $(PY) -m pytest
+
+bench: $(VENV)/.installed ## Measure the token lifecycle against the local stack (not part of test)
+	$(PY) -m bench.lifecycle $(ARGS)
 
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
