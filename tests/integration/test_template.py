@@ -491,7 +491,30 @@ def check_contract(tpl: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_alarms(tpl: dict[str, Any]) -> list[str]:
+    """The refresh outcomes that need a person each have an alarm on the metric the code emits."""
+    from invoiced_connect.refresh import Outcome
+
+    env = global_function(tpl)["Environment"]["Variables"]
+    alarms = resources(tpl, "AWS::CloudWatch::Alarm")
+    watched, problems = set(), []
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        if props.get("Namespace") == env["POWERTOOLS_METRICS_NAMESPACE"] and props.get("Dimensions") == [
+                {"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]:
+            watched.add(props.get("MetricName"))
+        elif props.get("Namespace") == "AWS/SQS" and refers_to(props["Dimensions"][0]["Value"],
+                                                                 "RefreshDeadLetterQueue"):
+            watched.add("dead-letter queue")
+        if props.get("TreatMissingData") != "notBreaching":
+            problems.append(f"{props.get('MetricName')}: missing data would alarm")
+    needed = {Outcome.KEPT_ASIDE.metric_name, Outcome.UNKNOWN_OUTCOME.metric_name,
+              Outcome.CLIENT_AUTH_FAILED.metric_name, "dead-letter queue"}
+    return problems + [f"no alarm on {name}" for name in sorted(needed - watched)]
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "alarms": check_alarms,
     "runtime": check_runtime,
     "routes": check_routes,
     "no_wildcards": check_no_wildcards,
@@ -612,6 +635,10 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
         t, "TokenRefresherPolicy", "PublishLifecycleEvents").update(Resource="*")),
     ("routes", "http event on the worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"].update(
         Api={"Type": "HttpApi", "Properties": {"Path": "/refresh", "Method": "post"}})),
+    ("alarms", "kept-aside metric renamed", lambda t: _res(t, "TokensKeptAsideAlarm").update(
+        MetricName="TokensKeptAside")),
+    ("alarms", "dlq alarm on the work queue", lambda t: _res(t, "RefreshDeadLetterAlarm").update(
+        Dimensions=[{"Name": "QueueName", "Value": {"Fn::GetAtt": ["RefreshQueue", "QueueName"]}}])),
     ("contract", "renamed output", lambda t: t["Outputs"].update(ConnectLink=t["Outputs"].pop("ConnectUrl"))),
 ]
 
