@@ -161,7 +161,8 @@ def _list_connections(as_json: bool) -> int:
             print(json.dumps(connection_view(connection)))
         return 0
     columns = ("connection_id", "status", "company_name", "version", "expires_at", "refresh_at", "failure_count")
-    table = [[str(connection_view(connection)[name] or "-") for name in columns] for connection in rows]
+    table = [["-" if (value := connection_view(connection)[name]) in (None, "") else str(value) for name in columns]
+             for connection in rows]
     widths = [max([len(name), *(len(row[i]) for row in table)]) for i, name in enumerate(columns)]
     print("  ".join(name.upper().ljust(width) for name, width in zip(columns, widths, strict=True)).rstrip())
     for row in table:
