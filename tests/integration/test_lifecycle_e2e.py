@@ -13,6 +13,7 @@ import pytest
 
 from invoiced_connect import cli, tokens
 from invoiced_connect.models import ConnectionStatus
+from invoiced_connect.settings import get_settings
 from tests.integration.conftest import callback, start_flow
 from tests.integration.lifecycle import expire, invoiced_client, make_due, row, stored_tokens
 
@@ -166,6 +167,10 @@ def test_the_cli_reads_a_stack_by_name(stack, cid, capsys, monkeypatch):
             "Outputs": {key: {"Value": value} for key, value in outputs.items()}}
     name = f"ic-{uuid.uuid4().hex[:8]}"
     cfn.create_stack(StackName=name, TemplateBody=json.dumps(body))
+    for variable, value in stack.env.items():  # the command changes os.environ: put it back afterwards
+        monkeypatch.setenv(variable, value)
     assert cli.main(["--stack", name, "connections", "show", cid]) == 0
     shown = capsys.readouterr().out
     assert f"connection_id        {cid}" in shown and "has_tokens           True" in shown
+    monkeypatch.undo()
+    get_settings.cache_clear()

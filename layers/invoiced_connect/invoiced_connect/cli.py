@@ -240,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.update(read_env_file(args.env_file))
         if args.stack:
             os.environ.update(stack_environment(args.stack))
+        if args.env_file or args.stack:
+            from invoiced_connect.settings import get_settings
+
+            get_settings.cache_clear()  # read what was just configured
         if args.command == "link" and args.link_command == "create":
             from invoiced_connect.links import create_connect_link
 
