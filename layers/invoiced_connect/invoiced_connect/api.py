@@ -52,7 +52,8 @@ from invoiced_connect.invoiced import (
     ApiError,
     TransientError,
     UnknownOutcomeError,
-    _was_not_sent,
+    no_retry_session,
+    was_not_sent,
 )
 from invoiced_connect.models import validate_connection_id
 
@@ -240,15 +241,6 @@ def positive_int(name: str, value: object, *, maximum: int | None = None) -> int
     return value
 
 
-def _default_session() -> requests.Session:
-    session = requests.Session()
-    # Retries are this module's decision (by method and status), never the transport's.
-    adapter = requests.adapters.HTTPAdapter(max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 # ---------------------------------------------------------------- the session
 class InvoicedApi:
     """Invoiced's REST API on behalf of one connection.
@@ -292,7 +284,7 @@ class InvoicedApi:
         self._origin = origin
         self._tokens = tokens
         self._owns_session = session is None
-        self._session = session if session is not None else _default_session()
+        self._session = session if session is not None else no_retry_session()
         self._timeout = (min(3.05, timeout), timeout)
         self.max_rate_limit_retries = max_rate_limit_retries
         self.max_transient_retries = max_transient_retries
@@ -494,7 +486,7 @@ class InvoicedApi:
         except requests.RequestException as exc:
             # The exception holds the request (and its Authorization header):
             # keep only its kind, and raise our own error outside this block.
-            return None, ("not_sent:" if _was_not_sent(exc) else "sent:") + type(exc).__name__
+            return None, ("not_sent:" if was_not_sent(exc) else "sent:") + type(exc).__name__
         return response, ""
 
     def _wait(self, label: str, what: str, attempt: int, limit: int, retry_after: float | None) -> None:

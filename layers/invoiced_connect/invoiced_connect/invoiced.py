@@ -204,17 +204,20 @@ def parse_token_response(response: requests.Response, *, now: float | None = Non
     )
 
 
-def _no_retry_session() -> requests.Session:
+def no_retry_session() -> requests.Session:
+    """A session whose transport never retries: retrying is each caller's decision.
+
+    requests' default adapter already makes no retries; this says so
+    explicitly, because a silently retried token request can revoke a connection.
+    """
     session = requests.Session()
-    # requests' default adapter already makes no retries; say so explicitly,
-    # because a silently retried token request can revoke a connection.
     adapter = requests.adapters.HTTPAdapter(max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
 
 
-def _was_not_sent(exc: requests.RequestException) -> bool:
+def was_not_sent(exc: requests.RequestException) -> bool:
     """True when the request never reached Invoiced (safe to say 'transient')."""
     if isinstance(exc, requests.ConnectTimeout):
         return True
@@ -248,7 +251,7 @@ class InvoicedClient:
         self.client_id = client_id
         self._client_secret = client_secret
         self._timeout = (min(3.05, timeout), timeout)
-        self._session = session or _no_retry_session()
+        self._session = session or no_retry_session()
 
     # ---------------------------------------------------------------- authorize
     def authorize_url(self, *, redirect_uri: str, scope: str, state: str, code_challenge: str) -> str:
@@ -301,7 +304,7 @@ class InvoicedClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            if _was_not_sent(exc):
+            if was_not_sent(exc):
                 raise TransientError("could not reach Invoiced", reason="connect_failed") from None
             raise UnknownOutcomeError(
                 "the token request was sent but no complete answer came back", reason=type(exc).__name__
