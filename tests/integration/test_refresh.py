@@ -364,3 +364,21 @@ def test_kept_aside_tokens_are_recovered_when_the_stored_token_is_rejected(stack
     assert stored_tokens(stack, cid) == (rotated.access_token, rotated.refresh_token)
     assert row(stack, cid).status is ConnectionStatus.ACTIVE
     assert store(stack).get_rescue(cid) is None
+
+
+def test_a_throttled_encrypt_of_new_tokens_is_retried(stack, cid):
+    connect(stack, cid)
+    make_due(stack, cid)
+    r = refresher(stack, sleep=lambda s: None)
+    real_encrypt, failures = r.cipher.encrypt, [2]
+
+    def flaky_encrypt(*args):
+        if failures[0]:
+            failures[0] -= 1
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Encrypt")
+        return real_encrypt(*args)
+
+    r.cipher.encrypt = flaky_encrypt
+    assert r.refresh(cid).outcome is Outcome.REFRESHED
+    assert failures == [0]
+    assert_live(stack, cid)

@@ -70,11 +70,12 @@ UNKNOWN_OUTCOME_COOLDOWN_SECONDS = 900
 FAILING_EVENT_AFTER = 3
 #: On-demand refreshes happen when the access token has less than this left.
 MIN_VALIDITY_SECONDS = 300
-#: Attempts to write new tokens (commit, then rescue) before giving up on a write.
+#: Attempts to store new tokens (encrypt, commit, rescue) before giving up on one step.
 WRITE_ATTEMPTS = 4
 _RETRYABLE_WRITE_ERRORS = frozenset({
     "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
     "InternalServerError", "ServiceUnavailable", "TransactionConflictException",
+    "KMSInternalException", "DependencyTimeoutException",  # the encrypt before the commit
 })
 
 
@@ -252,9 +253,15 @@ class Refresher:
                     until=now + self.policy.lease_seconds,
                     statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
                 )
+            except LeaseLost:
+                return self._result(row, Outcome.BUSY)
+            try:
                 committed = self._commit(leased, owner, rescue.ciphertext, rescue.expires_at)
             except LeaseLost:
                 return self._result(row, Outcome.BUSY)
+            except BaseException:
+                self.store.release_lease(connection_id, owner=owner)  # the rescue row stays for the next run
+                raise
             self.store.delete_rescue(rescue)
             logger.warning("kept-aside tokens recovered", extra={"connection_id": connection_id,
                                                                   "version": committed.version})
@@ -324,7 +331,8 @@ class Refresher:
         # From here on these tokens exist nowhere else: never drop them.
         now = int(self.clock())
         active_until = now + self.policy.active_use_seconds if mode is Mode.ON_DEMAND else row.active_until
-        ciphertext = self.cipher.encrypt(connection_id, tokens.access_token, tokens.refresh_token)
+        ciphertext = self._retry_write(
+            lambda: self.cipher.encrypt(connection_id, tokens.access_token, tokens.refresh_token))
         try:
             committed = self._commit(row, owner, ciphertext, tokens.expires_at, active_until=active_until)
         except (LeaseLost, ClientError, BotoCoreError) as exc:
