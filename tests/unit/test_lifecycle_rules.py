@@ -71,11 +71,38 @@ class NoRefresher:
     {"action": "refresh", "connection_id": "../x"}, {"action": "refresh", "connection_id": "a", "stale_version": -1},
     {"action": "refresh", "connection_id": "a", "stale_version": True},
     {"action": "refresh", "connection_id": "a", "force": "yes"},
+    {"action": "refresh", "connection_id": "a", "wait_seconds": -1},
+    {"action": "refresh", "connection_id": "a", "wait_seconds": "10"},
 ])
 def test_bad_requests_to_the_connections_function_get_a_clear_answer(event):
     answer = operations.handle(event, 60, refresher=NoRefresher())
     assert answer["error"] == "bad_request" and answer["message"]
     assert operations.metric_name(answer) == "BadRequests"
+
+
+class RecordingRefresher:
+    def __init__(self) -> None:
+        self.calls = []
+
+    def refresh(self, connection_id, **kwargs):
+        from invoiced_connect.refresh import RefreshResult
+
+        self.calls.append((connection_id, kwargs))
+        return RefreshResult(connection_id, Outcome.ALREADY_FRESH, "active", 3)
+
+
+def test_a_refresh_request_waits_as_asked_within_the_invocation():
+    from invoiced_connect.refresh import Mode
+
+    refresher = RecordingRefresher()
+    answer = operations.handle({"action": "refresh", "connection_id": "acme-1", "stale_version": 2,
+                                "wait_seconds": 20}, 60, refresher=refresher)
+    assert answer["outcome"] == "already_fresh"
+    assert refresher.calls == [("acme-1", {"mode": Mode.ON_DEMAND, "stale_version": 2, "wait_seconds": 20.0})]
+    operations.handle({"action": "refresh", "connection_id": "acme-1", "wait_seconds": 20}, 35, refresher=refresher)
+    assert refresher.calls[-1][1]["wait_seconds"] == 5.0  # 35 s left, 30 kept for the refresh itself
+    operations.handle({"action": "refresh", "connection_id": "acme-1", "force": True}, 60, refresher=refresher)
+    assert refresher.calls[-1][1]["mode"] is Mode.FORCED
 
 
 def test_messages_are_parsed_strictly():

@@ -4,7 +4,7 @@ Invoked synchronously (by the reader SDK and the CLI), never routed. It
 answers with an outcome, a status and a version, never a token, so whoever
 may invoke it still needs the table and key to read one.
 
-    {"action": "refresh", "connection_id": "acme-7", "stale_version": 3}
+    {"action": "refresh", "connection_id": "acme-7", "stale_version": 3, "wait_seconds": 20}
     {"action": "refresh", "connection_id": "acme-7", "force": true}
     {"action": "disconnect", "connection_id": "acme-7"}
 """
@@ -29,7 +29,7 @@ class BadRequest(ValueError):
     pass
 
 
-def _parse(event: Any) -> tuple[str, str, int | None, bool]:
+def _parse(event: Any) -> tuple[str, str, int | None, bool, float | None]:
     if not isinstance(event, Mapping):
         raise BadRequest("the request must be a JSON object")
     action = event.get("action")
@@ -45,17 +45,23 @@ def _parse(event: Any) -> tuple[str, str, int | None, bool]:
     force = event.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be true or false")
-    return action, connection_id, stale, force
+    wait = event.get("wait_seconds")
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300):
+        raise BadRequest("wait_seconds must be a number from 0 to 300")
+    return action, connection_id, stale, force, wait
 
 
 def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = None) -> dict[str, Any]:
     """Carry out one request; bad input gets ``{"error": "bad_request", ...}``."""
     try:
-        action, connection_id, stale, force = _parse(event)
+        action, connection_id, stale, force, asked_wait = _parse(event)
     except BadRequest as exc:
         return {"error": "bad_request", "message": str(exc)}
     refresher = refresher or shared_refresher()
+    # Wait for another refresher's lease as long as asked, within this invocation.
     wait = max(0.0, remaining_seconds - RESERVE_SECONDS)
+    if asked_wait is not None:
+        wait = min(wait, float(asked_wait))
     if action == "disconnect":
         return Disconnector(refresher).disconnect(connection_id, wait_seconds=wait).as_dict()
     mode = Mode.FORCED if force else Mode.ON_DEMAND
