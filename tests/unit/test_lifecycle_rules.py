@@ -164,3 +164,17 @@ def test_the_cache_never_outlives_the_earliest_possible_rotation_or_the_expiry()
     assert reader._good_until(active) == NOW + 3600 - 900 - ROTATION_MARGIN_SECONDS
     idle = connection(refresh_at=NOW + 30 * 86400)
     assert reader._good_until(idle) == NOW + 3600 - MIN_VALIDITY_SECONDS
+
+
+def test_the_lambda_client_waits_as_long_as_a_locked_refresh_may_take(monkeypatch):
+    from invoiced_connect import aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    aws.reset_clients()
+    try:
+        # The connections function runs up to 60 s (it may wait for a lease):
+        # a shorter read timeout would make boto3 retry, i.e. invoke it again.
+        assert aws.client("lambda").meta.config.read_timeout > 60
+        assert aws.client("dynamodb").meta.config.read_timeout == 10
+    finally:
+        aws.reset_clients()

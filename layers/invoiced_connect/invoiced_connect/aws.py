@@ -22,6 +22,11 @@ def _session() -> Any:
     return boto3.session.Session()
 
 
+# A synchronous Invoke of the connections function may wait for another
+# refresher's lease and then refresh (up to its 60 s timeout): read that long.
+_READ_TIMEOUTS = {"lambda": 70}
+
+
 @functools.cache
 def client(service: str) -> Any:
     """The shared client for ``service`` (thread-safe once created)."""
@@ -31,7 +36,8 @@ def client(service: str) -> Any:
     with _lock:
         return _session().client(
             service,
-            config=Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 3}),
+            config=Config(connect_timeout=3, read_timeout=_READ_TIMEOUTS.get(service, 10),
+                          retries={"mode": "standard", "max_attempts": 3}),
         )
 
 
