@@ -89,8 +89,8 @@ def _fmt(calls: Counter[str], per: int = 1) -> str:
 
 
 def run(connections: int, latency_ms: float, not_due_factor: int) -> list[tuple[str, str]]:
+    from local.seed import connect, expire, make_due, row
     from local.stack import LocalStack
-    from tests.integration.lifecycle import connect, expire, make_due, row
 
     rows: list[tuple[str, str]] = []
     with LocalStack(auto_schedule=False) as stack:
