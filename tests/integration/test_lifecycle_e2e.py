@@ -6,6 +6,7 @@ bus, and the CLI works against the running stack. Nothing logs a token."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 import boto3
@@ -175,3 +176,32 @@ def test_the_cli_reads_a_stack_by_name(stack, cid, capsys, monkeypatch):
     assert f"connection_id        {cid}" in shown and "has_tokens           True" in shown
     monkeypatch.undo()
     get_settings.cache_clear()
+
+
+def test_readers_in_many_lambdas_at_once_cause_one_token_request_through_the_invoke_api(stack, cid):
+    """Eight readers, each its own process as far as the SDK knows (no shared
+    cache, no in-process coalescing), find the token expiring at the same moment."""
+    from invoiced_connect.crypto import TokenCipher
+    from invoiced_connect.store import TokenStore
+    from invoiced_connect.tokens import TokenReader, lambda_invoker
+
+    connect_in_browser(stack, cid)
+    expire(stack, cid)
+    before = stack.invoiced.token_request_count("refresh_token")
+    barrier = threading.Barrier(8)
+    got: list[str] = []
+
+    def read() -> None:
+        reader = TokenReader(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
+                             invoke=lambda_invoker(stack.env["CONNECTIONS_FUNCTION_NAME"]), coalesce=False)
+        barrier.wait()
+        got.append(reader.get_access_token(cid))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stack.invoiced.token_request_count("refresh_token") - before == 1
+    assert len(got) == 8 and len(set(got)) == 1 and stack.invoiced.is_access_token_valid(got[0])
+    assert row(stack, cid).status is ConnectionStatus.ACTIVE and row(stack, cid).version == 2
