@@ -455,7 +455,7 @@ class Gateway:
         self.host, self.port = host, port
         self.api_id = api_id
         self.access_log = access_log
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         # Local-only pages outside the API (path -> handler of the raw query).
         self.extra_pages: dict[str, Callable[[str], HttpResponse]] = {}
@@ -477,7 +477,12 @@ class Gateway:
     def bind(self) -> Gateway:
         """Listen on the port (connections queue until :meth:`start`)."""
         if self._server is None:
-            self._server = _Server((self.host, self.port), _Handler, gateway=self)
+            self._server = LoopbackServer(
+                (self.host, self.port),
+                lambda request, body: self.handle(request.command, request.path, list(request.headers.items()),
+                                                  body, request.client_address[0]),
+                name="local-apigw",
+            )
             self.port = self._server.server_address[1]
         return self
 
@@ -560,35 +565,40 @@ class Gateway:
             return INTERNAL_ERROR
 
 
-class _Server(ThreadingHTTPServer):
+#: Turns one request (the stdlib handler, for its method, path, headers and
+#: peer) and its body into status, headers and body.
+Responder = Callable[[BaseHTTPRequestHandler, bytes | None], HttpResponse]
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server that hands every request to ``respond``
+    (the local API Gateway and the local Lambda API are both one)."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, gateway: Gateway) -> None:
-        self.gateway = gateway
-        super().__init__(address, handler)
+    def __init__(self, address: tuple[str, int], respond: Responder, *, name: str) -> None:
+        self.respond, self.name = respond, name
+        super().__init__(address, _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: LoopbackServer
 
     def version_string(self) -> str:
-        return "local-apigw"
+        return self.server.name
 
     def _serve(self) -> None:
-        body = read_request_body(self)
-        status, headers, data = self.server.gateway.handle(
-            self.command, self.path, list(self.headers.items()), body, self.client_address[0]
-        )
+        status, headers, data = self.server.respond(self, read_request_body(self))
         send_http_response(self, status, headers, data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # the gateway's own access log leaves the query string out
+        pass  # each server keeps its own access log, without query strings
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        logger.debug("gateway: " + format, *args)
+        logger.debug(self.server.name + ": " + format, *args)
 
 
 def read_request_body(handler: BaseHTTPRequestHandler) -> bytes | None:

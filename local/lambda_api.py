@@ -40,12 +40,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from local.gateway import Activity, HttpResponse, LocalFunction, error_location, read_request_body, send_http_response
+from local.gateway import Activity, HttpResponse, LocalFunction, LoopbackServer, error_location
 from local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ class LambdaApi:
         self.functions: dict[str, LocalFunction] = {}
         self.counts: dict[tuple[str, str], int] = {}
         self._counts_lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self._background: set[threading.Thread] = set()
         self._background_lock = threading.Lock()
@@ -135,7 +134,11 @@ class LambdaApi:
 
     def bind(self) -> LambdaApi:
         if self._server is None:
-            self._server = _Server((self.host, self.port), _Handler, api=self)
+            self._server = LoopbackServer(
+                (self.host, self.port),
+                lambda request, body: self.handle(request.command, request.path, dict(request.headers.items()), body),
+                name="local-lambda",
+            )
             self.port = self._server.server_address[1]
         return self
 
@@ -277,32 +280,3 @@ def log_failure(function: LocalFunction, exc: BaseException, request_id: str) ->
 def _header(headers: Mapping[str, str], name: str) -> str:
     lowered = name.lower()
     return next((value for key, value in headers.items() if key.lower() == lowered), "")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, api: LambdaApi) -> None:
-        self.api = api
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def version_string(self) -> str:
-        return "local-lambda"
-
-    def _serve(self) -> None:
-        body = read_request_body(self)
-        status, headers, data = self.server.api.handle(self.command, self.path, dict(self.headers.items()), body)
-        send_http_response(self, status, headers, data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        logger.debug("lambda api: " + format, *args)
