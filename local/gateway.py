@@ -456,7 +456,6 @@ class Gateway:
         self.api_id = api_id
         self.access_log = access_log
         self._server: LoopbackServer | None = None
-        self._thread: threading.Thread | None = None
         # Local-only pages outside the API (path -> handler of the raw query).
         self.extra_pages: dict[str, Callable[[str], HttpResponse]] = {}
         self.mount(routes, functions or {})
@@ -488,19 +487,14 @@ class Gateway:
 
     def start(self) -> Gateway:
         self.bind()
-        if self._thread is None:
-            assert self._server is not None
-            self._thread = threading.Thread(target=self._server.serve_forever, name="local-gateway", daemon=True)
-            self._thread.start()
+        assert self._server is not None
+        self._server.serve_in_background()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            if self._thread is not None:
-                self._server.shutdown()
-                self._thread.join(timeout=5)
-            self._server.server_close()
-        self._server = self._thread = None
+            self._server.close()
+        self._server = None
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -578,7 +572,23 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], respond: Responder, *, name: str) -> None:
         self.respond, self.name = respond, name
+        self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
+
+    def serve_in_background(self) -> None:
+        """Serve from a daemon thread (once; the port is already bound)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                            name=self.name, daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving (if it was) and release the port."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -118,7 +118,6 @@ class LambdaApi:
         self.counts: dict[tuple[str, str], int] = {}
         self._counts_lock = threading.Lock()
         self._server: LoopbackServer | None = None
-        self._thread: threading.Thread | None = None
         self._background: set[threading.Thread] = set()
         self._background_lock = threading.Lock()
         self.mount(functions or {})
@@ -144,21 +143,15 @@ class LambdaApi:
 
     def start(self) -> LambdaApi:
         self.bind()
-        if self._thread is None:
-            assert self._server is not None
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                            name="local-lambda-api", daemon=True)
-            self._thread.start()
+        assert self._server is not None
+        self._server.serve_in_background()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving, then wait up to ``timeout`` for asynchronous invocations still running."""
         if self._server is not None:
-            if self._thread is not None:
-                self._server.shutdown()
-                self._thread.join(timeout=5)
-            self._server.server_close()
-        self._server = self._thread = None
+            self._server.close()
+        self._server = None
         deadline = time.monotonic() + timeout
         with self._background_lock:
             running = list(self._background)
