@@ -35,8 +35,9 @@ validate: $(VENV)/.installed $(SAM_VENV)/.installed ## sam validate (runs the SA
 	SAM_CLI_TELEMETRY=0 $(SAM) validate --region $(REGION) --template template.yaml
 	$(VENV)/bin/cfn-lint template.yaml
 
-build: $(SAM_VENV)/.installed ## sam build (no Docker, no local python3.13 needed)
+build: $(SAM_VENV)/.installed ## sam build, then bytecode for python3.13 if one is found (no Docker needed)
 	SAM_CLI_TELEMETRY=0 PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template template.yaml
+	@scripts/compile-bytecode .aws-sam/build
 
 lint: $(VENV)/.installed ## ruff over the code and tests
 	$(VENV)/bin/ruff check layers functions local tests bench

@@ -32,14 +32,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import requests
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-
 from invoiced_connect import b64url
 from invoiced_connect.models import Company, TokenSet
 
 if TYPE_CHECKING:
+    import requests
+
     from invoiced_connect.settings import Settings
+
+# ``requests`` is imported on first use, not here: building the authorize URL
+# (all that GET /connect needs from this module) must not pay for it at cold
+# start.
 
 # Invoiced's wrapper reports every token-endpoint failure as a 400 with one of
 # these fixed texts and no error code, so the text is the only signal.
@@ -210,8 +213,11 @@ def no_retry_session() -> requests.Session:
     requests' default adapter already makes no retries; this says so
     explicitly, because a silently retried token request can revoke a connection.
     """
+    import requests
+    from requests.adapters import HTTPAdapter
+
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(max_retries=0)
+    adapter = HTTPAdapter(max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -219,6 +225,9 @@ def no_retry_session() -> requests.Session:
 
 def was_not_sent(exc: requests.RequestException) -> bool:
     """True when the request never reached Invoiced (safe to say 'transient')."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
     if isinstance(exc, requests.ConnectTimeout):
         return True
     if isinstance(exc, requests.ConnectionError):
@@ -251,7 +260,14 @@ class InvoicedClient:
         self.client_id = client_id
         self._client_secret = client_secret
         self._timeout = (min(3.05, timeout), timeout)
-        self._session = session or no_retry_session()
+        self._own_session = session
+
+    @property
+    def _session(self) -> requests.Session:
+        """The HTTP session, made on the first request (see the note on imports)."""
+        if self._own_session is None:
+            self._own_session = no_retry_session()
+        return self._own_session
 
     # ---------------------------------------------------------------- authorize
     def authorize_url(self, *, redirect_uri: str, scope: str, state: str, code_challenge: str) -> str:
@@ -294,6 +310,8 @@ class InvoicedClient:
             return self._post_token(form, fresh)
 
     def _post_token(self, form: dict[str, str], secret: str) -> TokenSet:
+        import requests
+
         data = {**form, "client_id": self.client_id, "client_secret": secret}
         try:
             response = self._session.post(
@@ -323,6 +341,8 @@ class InvoicedClient:
     # ---------------------------------------------------------------- revoke
     def revoke(self, access_token: str) -> None:
         """Revoke an access token (and with it its refresh token)."""
+        import requests
+
         try:
             response = self._session.post(
                 f"{self.base_url}/oauth/revoke", data={"token": access_token}, timeout=self._timeout
@@ -337,6 +357,8 @@ class InvoicedClient:
     # ---------------------------------------------------------------- REST API
     def current_company(self, access_token: str, *, timeout: float | None = None) -> Company:
         """``GET /companies/current``: the company the token is for."""
+        import requests
+
         try:
             response = self._session.get(
                 f"{self.api_url}/companies/current",

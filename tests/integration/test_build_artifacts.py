@@ -1,0 +1,172 @@
+"""What `make build` ships: bytecode for the python3.13 runtime, a small
+layer, and handlers that import from the artifacts alone, cheaply.
+
+Builds once with the real SAM CLI (no Docker, no python3.13 on PATH, as the
+template tests do), then runs ``scripts/compile-bytecode`` as ``make build``
+does. Each handler is then imported in a fresh interpreter with the Lambda
+runtime's paths and variables (see ``bench.coldstart``), so a module the
+layer lacks, or a heavy import creeping into an API handler, fails here.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import coldstart
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPILE = ROOT / "scripts" / "compile-bytecode"
+FIND_PYTHON = ROOT / "scripts" / "find-python"
+TAG = "cpython-313"
+
+pytestmark = pytest.mark.slow
+
+
+def sam_cli() -> Path:
+    path = Path(os.environ.get("SAM_CLI") or ROOT / ".venv-sam" / "bin" / "sam")
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"SAM CLI not found at {path} (make install)")
+        pytest.skip(f"SAM CLI not found at {path} (make install, or set SAM_CLI)")
+    return path
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+
+
+def runtime_python() -> str | None:
+    found = run([str(FIND_PYTHON), "--runtime"], timeout=30)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def no_python313_env(tmp_path: Path) -> dict[str, str]:
+    """PATH without any python3.13, and a HOME with no pyenv in it."""
+    kept = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "python3.13").exists()]
+    kept = [d for d in kept if not (Path(d) / "pyenv").exists()]
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "PATH": os.pathsep.join(kept), "HOME": str(home), "PYENV_ROOT": str(home / "none")}
+
+
+@pytest.fixture(scope="module")
+def sources_only(tmp_path_factory) -> Path:
+    """`sam build` output, before bytecode."""
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
+    env = no_python313_env(tmp_path_factory.mktemp("env"))
+    env.update(SAM_CLI_TELEMETRY="0", PYTHON=sys.executable)
+    result = run(
+        [str(sam_cli()), "build", "--template", str(ROOT / "template.yaml"), "--build-dir", str(build_dir),
+         "--no-cached", "--no-use-container"],
+        timeout=110, cwd=ROOT, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return build_dir
+
+
+@pytest.fixture(scope="module")
+def compiled(sources_only, tmp_path_factory) -> Path:
+    """The same build after `scripts/compile-bytecode`, as `make build` leaves it."""
+    if runtime_python() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no Python 3.13 on the CI machine: the bytecode cannot be checked")
+        pytest.skip("no Python 3.13 on this machine")
+    build_dir = tmp_path_factory.mktemp("compiled") / "build"
+    shutil.copytree(sources_only, build_dir)
+    result = run([str(COMPILE), str(build_dir)], timeout=180, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compiled for Python 3.13" in result.stdout
+    return build_dir
+
+
+def python_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+
+
+def cached_file(source: Path) -> Path:
+    return source.parent / "__pycache__" / f"{source.stem}.{TAG}.pyc"
+
+
+def test_every_module_of_every_artifact_has_runtime_bytecode(compiled):
+    artifacts = coldstart.find_artifacts(compiled)
+    assert {a.name for a in artifacts if not a.is_layer} >= {"ConnectFunction", "CallbackFunction"}
+    missing = [
+        str(p.relative_to(compiled)) for a in artifacts for p in python_files(a.code_dir)
+        if not cached_file(p).is_file()
+    ]
+    assert missing == []
+
+
+def test_bytecode_is_never_checked_against_the_sources_and_names_the_lambda_paths(compiled):
+    samples = {
+        compiled / "ConnectFunction" / "app.py": "/var/task/app.py",
+        compiled / "InvoicedConnectLayer" / "python" / "invoiced_connect" / "flow.py":
+            "/opt/python/invoiced_connect/flow.py",
+    }
+    for source, lambda_path in samples.items():
+        data = cached_file(source).read_bytes()
+        # PEP 552 header: magic, flags (bit 0 hash-based, bit 1 check source), hash, code.
+        assert int.from_bytes(data[4:8], "little") == 0b01, source
+        assert marshal.loads(data[16:]).co_filename == lambda_path  # noqa: S302 (our own build output)
+
+
+def test_without_python313_the_build_ships_sources_and_says_why(sources_only, tmp_path):
+    build_dir = tmp_path / "build"
+    shutil.copytree(sources_only, build_dir)
+    result = run([str(COMPILE), str(build_dir)], timeout=60, cwd=ROOT, env=no_python313_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "no Python 3.13" in result.stderr and "shipping sources only" in result.stderr
+    assert not list(build_dir.rglob("*.pyc"))
+
+
+def test_compiling_a_missing_build_fails_clearly(tmp_path):
+    result = run([str(COMPILE), str(tmp_path / "nothing")], timeout=30, cwd=ROOT)
+    assert result.returncode != 0
+    assert "run sam build first" in result.stderr
+
+
+def test_the_layer_stays_under_10_mb_with_bytecode(compiled):
+    layer = compiled / "InvoicedConnectLayer"
+    size = coldstart.unzipped_size(layer)
+    print(f"\nlayer unzipped with bytecode: {size / 1e6:.2f} MB")
+    assert size < coldstart.LAYER_LIMIT_BYTES
+    powertools = layer / "python" / "aws_lambda_powertools"
+    assert (powertools / "tracing").is_dir() and (powertools / "event_handler" / "api_gateway.py").is_file()
+    assert not (powertools / "utilities" / "parser").exists()
+    assert not (powertools / "event_handler" / "openapi" / "swagger_ui").exists()
+
+
+def imports(build_dir: Path) -> dict[str, dict[str, object]]:
+    """Import every handler from the artifacts alone, as in Lambda."""
+    artifacts = coldstart.find_artifacts(build_dir)
+    layer = next(a for a in artifacts if a.is_layer)
+    return {
+        a.name: coldstart.probe("app", coldstart.lambda_environment(a, layer), build_dir)
+        for a in artifacts if not a.is_layer
+    }
+
+
+def test_every_handler_imports_from_the_artifacts_and_api_handlers_stay_light(compiled):
+    loaded = imports(compiled)
+    assert set(loaded) == {
+        "ConnectFunction", "CallbackFunction", "SchedulerFunction", "RefreshWorkerFunction",
+        "ConnectionsFunction", "ListInvoicesFunction",
+    }
+    # The connect handler never needs requests; the callback loads it on its
+    # first token request. Neither loads boto3 or the X-Ray SDK at import.
+    for name in coldstart.API_FUNCTIONS:
+        assert loaded[name]["requests"] is False, name
+        assert loaded[name]["boto3"] is False, name
+        assert loaded[name]["xray"] is False, name
+
+
+def test_handlers_import_from_sources_only_builds_too(sources_only):
+    loaded = imports(sources_only)
+    assert loaded["ConnectFunction"]["requests"] is False
