@@ -8,8 +8,10 @@ PY        := $(VENV)/bin/python
 SAM       := $(SAM_VENV)/bin/sam
 # sam validate runs the SAM transform, which needs a region; no credentials.
 REGION    ?= us-east-1
+# make deploy: which [ENV.deploy.parameters] table of samconfig.toml to use.
+ENV       ?= sandbox
 
-.PHONY: help install run test unit lint validate build bench clean
+.PHONY: help install run test unit lint validate build bench clean deploy deploy-guided
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,11 +49,30 @@ test: install lint validate ## Install everything, lint, check the template, run
 	  export CHROMIUM_PATH SAM_CLI="$(CURDIR)/$(SAM)"; \
 	  $(PY) -m pytest
 
-bench: $(VENV)/.installed ## Measure the token lifecycle against the local stack (not part of test)
+bench: $(VENV)/.installed build ## Measure cold start and size of the build, then the token lifecycle (not part of test)
+	$(PY) -m bench.coldstart
 	$(PY) -m bench.lifecycle $(ARGS)
 
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
+
+# deploy: check AWS credentials and region first (seconds, and before any
+# build), then `make build`, then sam deploy with the environment's settings
+# from samconfig.toml, then print what is left to do, from the stack's
+# outputs. The region is passed on as --region because the SAM CLI (botocore)
+# does not read AWS_REGION. $(1) is extra sam deploy options.
+define deploy_steps
+region=$$($(PY) -m invoiced_connect.deployment preflight $(ENV)) || exit $$?; \
+$(MAKE) --no-print-directory build || exit $$?; \
+SAM_CLI_TELEMETRY=0 $(SAM) deploy --config-env $(ENV) --region "$$region" $(1) || exit $$?; \
+$(PY) -m invoiced_connect.deployment next-steps $(ENV) --program $(VENV)/bin/invoiced-connect
+endef
+
+deploy: $(VENV)/.installed $(SAM_VENV)/.installed ## Build and deploy ENV=sandbox (default) or ENV=production, then print the next steps
+	@$(call deploy_steps,)
+
+deploy-guided: $(VENV)/.installed $(SAM_VENV)/.installed ## The same with sam deploy --guided (asks for each setting; for a first deploy)
+	@$(call deploy_steps,--guided)
 
 clean: ## Remove build output and virtual environments
 	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache

@@ -10,10 +10,18 @@ one line on stderr and exit status 2.
     invoiced-connect connections show ID [--json]
     invoiced-connect refresh ID          # a locked refresh, through the connections function
     invoiced-connect disconnect ID [--yes]
+    invoiced-connect --stack NAME next-steps       # after a deploy: what is left to do
+    invoiced-connect --stack NAME configure [--client-id ID]
 
 ``refresh`` and ``disconnect`` invoke the stack's connections function, as the
 reader SDK does, so the command never needs the client secret. Nothing it
 prints contains a token.
+
+``configure`` stores the OAuth client secret in the stack's secret and the
+client id in the stack's parameter (see :mod:`invoiced_connect.deployment`).
+The secret is read at a prompt that does not echo it, or from stdin when
+stdin is not a terminal; no argument carries it, so it stays out of shell
+history and the process list, and nothing printed contains it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -117,6 +126,24 @@ def _build_parser() -> argparse.ArgumentParser:
     disconnect = commands.add_parser("disconnect", help="revoke a connection at Invoiced and erase its tokens")
     disconnect.add_argument("connection_id")
     disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    stack_help = "the deployed stack (may also be given before the command)"
+    steps = commands.add_parser(
+        "next-steps", help="after a deploy: the callback URL to register at Invoiced, and what is left to configure"
+    )
+    steps.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
+    configure = commands.add_parser(
+        "configure",
+        help="store the OAuth client id and secret in the stack (the secret is asked for, or read from stdin)",
+        description="Store the Invoiced OAuth application's client id (in the stack's InvoicedClientId "
+        "parameter) and client secret (in the stack's ClientSecretArn secret). The secret is asked for "
+        "without echo, or read from stdin when stdin is not a terminal: "
+        "`pass show invoiced/secret | head -n 1 | invoiced-connect --stack NAME configure --client-id ID`.",
+    )
+    configure.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
+    configure.add_argument(
+        "--client-id", help="the client id (asked for when omitted in a terminal; else the stack's current one)"
+    )
     return parser
 
 
@@ -222,7 +249,7 @@ def _disconnect(connection_id: str, yes: bool) -> int:
 
 
 def _hint(exc: Exception, args: argparse.Namespace) -> str:
-    from botocore.exceptions import NoRegionError
+    from botocore.exceptions import NoCredentialsError, NoRegionError
 
     from invoiced_connect.settings import SettingsError
 
@@ -230,12 +257,71 @@ def _hint(exc: Exception, args: argparse.Namespace) -> str:
         return " (use --env-file .local/stack.env for the local stack, or --stack NAME for a deployed one)"
     if isinstance(exc, NoRegionError):
         return " (set AWS_REGION or configure a default region for your AWS profile)"
+    if isinstance(exc, NoCredentialsError):
+        return " (run `aws configure`, or set AWS_PROFILE to a configured profile)"
     return ""
+
+
+# ---------------------------------------------------------------- deployment
+def _program() -> str:
+    """How the person typed this command, for the commands it prints."""
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) != "invoiced-connect":
+        return "invoiced-connect"  # python -m, or a test
+    found = shutil.which("invoiced-connect")
+    if found and os.path.realpath(found) == os.path.realpath(typed):
+        return "invoiced-connect"
+    return typed
+
+
+def _ask(prompt: str) -> str:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
+
+
+def _stack_command(args: argparse.Namespace) -> int:
+    from invoiced_connect import aws, deployment
+
+    if args.env_file or not args.stack:
+        raise ValueError(f"{args.command} works on a deployed stack: use --stack NAME (not --env-file)")
+    cloudformation, secretsmanager = aws.client("cloudformation"), aws.client("secretsmanager")
+    if args.command == "next-steps":
+        print(deployment.stack_next_steps(args.stack, cloudformation, secretsmanager, _program()))
+        return 0
+    import getpass
+
+    try:
+        result = deployment.configure(
+            args.stack,
+            cloudformation=cloudformation,
+            secretsmanager=secretsmanager,
+            client_id=args.client_id,
+            stdin=sys.stdin,
+            interactive=sys.stdin.isatty(),
+            getpass=getpass.getpass,
+            ask=_ask,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (KeyboardInterrupt, EOFError):
+        print("\ninvoiced-connect: cancelled", file=sys.stderr)
+        return 130
+    for warning in deployment.samconfig_pins(result.stack, result.client_id):
+        print(warning, file=sys.stderr)
+    print(deployment.configured_message(result, _program()))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+        # botocore reads only AWS_DEFAULT_REGION (and the profile); AWS_REGION is the SDKs' common name.
+        os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
     try:
+        if args.command in ("configure", "next-steps"):
+            return _stack_command(args)
         if args.env_file:
             os.environ.update(read_env_file(args.env_file))
         if args.stack:
