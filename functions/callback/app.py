@@ -1,21 +1,29 @@
-"""GET /callback: finish the flow, exchange the code once, store the tokens encrypted."""
+"""GET /callback: finish the flow, exchange the code once, store the tokens encrypted.
 
-from aws_lambda_powertools import Logger
+Traced by Lambda's active tracing only (see functions/connect/app.py).
+Metrics: Connected, Reconnected, or ConnectFailed by reason.
+"""
+
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
 
 from invoiced_connect import web
 
 logger = Logger()
-app = APIGatewayHttpResolver()
+metrics = Metrics()
+app = APIGatewayHttpResolver(debug=False)  # its debug mode prints whole events: the code, state, cookies
 web.configure(app, logger)
 
 
 @app.get("/callback")
 def callback():
-    return web.to_response(web.flow().callback(web.request_query(app), web.request_cookies(app), web.reference(app)))
+    return web.to_response(
+        web.flow().callback(web.request_query(app), web.request_cookies(app), web.reference(app), web.report(app))
+    )
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True,
+                              log_event=False)
 def handler(event, context):
-    return app.resolve(event, context)
+    return web.handle(app, logger, metrics, event, context)  # also flushes the metrics

@@ -1,27 +1,35 @@
-"""SQS: refresh each queued connection under its lease (see invoiced_connect.worker)."""
+"""SQS: refresh each queued connection under its lease (see invoiced_connect.worker).
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+Log lines carry the invocation's request id as their correlation id, and
+``message_id`` / ``connection_id`` while a record is handled; each record is
+a trace subsegment annotated with its connection id and outcome.
+"""
 
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from invoiced_connect import observability
 from invoiced_connect.logs import use_handler_logger
 from invoiced_connect.operations import shared_refresher
 from invoiced_connect.worker import process_batch
 
 logger = Logger()
 metrics = Metrics()
+tracer = Tracer(patch_modules=("botocore", "requests"))  # AWS calls and Invoiced's token endpoint, URLs without query
 use_handler_logger(logger)
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event, context):
+    observability.correlate(logger, context)
     shared = shared_refresher()
     report = process_batch(
         event.get("Records", []),
         shared,
         lambda: context.get_remaining_time_in_millis() / 1000,
         reserve_seconds=shared.policy.lease_seconds / 2,
+        record_scope=observability.record_scope(logger, tracer),
     )
-    for name, count in report.metrics().items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+    observability.add_counts(metrics, {**report.metrics(), **report.aggregates()})
     return report.response()

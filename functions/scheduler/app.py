@@ -1,20 +1,27 @@
-"""Scheduled: queue the connections that are due a refresh (see invoiced_connect.scheduler)."""
+"""Scheduled: queue the connections that are due a refresh (see invoiced_connect.scheduler).
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+Log lines carry the EventBridge event's id as their correlation id.
+"""
 
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+
+from invoiced_connect import observability
 from invoiced_connect.logs import use_handler_logger
 from invoiced_connect.scheduler import default_scheduler
 
 logger = Logger()
 metrics = Metrics()
+tracer = Tracer(patch_modules=("botocore",))  # DynamoDB queries and SQS sends; never their payloads
 use_handler_logger(logger)
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event, context):
+    observability.correlate(logger, context)
     report = default_scheduler().run(lambda: context.get_remaining_time_in_millis() / 1000)
-    metrics.add_metric(name="ConnectionsDue", unit=MetricUnit.Count, value=report.due)
-    metrics.add_metric(name="ConnectionsQueued", unit=MetricUnit.Count, value=report.queued)
+    observability.add_counts(metrics, {"ConnectionsDue": report.due, "ConnectionsQueued": report.queued})
+    tracer.put_annotation(key="queued", value=report.queued)
     return report.as_dict()

@@ -413,6 +413,7 @@ def default_reader(monkeypatch: pytest.MonkeyPatch, inv: LocalInvoiced) -> types
     """The real invoiced_connect.tokens, its default reader serving ``.current``; settings point at ``inv``."""
     reader = types.SimpleNamespace(current=None)
     monkeypatch.setattr(token_sdk, "default_reader", lambda: reader.current)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")  # as template.yaml's Globals set it
     from invoiced_connect import settings
 
     monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(invoiced_api_url=inv.api_url))

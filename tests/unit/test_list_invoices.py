@@ -38,6 +38,12 @@ def default_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(token_sdk, "default_reader", FakeTokens)
 
 
+@pytest.fixture(autouse=True)
+def metrics_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler emits metrics: give it the namespace template.yaml's Globals give every function."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")
+
+
 def load_handler():
     from local.gateway import import_handler
 

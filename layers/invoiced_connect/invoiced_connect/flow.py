@@ -12,6 +12,10 @@ encrypted and stored before anything else. The browser is then sent to the
 allowlisted return URL, or to the bare ``/callback``, which shows the outcome
 without the code and state in the address bar. Every failure is a plain page
 with a reference.
+
+What a request came to (started, connected, reconnected, or failed and why)
+is written to the :class:`FlowReport` the handler passes in, for its metrics
+and log keys.
 """
 
 from __future__ import annotations
@@ -82,6 +86,59 @@ class BadRequest(Exception):
         self.status, self.title, self.message, self.reason = status, title, message, reason
 
 
+# What the flow reports (see FlowReport): the outcomes, and for a failure one
+# of a small fixed set of reasons (invoiced_connect.observability.CONNECT_FAILURE_REASONS);
+# the logs keep the finer BadRequest reason.
+STARTED, CONNECTED, RECONNECTED, FAILED = "started", "connected", "reconnected", "failed"
+_FAILURE_REASON = {
+    "no_link": "link_invalid",
+    "bad_link": "link_invalid",
+    "return_to": "return_url_refused",
+    "link_used": "link_used",
+    "duplicate_param": "bad_request",
+    "param_too_long": "bad_request",
+    "no_state": "bad_request",
+    "no_code": "bad_request",
+    "no_cookie": "state_rejected",
+    "state_rejected": "state_rejected",
+    "issuer": "state_rejected",
+    "code_invalid": "code_rejected",
+}
+
+
+@dataclass
+class FlowReport:
+    """What one ``/connect`` or ``/callback`` request came to, for the handler's metrics and logs.
+
+    ``outcome``: ``started``, ``connected``, ``reconnected`` or ``failed``
+    (with a ``reason``), or ``None`` when the request did none of these (the
+    outcome page). ``connection_id`` is set (and ``on_connection_id`` called)
+    as soon as it is known from a verified link or a consumed state; nothing
+    else from the request is kept.
+    """
+
+    on_connection_id: Callable[[str], None] | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    connection_id: str | None = None
+
+    def identify(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        if self.on_connection_id is not None:
+            self.on_connection_id(connection_id)
+
+    def succeed(self, outcome: str) -> None:
+        self.outcome, self.reason = outcome, None
+
+    def fail(self, reason: str) -> None:
+        """Record a failure, unless the request already succeeded or failed (the first word stands)."""
+        if self.outcome is None:
+            self.outcome, self.reason = FAILED, reason
+
+    def refused(self, exc: BadRequest) -> None:
+        self.fail(_FAILURE_REASON.get(exc.reason, "bad_request"))
+
+
 def parse_query(raw_query: str) -> dict[str, list[str]]:
     """Parse a raw query string, keeping repeated parameters visible."""
     parsed: dict[str, list[str]] = {}
@@ -143,19 +200,22 @@ class ConnectFlow:
         )
 
     # ------------------------------------------------------------------ /connect
-    def start(self, query: Query, reference: str) -> HttpResult:
+    def start(self, query: Query, reference: str, report: FlowReport | None = None) -> HttpResult:
+        report = report or FlowReport()
         try:
-            return self._start(query)
+            return self._start(query, report)
         except BadRequest as exc:
+            report.refused(exc)
             logger.info("connect refused", extra={"reason": exc.reason, "reference": reference})
             return pages.error_page(exc.status, exc.title, exc.message, reference)
         except (SettingsError, SecretError) as exc:
+            report.fail("not_configured")
             logger.error("connect not configured", extra={"error": str(exc), "reference": reference})
             return pages.error_page(
                 503, "Not available", "This connection service is not configured yet.", reference
             )
 
-    def _start(self, query: Query) -> HttpResult:
+    def _start(self, query: Query, report: FlowReport) -> HttpResult:
         client = self._invoiced  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
@@ -164,6 +224,7 @@ class ConnectFlow:
             claims = verify_link_token(token, self.link_keys(), now=self.clock())
         except LinkError as exc:
             raise BadRequest(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
+        report.identify(claims.connection_id)
         if claims.return_to is not None:
             try:
                 check_return_url(claims.return_to, self.settings.return_url_allowlist)
@@ -198,21 +259,26 @@ class ConnectFlow:
             code_challenge=s256_challenge(verifier),
         )
         cookie = f"{COOKIE_NAME}={binding}; Max-Age={STATE_TTL_SECONDS}; {_COOKIE_ATTRIBUTES}"
+        report.succeed(STARTED)
         return pages.redirect(location, status=302, cookies=(cookie,))
 
     # ------------------------------------------------------------------ /callback
-    def callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> HttpResult:
+    def callback(self, query: Query, cookies: Mapping[str, str], reference: str,
+                 report: FlowReport | None = None) -> HttpResult:
         """Finish the flow, then redirect (303) to ``/callback`` without the
         code and state, where the outcome is shown: the address bar and the
         history never keep the one-time values (post/redirect/get)."""
         if not query:
             return self._show_outcome(cookies, reference)
+        report = report or FlowReport()
         try:
-            result = self._callback(query, cookies, reference)
+            result = self._callback(query, cookies, reference, report)
         except BadRequest as exc:
+            report.refused(exc)
             logger.info("callback refused", extra={"reason": exc.reason, "reference": reference})
             result = pages.Outcome(exc.status, exc.title, exc.message, reference)
         except (SettingsError, SecretError) as exc:
+            report.fail("not_configured")
             logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
             result = pages.Outcome(503, "Not available", "This connection service is not configured yet.", reference)
         if isinstance(result, HttpResult):
@@ -227,7 +293,8 @@ class ConnectFlow:
             )
         return outcome.render(cookies=(CLEAR_RESULT_COOKIE,))
 
-    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str) -> pages.Outcome | HttpResult:
+    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str,
+                  report: FlowReport) -> pages.Outcome | HttpResult:
         state = _single(query, "state")
         code = _single(query, "code")
         error = _single(query, "error")
@@ -256,11 +323,12 @@ class ConnectFlow:
                 "Start again from your connect link.",
                 "state_rejected",
             ) from None
+        report.identify(flow.connection_id)
         if flow.issuer != self.settings.issuer:
             raise BadRequest(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
 
         if error is not None or (error_description is not None and not code):
-            return self._denied(flow, error, error_description, reference)
+            return self._denied(flow, error, error_description, reference, report)
         if not code:
             raise BadRequest(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
 
@@ -273,22 +341,28 @@ class ConnectFlow:
             tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
         except InvoicedError as exc:
             self.store.release_link(flow.link_hash)  # nothing was connected: the link stays usable
-            return self._exchange_failure(exc, reference)
+            return self._exchange_failure(exc, reference, report)
 
         # Store first: the code is spent, and these tokens exist nowhere else.
-        ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
-        # Just connected: the app is about to use it, so keep it fresh for a while.
-        active_until = now + self._policy.active_use_seconds
-        connection = self.store.save_connection(
-            connection_id=flow.connection_id,
-            tokens=tokens,
-            ciphertext=ciphertext,
-            company_name=None,
-            issuer=flow.issuer,
-            now=now,
-            refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until),
-            active_until=active_until,
-        )
+        try:
+            ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
+            # Just connected: the app is about to use it, so keep it fresh for a while.
+            active_until = now + self._policy.active_use_seconds
+            connection = self.store.save_connection(
+                connection_id=flow.connection_id,
+                tokens=tokens,
+                ciphertext=ciphertext,
+                company_name=None,
+                issuer=flow.issuer,
+                now=now,
+                refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
+                                                        active_until=active_until),
+                active_until=active_until,
+            )
+        except Exception:
+            report.fail("store_failed")  # the 500 page and its log line come from the handler
+            raise
+        report.succeed(CONNECTED if connection.version == 1 else RECONNECTED)
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
@@ -305,11 +379,12 @@ class ConnectFlow:
         return pages.Outcome(200, "Connected", "", reference, company=company_name, connected=True)
 
     def _denied(
-        self, flow: FlowState, error: str | None, description: str | None, reference: str
+        self, flow: FlowState, error: str | None, description: str | None, reference: str, report: FlowReport
     ) -> pages.Outcome | HttpResult:
         # Invoiced's own deny redirect has only error_description; stock
         # servers send error=access_denied. Both mean the user said no.
         denied = error in (None, "access_denied")
+        report.fail("denied" if denied else "authorize_error")
         logged_error = error if error in KNOWN_AUTHORIZE_ERRORS else ("denied" if error is None else "other")
         logger.info("authorization not granted", extra={"connection_id": flow.connection_id, "error": logged_error})
         if flow.return_to:
@@ -324,12 +399,13 @@ class ConnectFlow:
             return pages.Outcome(200, "Not connected", DENIED_MESSAGE, reference)
         return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
 
-    def _exchange_failure(self, exc: InvoicedError, reference: str) -> pages.Outcome:
+    def _exchange_failure(self, exc: InvoicedError, reference: str, report: FlowReport) -> pages.Outcome:
         if isinstance(exc, InvalidGrantError):
             raise BadRequest(
                 400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
                 "Start again from your connect link.", "code_invalid"
             )
+        report.fail("client_auth_failed" if isinstance(exc, ClientAuthError) else "exchange_failed")
         if isinstance(exc, InvalidTokenResponseError):
             message = "Invoiced's answer could not be used."
         elif isinstance(exc, ClientAuthError):

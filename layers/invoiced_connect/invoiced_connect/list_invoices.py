@@ -12,6 +12,7 @@ from typing import Any
 from invoiced_connect.api import ApiAuthError, InvoicedApi, TokenSource, positive_int
 from invoiced_connect.invoiced import ApiError, TransientError
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.observability import event_connection_id
 from invoiced_connect.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 
 #: The invoice fields the example consumer (functions/list_invoices) returns.
@@ -36,11 +37,7 @@ class BadRequest(ValueError):
 
 def loggable_connection_id(event: object) -> str | None:
     """The event's connection id if it is valid (safe to log), else None."""
-    value = event.get("connection_id") if isinstance(event, Mapping) else None
-    try:
-        return validate_connection_id(value)  # type: ignore[arg-type]
-    except InvalidConnectionId:
-        return None
+    return event_connection_id(event)
 
 
 def invoice_summary(invoice: Mapping[str, Any]) -> dict[str, Any]:

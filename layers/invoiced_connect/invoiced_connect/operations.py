@@ -18,6 +18,7 @@ from typing import Any
 from invoiced_connect.disconnect import OUTCOMES as DISCONNECT_OUTCOMES
 from invoiced_connect.disconnect import Disconnector
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.observability import refresh_aggregates
 from invoiced_connect.refresh import Mode, Outcome, Refresher, default_refresher
 
 ACTIONS = ("refresh", "disconnect")
@@ -74,14 +75,36 @@ def shared_refresher() -> Refresher:
     return default_refresher()
 
 
-def metric_name(answer: Mapping[str, Any]) -> str | None:
-    """The metric counting this answer's outcome: ``RefreshRefreshed``, ``DisconnectDisconnected``, ..."""
+def requested_action(event: Any) -> str | None:
+    """The request's action if it is a known one (safe to log), else ``None``."""
+    action = event.get("action") if isinstance(event, Mapping) else None
+    return action if action in ACTIONS else None
+
+
+def metric_name(answer: Mapping[str, Any], action: str | None = None) -> str | None:
+    """The metric counting this answer's outcome: ``RefreshRefreshed``, ``DisconnectDisconnected``, ...
+
+    ``action``: the request's; without it, an outcome both kinds of request
+    have (``busy``, ``not_found``) is taken for a disconnect's.
+    """
     if "error" in answer:
         return "BadRequests"
     outcome = answer.get("outcome")
-    if outcome in DISCONNECT_OUTCOMES:
+    if outcome in DISCONNECT_OUTCOMES and action != "refresh":
         return "Disconnect" + "".join(part.capitalize() for part in str(outcome).split("_"))
     try:
         return Outcome(outcome).metric_name
     except ValueError:
         return None
+
+
+def metric_counts(answer: Mapping[str, Any], action: str | None) -> dict[str, int]:
+    """The metrics for this answer to an ``action`` request: its :func:`metric_name`,
+    and for a refresh also ``RefreshFailed`` and ``RefreshPermanentFailure`` (0 or 1)."""
+    name = metric_name(answer, action)
+    if name is None:
+        return {}
+    counts = {name: 1}
+    if action == "refresh" and "error" not in answer:
+        counts.update(refresh_aggregates({str(answer.get("outcome")): 1}))
+    return counts

@@ -25,6 +25,10 @@ How it stays correct when Invoiced revokes the old pair on every refresh:
 Errors are typed: :class:`ConnectionNotFound`, :class:`NeedsReauthorization`,
 :class:`ConnectionRevoked` (permanent until the customer reconnects), and
 :class:`TokenUnavailable` (transient; ``retry_at`` says when to try again).
+
+Readers count the tokens asked of them and the cache misses (no I/O);
+:func:`invoiced_connect.observability.add_token_metrics` emits them as the
+``TokenReads`` and ``TokenCacheMisses`` metrics.
 """
 
 from __future__ import annotations
@@ -86,6 +90,38 @@ class _Cached:
 Invoker = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+class ReadCounts:
+    """Counters of token reads, for metrics: plain integers, no I/O.
+
+    ``reads``: access tokens asked of a reader (:meth:`TokenReader.get_access_token`
+    and :meth:`TokenReader.token_rejected` calls). ``cache_misses``: those not
+    answered from the reader's memory (each one is a consistent ``GetItem``,
+    and maybe a KMS ``Decrypt`` or a refresh request).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads = 0
+        self._misses = 0
+
+    def read(self, *, miss: bool) -> None:
+        with self._lock:
+            self._reads += 1
+            self._misses += miss
+
+    def take(self) -> tuple[int, int]:
+        """``(reads, cache_misses)`` since the last take; starts counting again from zero."""
+        with self._lock:
+            counts = (self._reads, self._misses)
+            self._reads = self._misses = 0
+            return counts
+
+
+#: What every reader of this process counts into, unless given its own;
+#: ``invoiced_connect.observability.add_token_metrics`` emits it.
+READ_COUNTS = ReadCounts()
+
+
 def lambda_invoker(function_name: str, client_factory: Callable[[], Any] | None = None) -> Invoker:
     """Call the connections function synchronously with boto3 and return its answer."""
 
@@ -119,6 +155,7 @@ class TokenReader:
         window_seconds: int = 15 * 60,
         clock: Callable[[], float] = time.time,
         coalesce: bool = True,
+        counts: ReadCounts | None = None,
     ) -> None:
         self.store = store
         self.cipher = cipher
@@ -130,6 +167,7 @@ class TokenReader:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.calls = {"reads": 0, "decrypts": 0, "refresh_requests": 0}
+        self.counts = READ_COUNTS if counts is None else counts
 
     # ---------------------------------------------------------------- public
     def get_access_token(self, connection_id: str) -> str:
@@ -137,16 +175,20 @@ class TokenReader:
         validate_connection_id(connection_id)
         cached = self._cache.get(connection_id)
         if cached and self.clock() < cached.good_until:
+            self.counts.read(miss=False)
             return cached.access_token
         with self._lock_for(connection_id):
             cached = self._cache.get(connection_id)
             if cached and self.clock() < cached.good_until:
+                self.counts.read(miss=False)
                 return cached.access_token  # another thread just loaded it
+            self.counts.read(miss=True)
             return self._load(connection_id)
 
     def token_rejected(self, connection_id: str, access_token: str) -> str:
         """Invoiced answered 401 to ``access_token``: a token that should work, or an error."""
         validate_connection_id(connection_id)
+        self.counts.read(miss=True)
         with self._lock_for(connection_id):
             cached = self._cache.get(connection_id)
             if cached and cached.access_token == access_token:

@@ -3,7 +3,12 @@
 Handlers stay a few lines: they route, call the flow, and hand its
 :class:`~invoiced_connect.pages.HttpResult` back through :func:`to_response`.
 Anything unexpected becomes a plain 500 page with a reference id, never a
-stack trace or a reflected value.
+stack trace or a reflected value. :func:`handle` resolves one event and
+counts what it came to (see :func:`invoiced_connect.observability.count_flow`);
+the connection id joins the log keys as soon as the flow knows it.
+
+Only the standard library and what Powertools' logger and resolver load are
+imported here: ``/connect`` pays every import at cold start.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.event_handler import Response
 
-from invoiced_connect import pages
-from invoiced_connect.flow import ConnectFlow, default_flow, parse_cookies, parse_query
+from invoiced_connect import observability, pages
+from invoiced_connect.flow import ConnectFlow, FlowReport, default_flow, parse_cookies, parse_query
 from invoiced_connect.logs import use_handler_logger
 from invoiced_connect.secrets import SecretError
 from invoiced_connect.settings import SettingsError
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools import Logger
+    from typing import Any
+
+    from aws_lambda_powertools import Logger, Metrics
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
+_REPORT = "flow_report"  # the key of this request's FlowReport in the resolver's context
 
 
 def to_response(result: pages.HttpResult) -> Response:
@@ -54,6 +63,31 @@ def request_cookies(app: APIGatewayHttpResolver) -> dict[str, str]:
     return parse_cookies(app.current_event.cookies or [])
 
 
+def report(app: APIGatewayHttpResolver) -> FlowReport:
+    """This request's report (see :func:`handle`)."""
+    found = app.context.get(_REPORT)
+    return found if isinstance(found, FlowReport) else FlowReport()
+
+
+def handle(app: APIGatewayHttpResolver, logger: Logger, metrics: Metrics, event: Any, context: Any) -> Any:
+    """Resolve one API Gateway event; then count what it came to (ConnectStarted,
+    ConnectFailed by reason, Connected, Reconnected).
+
+    The invocation writes one EMF document at most. The flush here stands in
+    for ``@metrics.log_metrics``: a failure has gone out on its own with its
+    ``reason`` dimension, and a request that counts nothing (the outcome
+    page, a 404) writes no empty document and no "no metrics" warning.
+    """
+    flow_report = FlowReport(on_connection_id=lambda connection_id: logger.append_keys(connection_id=connection_id))
+    app.append_context(**{_REPORT: flow_report})
+    try:
+        return app.resolve(event, context)
+    finally:
+        observability.count_flow(metrics, flow_report)
+        if metrics.metric_set:
+            metrics.flush_metrics()
+
+
 def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
     """Route the package's own log records through the handler's JSON logger
     and turn unexpected exceptions into a plain 500 page."""
@@ -65,6 +99,7 @@ def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
 
     @app.exception_handler([SettingsError, SecretError])
     def _not_configured(exc: Exception) -> Response:
+        report(app).fail("not_configured")
         ref = reference(app)
         # These messages name the variable or secret at fault, never a value.
         logger.error("not configured", extra={"error": str(exc), "reference": ref})
@@ -74,6 +109,7 @@ def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        report(app).fail("unexpected")  # unless the flow said what failed (store_failed)
         ref = reference(app)
         # The exception type only: messages of AWS or HTTP errors can quote
         # request data.

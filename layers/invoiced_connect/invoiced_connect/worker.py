@@ -12,17 +12,24 @@ and the rest of the batch is handed back for redelivery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.observability import RecordScope, outcome_metric_name, refresh_aggregates
 from invoiced_connect.refresh import Mode, Outcome, Refresher
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _no_scope(message_id: str, connection_id: str | None) -> Iterator[dict[str, str]]:
+    yield {}
 
 
 @dataclass
@@ -35,14 +42,15 @@ class BatchReport:
         """Counts by CloudWatch metric name (``RefreshRefreshed``, ``RefreshUnknownOutcome``, ...)."""
         counts: dict[str, int] = {}
         for outcome, count in self.outcomes.items():
-            try:
-                name = Outcome(outcome).metric_name
-            except ValueError:
-                name = "Refresh" + "".join(part.capitalize() for part in outcome.split("_"))
+            name = outcome_metric_name(outcome)  # Outcome.metric_name for the refresher's outcomes
             counts[name] = counts.get(name, 0) + count
         if self.deferred:
             counts["RefreshDeferred"] = self.deferred
         return counts
+
+    def aggregates(self) -> dict[str, int]:
+        """``RefreshFailed`` and ``RefreshPermanentFailure`` (see :mod:`invoiced_connect.observability`)."""
+        return refresh_aggregates(self.outcomes)
 
     def response(self) -> dict[str, Any]:
         """Lambda's partial batch response."""
@@ -65,8 +73,14 @@ def process_batch(
     remaining_seconds: Callable[[], float],
     *,
     reserve_seconds: float,
+    record_scope: RecordScope = _no_scope,
 ) -> BatchReport:
-    """Refresh each record's connection; see the module doc for what fails a message."""
+    """Refresh each record's connection; see the module doc for what fails a message.
+
+    ``record_scope(message_id, connection_id)`` wraps the handling of each
+    started record (log keys, a trace subsegment); it is given the outcome
+    as ``"outcome"`` in the dict it yields.
+    """
     report = BatchReport()
     stop_client_calls = False
     for record in records:
@@ -78,27 +92,36 @@ def process_batch(
         try:
             connection_id, kind = parse_message(record["body"])
         except (ValueError, InvalidConnectionId):
-            # Not ours to retry: a malformed message would only reach the DLQ later.
-            logger.error("malformed refresh message dropped", extra={"message_id": message_id})
-            report.outcomes["malformed"] += 1
-            continue
-        if stop_client_calls and kind == "refresh":
-            report.outcomes["skipped_client_auth"] += 1
-            continue  # the next schedule run finds it again
-        try:
-            if kind == "recover":
-                result = refresher.recover(connection_id)
+            connection_id, kind = None, None
+        with record_scope(message_id, connection_id) as facts:
+            if connection_id is None or kind is None:
+                # Not ours to retry: a malformed message would only reach the DLQ later.
+                logger.error("malformed refresh message dropped", extra={"message_id": message_id})
+                outcome = "malformed"
+            elif stop_client_calls and kind == "refresh":
+                outcome = "skipped_client_auth"  # the next schedule run finds it again
             else:
-                result = refresher.refresh(connection_id, mode=Mode.SCHEDULED)
-        except Exception as exc:  # noqa: BLE001 - one failure never blocks the others
-            logger.error("refresh failed unexpectedly",
-                         extra={"connection_id": connection_id, "error_type": type(exc).__name__})
-            report.failed_ids.append(message_id)
-            report.outcomes["error"] += 1
-            continue
-        report.outcomes[result.outcome.value] += 1
-        if result.outcome is Outcome.CLIENT_AUTH_FAILED:
-            # Every refresh would fail the same way: do not send more bad credentials.
-            stop_client_calls = True
+                outcome = _handle(refresher, connection_id, kind)
+                if outcome == "error":
+                    report.failed_ids.append(message_id)
+                elif outcome == Outcome.CLIENT_AUTH_FAILED:
+                    # Every refresh would fail the same way: do not send more bad credentials.
+                    stop_client_calls = True
+            facts["outcome"] = outcome
+            report.outcomes[outcome] += 1
     logger.info("refresh batch", extra={"outcomes": dict(report.outcomes), "deferred": report.deferred})
     return report
+
+
+def _handle(refresher: Refresher, connection_id: str, kind: str) -> str:
+    """One message's outcome: the refresher's, or ``error`` (the message is then redelivered)."""
+    try:
+        if kind == "recover":
+            result = refresher.recover(connection_id)
+        else:
+            result = refresher.refresh(connection_id, mode=Mode.SCHEDULED)
+    except Exception as exc:  # noqa: BLE001 - one failure never blocks the others
+        logger.error("refresh failed unexpectedly",
+                     extra={"connection_id": connection_id, "error_type": type(exc).__name__})
+        return "error"
+    return result.outcome.value
