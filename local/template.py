@@ -6,9 +6,9 @@ routes) from the one template, so the schema and the wiring cannot drift
 from what is deployed. Only what that needs is implemented: ``Ref``,
 ``Fn::GetAtt``, ``Fn::Sub`` (both forms), ``Fn::If`` with ``Conditions``,
 ``Fn::FindInMap``, ``Fn::Join``, ``Fn::Select``, ``Fn::Split``,
-``Fn::Equals``, ``Fn::Not``, ``Fn::And``, ``Fn::Or``, ``Condition`` and
-``AWS::NoValue``. Anything else raises :class:`TemplateError` rather than
-being passed through half-resolved.
+``Fn::Equals``, ``Fn::Not``, ``Fn::And``, ``Fn::Or``, ``Condition``,
+``AWS::NoValue`` and SAM's ``Ref`` of ``<Function>.Alias``. Anything else
+raises :class:`TemplateError` rather than being passed through half-resolved.
 """
 
 from __future__ import annotations
@@ -203,7 +203,17 @@ class Resolver:
             return self.pseudo[name]
         if name in self.parameters:
             return self.parameters[name]
+        if name.endswith(".Alias"):
+            return self.function_alias_arn(name.removesuffix(".Alias"))
         return self.resource(name).ref
+
+    def function_alias_arn(self, logical_id: str) -> str:
+        """SAM's ``!Ref Function.Alias``: the function's ARN qualified by its ``AutoPublishAlias``."""
+        resource = self.template["Resources"].get(logical_id) or {}
+        alias = (resource.get("Properties") or {}).get("AutoPublishAlias")
+        if resource.get("Type") != "AWS::Serverless::Function" or alias is None:
+            raise TemplateError(f"{logical_id}.Alias: {logical_id} is not a function with an AutoPublishAlias")
+        return f"{self.get_att(logical_id, 'Arn')}:{_scalar_text(self.resolve(alias))}"
 
     def get_att(self, logical_id: str, attribute: str) -> Any:
         physical = self.resource(logical_id)
@@ -364,7 +374,8 @@ def references(value: Any) -> set[str]:
     elif isinstance(value, dict):
         for key, argument in value.items():
             if key == "Ref" and isinstance(argument, str):
-                found.add(argument)
+                # SAM's "Function.Alias" / "Function.Version" name the function.
+                found.add(argument.rsplit(".", 1)[0] if argument.endswith((".Alias", ".Version")) else argument)
             elif key == "Fn::GetAtt":
                 target = argument.split(".", 1)[0] if isinstance(argument, str) else argument[0]
                 found |= {target} if isinstance(target, str) else references(target)
@@ -501,8 +512,11 @@ def http_routes(template: Mapping[str, Any], resolver: Resolver) -> list[RouteSp
         if integration.get("IntegrationType") != "AWS_PROXY" or str(integration.get("PayloadFormatVersion")) != "2.0":
             raise TemplateError(f"route {logical_id}: only AWS_PROXY integrations with payload 2.0 run locally")
         uri = integration.get("IntegrationUri", "")
-        # Either the function ARN itself or the apigateway ".../functions/<arn>/invocations" form.
-        function = next((name for arn, name in by_arn.items() if arn == uri or f"/functions/{arn}/" in uri), None)
+        # The function ARN, maybe qualified by an alias or version (all run the
+        # local code), or the apigateway ".../functions/<arn>/invocations" form.
+        function = next((name for arn, name in by_arn.items()
+                         if uri == arn or uri.startswith(f"{arn}:") or f"/functions/{arn}/" in uri
+                         or f"/functions/{arn}:" in uri), None)
         if function is None:
             raise TemplateError(f"route {logical_id}: integration target {uri!r} is not a function of this template")
         routes.append(RouteSpec(props["RouteKey"], function))

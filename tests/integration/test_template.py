@@ -1,7 +1,11 @@
 """template.yaml and its build, checked the way a security reviewer would.
 
-The structural checks are plain functions that return a list of problems, so
-each one is also run against a deliberately broken copy of the template
+The structural checks are plain functions that return a list of problems.
+Each runs on three forms of the template: the SAM source, and what the SAM
+transform makes of it (the resources CloudFormation actually creates: the
+roles, the managed policies attached to them, the event source mapping, the
+versions and aliases) with the ``SnapStart`` parameter off and on. Each check
+is also run against a deliberately broken copy
 (``test_each_check_catches_its_regression``): a check that cannot fail is
 not a check. The SAM CLI tests (marked ``slow``) run ``sam validate`` and a
 real ``sam build`` into a temporary directory, with no Docker and with every
@@ -26,6 +30,7 @@ import local.template as template_module
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 
 GUARDED_SERVICES = ("dynamodb", "kms", "secretsmanager")
 MAX_LAYER_BYTES = 10 * 1024 * 1024
@@ -49,6 +54,7 @@ SHARED_ENV = {
     "TABLE_NAME", "KMS_KEY_ID", "INVOICED_BASE_URL", "INVOICED_API_URL", "INVOICED_CLIENT_ID",
     "INVOICED_SCOPE", "PUBLIC_BASE_URL", "RETURN_URL_ALLOWLIST",
     "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOGGER_LOG_EVENT", "POWERTOOLS_TRACER_CAPTURE_RESPONSE",
     "EVENT_BUS_NAME", "CONNECTIONS_FUNCTION_NAME", "REFRESH_WINDOW_MINUTES", "KEEPALIVE_DAYS", "ACTIVE_USE_HOURS",
 }
 #: The functions that call Invoiced's token endpoint: the only readers of the client secret.
@@ -56,6 +62,12 @@ TOKEN_ENDPOINT_CALLERS = {"CallbackFunction", "RefreshWorkerFunction", "Connecti
 #: Event sources a function may have (an HTTP API event would create an implicit API).
 ALLOWED_EVENTS = {"SchedulerFunction": "Schedule", "RefreshWorkerFunction": "SQS"}
 ROUTES = {"GET /connect": "ConnectFunction", "GET /callback": "CallbackFunction"}
+#: The functions the SnapStart parameter applies to: the two the browser waits on.
+SNAPSTART_FUNCTIONS = set(ROUTES.values())
+#: AWS managed policies SAM attaches to the generated roles, by what asks for them:
+#: every function (logs), Tracing: Active (X-Ray writes), an SQS event source.
+BASE_MANAGED_POLICIES = {"service-role/AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
+EXTRA_MANAGED_POLICIES = {"RefreshWorkerFunction": {"service-role/AWSLambdaSQSQueueExecutionRole"}}
 # Exactly what each handler does to the table, by key prefix.
 TABLE_GRANTS = {
     ("ConnectFunction", "dynamodb:PutItem", "state#*"),
@@ -76,6 +88,25 @@ TABLE_GRANTS = {
 # Access-log variables that could carry a code, a state, a cookie or a token.
 SENSITIVE_LOG_VARIABLE = re.compile(r"query|body|header|cookie|authori[sz]|override|apikey|jwt|claims", re.I)
 
+#: The metrics the code emits as EMF (namespace InvoicedConnect, dimension
+#: service=invoiced-connect, unit Count; ConnectFailed also has a reason
+#: dimension): the contract between the code and the alarms.
+EMITTED_METRICS = {
+    "RefreshFailed",  # every failed refresh: transient, unknown outcome, needs reauth, client auth, kept aside
+    "RefreshPermanentFailure", "RefreshNeedsReauth", "RefreshUnknownOutcome", "RefreshKeptAside",
+    "RefreshClientAuthFailed", "ConnectStarted", "ConnectFailed", "Connected", "Reconnected", "TokenReads",
+}
+#: The EMF metrics that must each have an alarm.
+ALARMED_METRICS = {"RefreshFailed", "RefreshNeedsReauth", "RefreshUnknownOutcome", "RefreshKeptAside",
+                   "RefreshClientAuthFailed"}
+ALARM_ACTIONS = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+OPERATIONS_LINK = re.compile(r"docs/operations\.md#([a-z0-9-]+)")
+#: What a version description must stay under (Lambda's limit), and the room
+#: it must leave for PublicBaseUrl plus the comma-joined ReturnUrlAllowlist
+#: (docs/operations.md promises this much).
+VERSION_DESCRIPTION_LIMIT = 256
+URL_BUDGET = 180
+
 
 # ------------------------------------------------------------------ loading
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
@@ -83,28 +114,110 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     return template_module.load_template(path)
 
 
+#: Run under the SAM CLI's own Python, where the transform (samtranslator)
+#: lives. Local CodeUri/ContentUri folders become S3 locations first, as
+#: `sam validate` does; no AWS call is made (no managed policy is named).
+SAM_TRANSFORM_SCRIPT = """
+import json, sys
+from samtranslator.translator.transform import transform
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+request = json.load(sys.stdin)
+results = []
+for parameters in request["parameter_sets"]:
+    template = json.loads(json.dumps(request["template"]))
+    for resource in template["Resources"].values():
+        props = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
+                props[key] = "s3://bucket/" + props[key].strip("/")
+    results.append(transform(template, parameters, NoManagedPolicies()))
+json.dump(results, sys.stdout)
+"""
+FORMS = ("source", "transformed", "transformed-snapstart")
+FORM_PARAMETERS = {"transformed": {}, "transformed-snapstart": {"SnapStart": "Enabled"}}
+
+
+def sam_transform(tpl: dict[str, Any], parameter_sets: list[dict[str, str]]) -> list[dict[str, Any]]:
+    python = sam_cli().parent / "python"
+    result = run(
+        [str(python), "-c", SAM_TRANSFORM_SCRIPT],
+        timeout=90, cwd=ROOT, input=json.dumps({"template": tpl, "parameter_sets": parameter_sets}),
+        env=tool_env(AWS_DEFAULT_REGION="us-east-1"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     return load_template()
 
 
+@pytest.fixture(scope="module")
+def forms(template) -> dict[str, dict[str, Any]]:
+    names = list(FORM_PARAMETERS)
+    transformed = sam_transform(template, [FORM_PARAMETERS[name] for name in names])
+    return {"source": template, **dict(zip(names, transformed, strict=True))}
+
+
 # ------------------------------------------------------------------ helpers
+# They read both forms: AWS::Serverless::Function (with Globals) and the
+# AWS::Lambda::Function, AWS::IAM::Role, ... the transform makes of it.
 def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
 
 
-def resources(tpl: dict[str, Any], type_name: str) -> dict[str, dict[str, Any]]:
-    return {name: res for name, res in tpl["Resources"].items() if res.get("Type") == type_name}
+def resources(tpl: dict[str, Any], *type_names: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in tpl["Resources"].items() if res.get("Type") in type_names}
+
+
+def is_source(tpl: dict[str, Any]) -> bool:
+    return bool(resources(tpl, "AWS::Serverless::Function"))
 
 
 def functions(tpl: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return resources(tpl, "AWS::Serverless::Function")
+    return resources(tpl, "AWS::Serverless::Function", "AWS::Lambda::Function")
 
 
 def global_function(tpl: dict[str, Any]) -> dict[str, Any]:
     return tpl.get("Globals", {}).get("Function", {})
+
+
+def function_prop(tpl: dict[str, Any], name: str, key: str, default: Any = None) -> Any:
+    """A function property, Globals included for the SAM form."""
+    props = functions(tpl)[name]["Properties"]
+    if key in props:
+        return props[key]
+    if functions(tpl)[name]["Type"] == "AWS::Serverless::Function":
+        return global_function(tpl).get(key, default)
+    return default
+
+
+def function_env(tpl: dict[str, Any], name: str) -> dict[str, Any]:
+    merged = {}
+    if functions(tpl)[name]["Type"] == "AWS::Serverless::Function":
+        merged.update(global_function(tpl).get("Environment", {}).get("Variables", {}))
+    merged.update(functions(tpl)[name]["Properties"].get("Environment", {}).get("Variables", {}))
+    return merged
+
+
+def function_tracing(tpl: dict[str, Any], name: str) -> Any:
+    if functions(tpl)[name]["Type"] == "AWS::Serverless::Function":
+        return function_prop(tpl, name, "Tracing")
+    return function_prop(tpl, name, "TracingConfig", {}).get("Mode")
+
+
+def function_role(tpl: dict[str, Any], name: str) -> str | None:
+    """The logical id of the role the function runs as (transformed form)."""
+    role = function_prop(tpl, name, "Role")
+    get_att = role.get("Fn::GetAtt") if isinstance(role, dict) else None
+    return get_att[0] if isinstance(get_att, list) and get_att[1:] == ["Arn"] else None
 
 
 def refers_to(value: Any, logical_id: str) -> bool:
@@ -129,33 +242,81 @@ def text_of(value: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
-def function_env(tpl: dict[str, Any], name: str) -> dict[str, Any]:
-    merged = dict(global_function(tpl).get("Environment", {}).get("Variables", {}))
-    merged.update(functions(tpl)[name]["Properties"].get("Environment", {}).get("Variables", {}))
-    return merged
+def alias_of(tpl: dict[str, Any], value: Any) -> str | None:
+    """The function whose alias ``value`` names: SAM's ``!Ref Fn.Alias`` or a Ref to an AWS::Lambda::Alias."""
+    ref = value.get("Ref") if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(ref, str):
+        return None
+    if ref.endswith(".Alias"):
+        return ref.removesuffix(".Alias")
+    alias = resources(tpl, "AWS::Lambda::Alias").get(ref)
+    target = (alias or {}).get("Properties", {}).get("FunctionName")
+    return target.get("Ref") if isinstance(target, dict) else None
+
+
+def reaches(tpl: dict[str, Any], value: Any, logical_id: str) -> bool:
+    """Whether an invocation target is the function or one of its aliases, whichever way an Fn::If goes."""
+    branches = value.get("Fn::If") if isinstance(value, dict) else None
+    if isinstance(branches, list) and len(branches) == 3:
+        return reaches(tpl, branches[1], logical_id) and reaches(tpl, branches[2], logical_id)
+    return refers_to(value, logical_id) or alias_of(tpl, value) == logical_id
+
+
+def choose(value: Any, resolver: template_module.Resolver) -> Any:
+    """``value`` with every Fn::If decided (and AWS::NoValue dropped); other intrinsics left as they are."""
+    if isinstance(value, list):
+        return [item for item in (choose(item, resolver) for item in value) if item != {"Ref": "AWS::NoValue"}]
+    if not isinstance(value, dict):
+        return value
+    branches = value.get("Fn::If")
+    if len(value) == 1 and isinstance(branches, list) and len(branches) == 3:
+        return choose(branches[1] if resolver.condition(branches[0]) else branches[2], resolver)
+    chosen = {key: choose(item, resolver) for key, item in value.items()}
+    return {key: item for key, item in chosen.items() if item != {"Ref": "AWS::NoValue"}}
+
+
+def resolver_for(tpl: dict[str, Any], **parameters: Any) -> template_module.Resolver:
+    return template_module.Resolver(tpl, parameters)
+
+
+def policy_holders(tpl: dict[str, Any], policy_id: str) -> set[str]:
+    """The functions a template managed policy is attached to (by SAM Policies or by role)."""
+    holders = set()
+    for name in functions(tpl):
+        attached = as_list(function_prop(tpl, name, "Policies"))
+        role = function_role(tpl, name)
+        if role in tpl["Resources"]:
+            attached += as_list(tpl["Resources"][role]["Properties"].get("ManagedPolicyArns"))
+        if any(refers_to(p, policy_id) for p in attached):
+            holders.add(name)
+    return holders
 
 
 def iam_statements(tpl: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(owner, statement) for every identity-policy statement in the template."""
-    for name, fn in functions(tpl).items():
-        for policy in as_list(fn["Properties"].get("Policies")):
+    """(owner, statement) for every identity-policy statement in the template.
+
+    The owner is a function's logical id whenever the statement applies to
+    a function (its SAM Policies, its generated role, a managed policy
+    attached to it), else the role or policy's own id.
+    """
+    role_owner = {function_role(tpl, name): name for name in functions(tpl) if function_role(tpl, name)}
+    for name in functions(tpl):
+        for policy in as_list(functions(tpl)[name]["Properties"].get("Policies")):
             if isinstance(policy, dict) and "Statement" in policy:
                 for statement in as_list(policy["Statement"]):
                     yield name, statement
     for name, role in resources(tpl, "AWS::IAM::Role").items():
         for policy in as_list(role["Properties"].get("Policies")):
             for statement in as_list(policy.get("PolicyDocument", {}).get("Statement")):
-                yield name, statement
+                yield role_owner.get(name, name), statement
     for name, res in resources(tpl, "AWS::IAM::Policy").items():
         for statement in as_list(res["Properties"].get("PolicyDocument", {}).get("Statement")):
             yield name, statement
     # A managed policy's statements count for every function that attaches
     # it, and for the policy itself (consumers outside the stack attach it).
     for name, res in resources(tpl, "AWS::IAM::ManagedPolicy").items():
-        holders = [fn for fn, props in functions(tpl).items()
-                   if any(refers_to(p, name) for p in as_list(props["Properties"].get("Policies")))]
         for statement in as_list(res["Properties"].get("PolicyDocument", {}).get("Statement")):
-            for owner in [*holders, name]:
+            for owner in [*sorted(policy_holders(tpl, name)), name]:
                 yield owner, statement
 
 
@@ -175,37 +336,70 @@ def statements_for(tpl: dict[str, Any], service: str) -> list[tuple[str, dict[st
     ]
 
 
+def event_sources(tpl: dict[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, properties) of what invokes a function besides the API, in SAM's terms."""
+    fn = functions(tpl)[name]
+    if fn["Type"] == "AWS::Serverless::Function":
+        return [(e.get("Type"), e.get("Properties") or {}) for e in (fn["Properties"].get("Events") or {}).values()]
+    found = []
+    for mapping in resources(tpl, "AWS::Lambda::EventSourceMapping").values():
+        props = mapping["Properties"]
+        if refers_to(props.get("FunctionName"), name):
+            found.append(("SQS", {"Queue": props.get("EventSourceArn"), **props}))
+    for rule in resources(tpl, "AWS::Events::Rule").values():
+        props = rule["Properties"]
+        if any(refers_to(target.get("Arn"), name) for target in as_list(props.get("Targets"))):
+            found.append(("Schedule", {"Schedule": props.get("ScheduleExpression"), **props}))
+    return found
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def operations_anchors() -> set[str]:
+    return {slug(line.lstrip("#")) for line in OPERATIONS_DOC.read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")}
+
+
 # ------------------------------------------------------------------ checks
 # Each returns a list of human-readable problems; empty means the property holds.
 def check_runtime(tpl: dict[str, Any]) -> list[str]:
     problems = []
-    defaults = global_function(tpl)
     for name, fn in functions(tpl).items():
-        props = fn["Properties"]
-        runtime = props.get("Runtime", defaults.get("Runtime"))
-        architectures = props.get("Architectures", defaults.get("Architectures"))
+        runtime = function_prop(tpl, name, "Runtime")
+        architectures = function_prop(tpl, name, "Architectures")
         if runtime != "python3.13":
             problems.append(f"{name}: runtime {runtime!r}")
         if architectures != ["arm64"]:
             problems.append(f"{name}: architectures {architectures!r}")
         if fn.get("Metadata", {}).get("BuildMethod") != "makefile":
             problems.append(f"{name}: not built by its Makefile")
-    for name, layer in resources(tpl, "AWS::Serverless::LayerVersion").items():
-        props, meta = layer["Properties"], layer.get("Metadata", {})
+    for name, layer in resources(tpl, "AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion").items():
+        props = layer["Properties"]
         if props.get("CompatibleRuntimes") != ["python3.13"] or props.get("CompatibleArchitectures") != ["arm64"]:
             problems.append(f"{name}: not a python3.13/arm64 layer")
-        if meta.get("BuildMethod") != "makefile" or meta.get("BuildArchitecture") != "arm64":
+        meta = layer.get("Metadata", {})
+        if layer["Type"] == "AWS::Serverless::LayerVersion" and (
+                meta.get("BuildMethod") != "makefile" or meta.get("BuildArchitecture") != "arm64"):
             problems.append(f"{name}: not built by its Makefile for arm64")
     return problems
 
 
 def check_routes(tpl: dict[str, Any]) -> list[str]:
     problems = []
+    apis = sorted(resources(tpl, "AWS::ApiGatewayV2::Api", "AWS::Serverless::HttpApi", "AWS::Serverless::Api",
+                            "AWS::ApiGateway::RestApi"))
+    if apis != ["HttpApi"]:
+        problems.append(f"APIs are {apis} (an implicit API would loop back into PUBLIC_BASE_URL)")
     routes = resources(tpl, "AWS::ApiGatewayV2::Route")
     keys = sorted(route["Properties"]["RouteKey"] for route in routes.values())
     if keys != sorted(ROUTES):
         problems.append(f"routes are {keys}")
     integrations = resources(tpl, "AWS::ApiGatewayV2::Integration")
+    permissions = resources(tpl, "AWS::Lambda::Permission")
     for name, route in routes.items():
         key, target = route["Properties"]["RouteKey"], route["Properties"].get("Target")
         match = re.fullmatch(r"integrations/\$\{(\w+)\}", text_of(target))
@@ -217,17 +411,66 @@ def check_routes(tpl: dict[str, Any]) -> list[str]:
         if props.get("IntegrationType") != "AWS_PROXY" or props.get("PayloadFormatVersion") != "2.0":
             problems.append(f"{name}: integration is not a 2.0 Lambda proxy")
         expected = ROUTES.get(key)
-        if expected and not refers_to(props.get("IntegrationUri"), expected):
+        if expected and not reaches(tpl, props.get("IntegrationUri"), expected):
             problems.append(f"{name}: {key} does not reach {expected}")
-    for name, fn in functions(tpl).items():
-        for event in (fn["Properties"].get("Events") or {}).values():
-            if event.get("Type") != ALLOWED_EVENTS.get(name):
-                problems.append(f"{name}: has a {event.get('Type')} event (an implicit API would loop back "
+        # The API may invoke exactly what the integration invokes (a function
+        # permission does not cover its alias), from this route only.
+        path = key.split(" ", 1)[-1]
+        granted = [p for p in permissions.values()
+                   if p["Properties"].get("FunctionName") == props.get("IntegrationUri")
+                   and text_of(p["Properties"].get("SourceArn")).endswith(f"/GET{path}")]
+        if len(granted) != 1:
+            problems.append(f"{name}: no invoke permission for what its integration invokes, from {key} only")
+    for name in functions(tpl):
+        for kind, _ in event_sources(tpl, name):
+            if kind != ALLOWED_EVENTS.get(name):
+                problems.append(f"{name}: has a {kind} event (an implicit API would loop back "
                                 "into PUBLIC_BASE_URL; only the scheduler and the worker have event sources)")
-    for name, permission in resources(tpl, "AWS::Lambda::Permission").items():
-        source = text_of(permission["Properties"].get("SourceArn"))
-        if not re.search(r"/GET/\w+$", source):
-            problems.append(f"{name}: invoke permission not scoped to one route ({source!r})")
+    rules = resources(tpl, "AWS::Events::Rule")
+    for name, permission in permissions.items():
+        props = permission["Properties"]
+        source = text_of(props.get("SourceArn"))
+        if props.get("Principal") == "apigateway.amazonaws.com":
+            if not re.search(r"/GET/\w+$", source):
+                problems.append(f"{name}: invoke permission not scoped to one route ({source!r})")
+        elif props.get("Principal") != "events.amazonaws.com" or not any(
+                refers_to(props.get("SourceArn"), rule) for rule in rules):
+            problems.append(f"{name}: invoke permission for {props.get('Principal')} not scoped to the schedule")
+    return problems
+
+
+def check_roles(tpl: dict[str, Any]) -> list[str]:
+    """One role per function, made for it: in the source no function brings
+    its own; transformed, each runs as its own role, trusted by Lambda only,
+    with only the AWS managed policies SAM adds for logs, X-Ray and SQS."""
+    problems = []
+    if is_source(tpl):
+        return [f"{name}: sets a Role (SAM would not make it its own)"
+                for name in functions(tpl) if function_prop(tpl, name, "Role") is not None]
+    roles = resources(tpl, "AWS::IAM::Role")
+    used: dict[str, str] = {}
+    for name in functions(tpl):
+        role = function_role(tpl, name)
+        if role not in roles:
+            problems.append(f"{name}: does not run as a role of this template")
+            continue
+        if role in used:
+            problems.append(f"{name}: shares {role} with {used[role]}")
+        used[role] = name
+        props = roles[role]["Properties"]
+        trust = as_list(props.get("AssumeRolePolicyDocument", {}).get("Statement"))
+        principals = [p for st in trust for p in as_list(st.get("Principal", {}).get("Service"))]
+        if principals != ["lambda.amazonaws.com"]:
+            problems.append(f"{role}: trusted by {principals}")
+        allowed = BASE_MANAGED_POLICIES | EXTRA_MANAGED_POLICIES.get(name, set())
+        for arn in as_list(props.get("ManagedPolicyArns")):
+            if isinstance(arn, str):
+                policy = arn.split(":policy/", 1)[-1]
+                if not arn.startswith("arn:aws:iam::aws:policy/") or policy not in allowed:
+                    problems.append(f"{role}: managed policy {arn}")
+            elif not any(refers_to(arn, own) for own in resources(tpl, "AWS::IAM::ManagedPolicy")):
+                problems.append(f"{role}: managed policy {arn!r} is not one of the template's")
+    problems += [f"{role}: a role no function runs as" for role in sorted(set(roles) - set(used))]
     return problems
 
 
@@ -254,8 +497,9 @@ def check_no_wildcards(tpl: dict[str, Any]) -> list[str]:
             ]
     # SAM policy templates and managed policies for these services grant more
     # than the handlers need; only inline statements are reviewable here.
-    for name, fn in functions(tpl).items():
-        for policy in as_list(fn["Properties"].get("Policies")):
+    # (Transformed, check_roles allows only SAM's logs, X-Ray and SQS policies.)
+    for name in functions(tpl):
+        for policy in as_list(function_prop(tpl, name, "Policies")):
             labels = [policy] if isinstance(policy, str) else [k for k in policy if k not in ("Version", "Statement")]
             problems += [
                 f"{name}: uses policy {label!r}"
@@ -349,8 +593,7 @@ def check_reader_policy(tpl: dict[str, Any]) -> list[str]:
                 problems.append("the reader policy invokes something other than the connections function")
     if granted != {"dynamodb:GetItem", "kms:Decrypt", "kms:DescribeKey", "lambda:InvokeFunction"}:
         problems.append(f"the reader policy grants {sorted(granted)}")
-    holders = {fn for fn, props in functions(tpl).items()
-               if any(refers_to(p, "TokenReaderPolicy") for p in as_list(props["Properties"].get("Policies")))}
+    holders = policy_holders(tpl, "TokenReaderPolicy")
     if holders != {"ListInvoicesFunction"}:
         problems.append(f"the reader policy is attached to {sorted(holders)}")
     return problems
@@ -359,19 +602,20 @@ def check_reader_policy(tpl: dict[str, Any]) -> list[str]:
 def check_refresh_pipeline(tpl: dict[str, Any]) -> list[str]:
     """Schedule -> queue (with a DLQ) -> worker with partial batch failures and bounded concurrency."""
     problems = []
-    scheduler = functions(tpl)["SchedulerFunction"]["Properties"]
-    if [e.get("Type") for e in (scheduler.get("Events") or {}).values()] != ["Schedule"]:
+    if [kind for kind, _ in event_sources(tpl, "SchedulerFunction")] != ["Schedule"]:
         problems.append("the scheduler has no schedule")
-    worker = functions(tpl)["RefreshWorkerFunction"]["Properties"]
-    events = [e for e in (worker.get("Events") or {}).values() if e.get("Type") == "SQS"]
+    events = [props for kind, props in event_sources(tpl, "RefreshWorkerFunction") if kind == "SQS"]
     if len(events) != 1:
         return [*problems, "the worker has no SQS event"]
-    sqs = events[0]["Properties"]
+    sqs = events[0]
     if not refers_to(sqs.get("Queue"), "RefreshQueue"):
         problems.append("the worker does not read the refresh queue")
     if sqs.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
         problems.append("the worker does not report partial batch failures")
-    if not refers_to(sqs.get("ScalingConfig", {}).get("MaximumConcurrency"), "RefreshConcurrency"):
+    # Bounded by the event source (MaximumConcurrency), or else by reserved concurrency.
+    bounded = refers_to(sqs.get("ScalingConfig", {}).get("MaximumConcurrency"), "RefreshConcurrency")
+    reserved = function_prop(tpl, "RefreshWorkerFunction", "ReservedConcurrentExecutions")
+    if not bounded and not (isinstance(reserved, int) and 0 < reserved < 20):
         problems.append("the worker's concurrency is not bounded by RefreshConcurrency")
     concurrency = tpl["Parameters"]["RefreshConcurrency"]
     if not (2 <= concurrency.get("Default", 0) <= 10 and concurrency.get("MaxValue", 99) < 20):
@@ -379,7 +623,7 @@ def check_refresh_pipeline(tpl: dict[str, Any]) -> list[str]:
     queue = tpl["Resources"]["RefreshQueue"]["Properties"]
     if not refers_to(queue.get("RedrivePolicy", {}).get("deadLetterTargetArn"), "RefreshDeadLetterQueue"):
         problems.append("the refresh queue has no dead-letter queue")
-    timeout = worker.get("Timeout", global_function(tpl).get("Timeout", 3))
+    timeout = function_prop(tpl, "RefreshWorkerFunction", "Timeout", 3)
     if queue.get("VisibilityTimeout", 30) < 6 * timeout:
         problems.append("the queue's visibility timeout is under six times the worker's timeout")
     publishers = {owner for owner, st in iam_statements(tpl) if "events:PutEvents" in actions(st)}
@@ -464,20 +708,39 @@ def check_stage(tpl: dict[str, Any]) -> list[str]:
 
 
 def check_log_groups(tpl: dict[str, Any]) -> list[str]:
+    """Every log group has a retention, and every function logs into one declared for it."""
     problems = []
     groups = resources(tpl, "AWS::Logs::LogGroup")
     problems += [f"{name}: no retention" for name, group in groups.items() if "RetentionInDays" not in group["Properties"]]
-    for name, fn in functions(tpl).items():
-        props = fn["Properties"]
-        group_ref = props.get("LoggingConfig", {}).get("LogGroup", {})
+    for name in functions(tpl):
+        group_ref = (function_prop(tpl, name, "LoggingConfig") or {}).get("LogGroup", {})
         group_id = group_ref.get("Ref") if isinstance(group_ref, dict) else None
         if group_id not in groups:
             problems.append(f"{name}: logs do not go to a declared log group")
             continue
-        function_name = text_of(props.get("FunctionName"))
+        function_name = text_of(function_prop(tpl, name, "FunctionName"))
         group_name = text_of(groups[group_id]["Properties"].get("LogGroupName"))
         if not function_name or group_name != f"/aws/lambda/{function_name}":
             problems.append(f"{name}: log group {group_name!r} is not /aws/lambda/{function_name}")
+    return problems
+
+
+def check_tracing(tpl: dict[str, Any]) -> list[str]:
+    """X-Ray on every function; Powertools never puts an event or a response
+    (codes, states, cookies, tokens) into a log line or a trace."""
+    problems = []
+    for name in functions(tpl):
+        if function_tracing(tpl, name) != "Active":
+            problems.append(f"{name}: tracing is {function_tracing(tpl, name)!r}")
+        env = function_env(tpl, name)
+        for variable in ("POWERTOOLS_TRACER_CAPTURE_RESPONSE", "POWERTOOLS_LOGGER_LOG_EVENT"):
+            if env.get(variable) != "false":
+                problems.append(f"{name}: {variable} is {env.get(variable)!r}, not 'false'")
+        role = function_role(tpl, name)
+        if not is_source(tpl) and role in tpl["Resources"] and not any(
+                isinstance(arn, str) and arn.endswith(":policy/AWSXrayWriteOnlyAccess")
+                for arn in as_list(tpl["Resources"][role]["Properties"].get("ManagedPolicyArns"))):
+            problems.append(f"{name}: its role cannot write traces")
     return problems
 
 
@@ -491,32 +754,143 @@ def check_contract(tpl: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _alarm_on(props: dict[str, Any], namespace: str, metric: str) -> bool:
+    return props.get("Namespace") == namespace and props.get("MetricName") == metric
+
+
 def check_alarms(tpl: dict[str, Any]) -> list[str]:
-    """The refresh outcomes that need a person each have an alarm on the metric the code emits."""
+    """Every function's errors and throttles, API 5xx, the dead-letter queue and
+    the refresh metrics that need a person each have an alarm; each notifies
+    AlarmTopicArn (when set) both ways, treats no data as OK and says where
+    to read what to do."""
     from invoiced_connect.refresh import Outcome
 
-    env = global_function(tpl)["Environment"]["Variables"]
-    alarms = resources(tpl, "AWS::CloudWatch::Alarm")
-    watched, problems = set(), []
-    for alarm in alarms.values():
-        props = alarm["Properties"]
-        if props.get("Namespace") == env["POWERTOOLS_METRICS_NAMESPACE"] and props.get("Dimensions") == [
-                {"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]:
-            watched.add(props.get("MetricName"))
-        elif props.get("Namespace") == "AWS/SQS" and refers_to(props["Dimensions"][0]["Value"],
-                                                                 "RefreshDeadLetterQueue"):
-            watched.add("dead-letter queue")
+    problems = []
+    # The contract names the code's own refresh outcomes the way the code does.
+    for outcome in (Outcome.NEEDS_REAUTH, Outcome.UNKNOWN_OUTCOME, Outcome.KEPT_ASIDE, Outcome.CLIENT_AUTH_FAILED):
+        if outcome.metric_name not in EMITTED_METRICS:
+            problems.append(f"the code counts {outcome.value} as {outcome.metric_name}, not a contract metric")
+    env = function_env(tpl, next(iter(functions(tpl))))
+    service = [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]
+    alarms = {name: alarm["Properties"] for name, alarm in resources(tpl, "AWS::CloudWatch::Alarm").items()}
+    for name, props in alarms.items():
         if props.get("TreatMissingData") != "notBreaching":
-            problems.append(f"{props.get('MetricName')}: missing data would alarm")
-    needed = {Outcome.KEPT_ASIDE.metric_name, Outcome.UNKNOWN_OUTCOME.metric_name,
-              Outcome.CLIENT_AUTH_FAILED.metric_name, "dead-letter queue"}
-    return problems + [f"no alarm on {name}" for name in sorted(needed - watched)]
+            problems.append(f"{name}: missing data would alarm")
+        for key in ("AlarmActions", "OKActions"):
+            if props.get(key) != ALARM_ACTIONS:
+                problems.append(f"{name}: {key} is not the alarm topic when one is set")
+        if not OPERATIONS_LINK.search(props.get("AlarmDescription", "")):
+            problems.append(f"{name}: the description does not point at docs/operations.md")
+        if props.get("Namespace") == env["POWERTOOLS_METRICS_NAMESPACE"]:
+            if props.get("MetricName") not in EMITTED_METRICS:
+                problems.append(f"{name}: {props.get('MetricName')} is not a metric the code emits")
+            if props.get("Dimensions") != service:
+                problems.append(f"{name}: dimensions {props.get('Dimensions')} are not the code's")
+    emf = {props.get("MetricName") for props in alarms.values()
+           if props.get("Namespace") == env["POWERTOOLS_METRICS_NAMESPACE"] and props.get("Dimensions") == service}
+    problems += [f"no alarm on {metric}" for metric in sorted(ALARMED_METRICS - emf)]
+    for fn in functions(tpl):
+        for metric in ("Errors", "Throttles"):
+            if not any(_alarm_on(props, "AWS/Lambda", metric) and len(props.get("Dimensions", [])) == 1
+                       and props["Dimensions"][0].get("Name") == "FunctionName"
+                       and refers_to(props["Dimensions"][0].get("Value"), fn) for props in alarms.values()):
+                problems.append(f"no {metric} alarm on {fn}")
+    stage = tpl["Resources"]["HttpApiStage"]["Properties"].get("StageName")
+    if not any(_alarm_on(props, "AWS/ApiGateway", "5xx")
+               and {d.get("Name") for d in props.get("Dimensions", [])} == {"ApiId", "Stage"}
+               and all(refers_to(d["Value"], "HttpApi") if d["Name"] == "ApiId" else d["Value"] == stage
+                       for d in props["Dimensions"]) for props in alarms.values()):
+        problems.append("no 5xx alarm on the HTTP API's stage")
+    if not any(_alarm_on(props, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
+               and refers_to(props.get("Dimensions", [{}])[0].get("Value"), "RefreshDeadLetterQueue")
+               for props in alarms.values()):
+        problems.append("no alarm on the dead-letter queue")
+    return problems
+
+
+def check_snapstart(tpl: dict[str, Any]) -> list[str]:
+    """Off by default and then nothing is billed; on, the API functions publish
+    versions with snapshots and the API (and its permission) uses the alias.
+    Decided for both settings of the parameter, whatever the form."""
+    problems = []
+    parameter = tpl["Parameters"].get("SnapStart", {})
+    if set(parameter.get("AllowedValues", [])) != {"Enabled", "Disabled"} or parameter.get("Default") != "Disabled":
+        return [f"the SnapStart parameter is {parameter}"]
+    integrations = resources(tpl, "AWS::ApiGatewayV2::Integration")
+    permissions = resources(tpl, "AWS::Lambda::Permission")
+    for setting in ("Enabled", "Disabled"):
+        resolver = resolver_for(tpl, SnapStart=setting)
+        on = setting == "Enabled"
+        for name in functions(tpl):
+            apply_on = (choose(function_prop(tpl, name, "SnapStart"), resolver) or {}).get("ApplyOn", "None")
+            wanted = "PublishedVersions" if on and name in SNAPSTART_FUNCTIONS else "None"
+            if apply_on != wanted:
+                problems.append(f"{setting}: {name} has SnapStart {apply_on}")
+        for name in sorted(SNAPSTART_FUNCTIONS):
+            targets = [choose(i["Properties"].get("IntegrationUri"), resolver) for i in integrations.values()
+                       if reaches(tpl, i["Properties"].get("IntegrationUri"), name)]
+            if len(targets) != 1 or (alias_of(tpl, targets[0]) == name) != on:
+                problems.append(f"{setting}: the API invokes {name} as {targets}")
+            granted = [choose(p["Properties"].get("FunctionName"), resolver) for p in permissions.values()
+                       if p["Properties"].get("Principal") == "apigateway.amazonaws.com"
+                       and reaches(tpl, p["Properties"].get("FunctionName"), name)]
+            if granted != targets:
+                problems.append(f"{setting}: the API may invoke {granted}, but invokes {targets}")
+    # Versions and the alias: the SAM properties, or what SAM made of them.
+    for name in sorted(SNAPSTART_FUNCTIONS):
+        if is_source(tpl):
+            props = functions(tpl)[name]["Properties"]
+            if not props.get("AutoPublishAlias") or props.get("AutoPublishAliasAllProperties") is not True:
+                problems.append(f"{name}: no alias published on every change of its properties")
+            description = props.get("VersionDescription")
+        else:
+            versions = [v for v in resources(tpl, "AWS::Lambda::Version").values()
+                        if refers_to(v["Properties"].get("FunctionName"), name)]
+            aliases = [a for a in resources(tpl, "AWS::Lambda::Alias").values()
+                       if refers_to(a["Properties"].get("FunctionName"), name)]
+            if len(versions) != 1 or len(aliases) != 1:
+                problems.append(f"{name}: {len(versions)} versions and {len(aliases)} aliases")
+                continue
+            description = versions[0]["Properties"].get("Description")
+        problems += check_version_description(tpl, name, description)
+    return problems
+
+
+def check_version_description(tpl: dict[str, Any], name: str, description: Any) -> list[str]:
+    """SAM publishes a version only when the function's properties *as
+    written* change, so with SnapStart on, the version's description must
+    change with every parameter value the function's environment takes, and
+    with the layer; and it must fit in Lambda's 256 characters."""
+    problems = []
+    resolver = resolver_for(tpl, SnapStart="Enabled")
+    chosen = choose(description, resolver)
+    named = template_module.references(chosen)
+    feeding = template_module.references(function_env(tpl, name)) & set(tpl["Parameters"])
+    missing = feeding - named
+    if missing:
+        problems.append(f"{name}: its version does not change with {sorted(missing)}")
+    layers = resources(tpl, "AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
+    if not named & set(layers):
+        problems.append(f"{name}: its version does not change with the layer")
+    if choose(description, resolver_for(tpl, SnapStart="Disabled")) not in (None, {"Ref": "AWS::NoValue"}):
+        problems.append(f"{name}: a version description with SnapStart off (versions would churn for nothing)")
+    if not problems:
+        # Longest values of everything but the two URL settings: room left for them.
+        longest = resolver_for(tpl, SnapStart="Enabled", InvoicedEnvironment="production",
+                               InvoicedClientId="c" * 24, OAuthScope="read_write", RefreshWindowMinutes=50,
+                               KeepAliveDays=300, ActiveUseHours=720)
+        text = longest.resolve(chosen)
+        room = VERSION_DESCRIPTION_LIMIT - (len(text) + 4)  # + a 5-digit layer version instead of the stand-in's 1
+        if room < URL_BUDGET:
+            problems.append(f"{name}: its version description leaves {room} characters for the URLs")
+    return problems
 
 
 CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "alarms": check_alarms,
     "runtime": check_runtime,
     "routes": check_routes,
+    "roles": check_roles,
     "no_wildcards": check_no_wildcards,
     "secrets": check_secrets,
     "table_access": check_table_access,
@@ -527,18 +901,62 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "table": check_table,
     "stage": check_stage,
     "log_groups": check_log_groups,
+    "tracing": check_tracing,
+    "snapstart": check_snapstart,
     "contract": check_contract,
 }
+#: Checks of the source only: the transform renames the layer (content hash).
+SOURCE_ONLY = {"contract"}
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("check", sorted(CHECKS))
-def test_template_property_holds(template, check):
-    assert CHECKS[check](template) == []
+def test_template_property_holds(forms, check, form):
+    if check in SOURCE_ONLY and form != "source":
+        pytest.skip("a property of the source template")
+    assert CHECKS[check](forms[form]) == []
+
+
+def test_alarm_descriptions_point_at_sections_of_the_operations_page(template):
+    anchors = operations_anchors()
+    for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
+        links = OPERATIONS_LINK.findall(alarm["Properties"].get("AlarmDescription", ""))
+        assert links and set(links) <= anchors, (name, links)
+
+
+def test_the_metric_contract_is_what_the_code_emits():
+    """The alarms' metric names are the code's: the shared names, one
+    ``Refresh<Outcome>`` per refresh outcome, and RefreshFailed aggregating
+    exactly the outcomes docs/operations.md says it does."""
+    from invoiced_connect import observability
+    from invoiced_connect.refresh import Outcome
+
+    emitted = {observability.CONNECT_STARTED, observability.CONNECT_FAILED, observability.CONNECTED,
+               observability.RECONNECTED, observability.REFRESH_FAILED, observability.REFRESH_PERMANENT_FAILURE,
+               observability.TOKEN_READS} | {outcome.metric_name for outcome in Outcome}
+    assert not EMITTED_METRICS - emitted
+    aggregated = set(observability.REFRESH_FAILED_OUTCOMES)
+    assert aggregated == {"transient", "unknown_outcome", "needs_reauth", "client_auth_failed", "kept_aside"}
+
+
+def test_local_stack_reads_both_snapstart_settings(template):
+    """The local stack's resolver follows the API to the same functions either way."""
+    for setting in ("Enabled", "Disabled"):
+        resolver = resolver_for(template, SnapStart=setting)
+        routes = {route.route_key: route.function for route in template_module.http_routes(template, resolver)}
+        assert routes == ROUTES, setting
 
 
 # ------------------------------------------------------------------ the checks bite
 def _statement(tpl, fn, sid):
     for statement in tpl["Resources"][fn]["Properties"]["Policies"][0]["Statement"]:
+        if statement.get("Sid") == sid:
+            return statement
+    raise KeyError(sid)
+
+
+def _role_statement(tpl, fn, sid):
+    for statement in tpl["Resources"][f"{fn}Role"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]:
         if statement.get("Sid") == sid:
             return statement
     raise KeyError(sid)
@@ -563,93 +981,235 @@ def _add_statement(tpl, fn, statement):
     tpl["Resources"][fn]["Properties"]["Policies"][0]["Statement"].append(statement)
 
 
-REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
-    ("runtime", "python3.12", lambda t: t["Globals"]["Function"].update(Runtime="python3.12")),
-    ("runtime", "x86_64", lambda t: _res(t, "CallbackFunction").update(Architectures=["x86_64"])),
-    ("routes", "POST route", lambda t: _res(t, "ConnectRoute").update(RouteKey="POST /connect")),
+def _env(tpl, fn):
+    return tpl["Resources"][fn]["Properties"]["Environment"]["Variables"]
+
+
+def _of_type(tpl, type_name, fn):
+    """The logical id of the transformed resource of a type that belongs to a function."""
+    return next(name for name, res in resources(tpl, type_name).items()
+                if refers_to(res["Properties"].get("FunctionName"), fn))
+
+
+def _drop(tpl, name):
+    del tpl["Resources"][name]
+
+
+S, T, TS = ("source",), ("transformed",), ("transformed-snapstart",)
+REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
+    ("runtime", "python3.12", lambda t: t["Globals"]["Function"].update(Runtime="python3.12"), S),
+    ("runtime", "x86_64", lambda t: _res(t, "CallbackFunction").update(Architectures=["x86_64"]), S),
+    ("runtime", "transformed x86_64", lambda t: _res(t, "CallbackFunction").update(Architectures=["x86_64"]), T),
+    ("routes", "POST route", lambda t: _res(t, "ConnectRoute").update(RouteKey="POST /connect"), S),
     ("routes", "crossed wires", lambda t: _res(t, "ConnectIntegration").update(
-        IntegrationUri={"Fn::GetAtt": ["CallbackFunction", "Arn"]})),
+        IntegrationUri={"Fn::GetAtt": ["CallbackFunction", "Arn"]}), S),
+    ("routes", "crossed alias", lambda t: _res(t, "ConnectIntegration").update(
+        IntegrationUri={"Fn::If": ["SnapStartEnabled", {"Ref": "CallbackFunction.Alias"},
+                                   {"Fn::GetAtt": ["ConnectFunction", "Arn"]}]}), S),
     ("routes", "implicit api", lambda t: _res(t, "ConnectFunction").update(
-        Events={"Api": {"Type": "HttpApi", "Properties": {"Path": "/x", "Method": "get"}}})),
+        Events={"Api": {"Type": "HttpApi", "Properties": {"Path": "/x", "Method": "get"}}}), S),
+    ("routes", "transformed implicit api", lambda t: t["Resources"].update(
+        ServerlessHttpApi={"Type": "AWS::ApiGatewayV2::Api", "Properties": {"ProtocolType": "HTTP"}}), T),
+    ("routes", "permission on the function only", lambda t: _res(t, "CallbackInvokePermission").update(
+        FunctionName={"Fn::GetAtt": ["CallbackFunction", "Arn"]}), T),
+    ("routes", "any rule may invoke the scheduler", lambda t: next(
+        p["Properties"] for p in resources(t, "AWS::Lambda::Permission").values()
+        if p["Properties"]["Principal"] == "events.amazonaws.com").update(
+        SourceArn={"Fn::Sub": "arn:aws:events:${AWS::Region}:${AWS::AccountId}:rule/*"}), T),
+    ("roles", "own role", lambda t: _res(t, "ConnectFunction").update(
+        Role={"Fn::GetAtt": ["SomeRole", "Arn"]}), S),
+    ("roles", "shared role", lambda t: _res(t, "CallbackFunction").update(
+        Role={"Fn::GetAtt": ["ConnectFunctionRole", "Arn"]}), T),
+    ("roles", "aws managed dynamodb policy", lambda t: _res(t, "ConnectFunctionRole")["ManagedPolicyArns"].append(
+        "arn:aws:iam::aws:policy/AmazonDynamoDBFullAccess"), T),
+    ("roles", "sqs policy on the api", lambda t: _res(t, "CallbackFunctionRole")["ManagedPolicyArns"].append(
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"), T),
+    ("roles", "trusted by anyone", lambda t: _res(t, "ConnectFunctionRole")["AssumeRolePolicyDocument"][
+        "Statement"][0]["Principal"].update(Service=["lambda.amazonaws.com", "ec2.amazonaws.com"]), T),
     ("no_wildcards", "kms:*", lambda t: _statement(t, "CallbackFunction", "EncryptTokensForOneConnection").update(
-        Action="kms:*")),
+        Action="kms:*"), S),
     ("no_wildcards", "resource *", lambda t: _statement(t, "ConnectFunction", "WriteStateRows").update(
-        Resource="*")),
+        Resource="*"), S),
     ("no_wildcards", "any table", lambda t: _statement(t, "ConnectFunction", "WriteStateRows").update(
-        Resource="arn:aws:dynamodb:*:*:table/*")),
+        Resource="arn:aws:dynamodb:*:*:table/*"), S),
     ("no_wildcards", "policy template", lambda t: _res(t, "ConnectFunction")["Policies"].append(
-        {"DynamoDBCrudPolicy": {"TableName": {"Ref": "TokensTable"}}})),
+        {"DynamoDBCrudPolicy": {"TableName": {"Ref": "TokensTable"}}}), S),
+    ("no_wildcards", "transformed resource *", lambda t: _role_statement(t, "ConnectFunction", "WriteStateRows").update(
+        Resource="*"), T),
+    ("no_wildcards", "transformed secretsmanager:*", lambda t: _role_statement(
+        t, "ConnectFunction", "ReadLinkSigningKey").update(Action="secretsmanager:*"), TS),
     ("secrets", "connect reads client secret", lambda t: _statement(t, "ConnectFunction", "ReadLinkSigningKey").update(
-        Resource=[{"Ref": "LinkSigningSecret"}, {"Ref": "ClientSecret"}])),
+        Resource=[{"Ref": "LinkSigningSecret"}, {"Ref": "ClientSecret"}]), S),
     ("secrets", "client secret arn in globals", lambda t: t["Globals"]["Function"]["Environment"]["Variables"].update(
-        CLIENT_SECRET_ARN={"Ref": "ClientSecret"})),
-    ("table_access", "no leading keys", lambda t: _statement(t, "CallbackFunction", "WriteConnections").pop("Condition")),
+        CLIENT_SECRET_ARN={"Ref": "ClientSecret"}), S),
+    ("secrets", "transformed connect reads client secret", lambda t: _role_statement(
+        t, "ConnectFunction", "ReadLinkSigningKey").update(Resource=[{"Ref": "LinkSigningSecret"},
+                                                                     {"Ref": "ClientSecret"}]), T),
+    ("secrets", "refresher policy on the scheduler", lambda t: _res(t, "SchedulerFunctionRole")[
+        "ManagedPolicyArns"].append({"Ref": "TokenRefresherPolicy"}), T),
+    ("table_access", "no leading keys", lambda t: _statement(t, "CallbackFunction", "WriteConnections").pop("Condition"), S),
     ("table_access", "connect writes connections", lambda t: _statement(t, "ConnectFunction", "WriteStateRows")[
-        "Condition"]["ForAllValues:StringLike"].update({"dynamodb:LeadingKeys": ["*"]})),
+        "Condition"]["ForAllValues:StringLike"].update({"dynamodb:LeadingKeys": ["*"]}), S),
     ("table_access", "extra action", lambda t: _statement(t, "ConnectFunction", "WriteStateRows").update(
-        Action=["dynamodb:PutItem", "dynamodb:GetItem"])),
+        Action=["dynamodb:PutItem", "dynamodb:GetItem"]), S),
+    ("table_access", "transformed no leading keys", lambda t: _role_statement(
+        t, "CallbackFunction", "WriteConnections").pop("Condition"), T),
     ("key_use", "context not required", lambda t: _statement(t, "CallbackFunction", "EncryptTokensForOneConnection")[
-        "Condition"].pop("Null")),
+        "Condition"].pop("Null"), S),
     ("key_use", "wrong context", lambda t: _statement(t, "CallbackFunction", "EncryptTokensForOneConnection")[
-        "Condition"]["ForAllValues:StringEquals"].update({"kms:EncryptionContextKeys": ["tenant"]})),
+        "Condition"]["ForAllValues:StringEquals"].update({"kms:EncryptionContextKeys": ["tenant"]}), S),
     ("key_use", "direct decrypt", lambda t: _add_statement(t, "ConnectFunction", {
-        "Effect": "Allow", "Action": "kms:Decrypt", "Resource": {"Fn::GetAtt": ["TokenKey", "Arn"]}})),
+        "Effect": "Allow", "Action": "kms:Decrypt", "Resource": {"Fn::GetAtt": ["TokenKey", "Arn"]}}), S),
     ("key_use", "encrypt via dynamodb", lambda t: _statement(t, "ConnectFunction", "TableEncryptionViaDynamoDB").update(
-        Action=["kms:Decrypt", "kms:Encrypt"])),
+        Action=["kms:Decrypt", "kms:Encrypt"]), S),
+    ("key_use", "transformed context not required", lambda t: _role_statement(
+        t, "CallbackFunction", "EncryptTokensForOneConnection")["Condition"].pop("Null"), T),
     ("key_policy", "open principal", lambda t: _res(t, "TokenKey")["KeyPolicy"]["Statement"].append(
-        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*"})),
-    ("key_policy", "no rotation", lambda t: _res(t, "TokenKey").update(EnableKeyRotation=False)),
-    ("table", "sort key", lambda t: _res(t, "TokensTable")["KeySchema"].append({"AttributeName": "sk", "KeyType": "RANGE"})),
-    ("table", "no pitr", lambda t: _res(t, "TokensTable").pop("PointInTimeRecoverySpecification")),
-    ("table", "no deletion protection", lambda t: _res(t, "TokensTable").update(DeletionProtectionEnabled=False)),
-    ("table", "aws owned key", lambda t: _res(t, "TokensTable").update(SSESpecification={"SSEEnabled": False})),
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*"}), S),
+    ("key_policy", "no rotation", lambda t: _res(t, "TokenKey").update(EnableKeyRotation=False), S),
+    ("key_policy", "transformed key not retained", lambda t: t["Resources"]["TokenKey"].update(
+        DeletionPolicy="Delete"), T),
+    ("table", "sort key", lambda t: _res(t, "TokensTable")["KeySchema"].append({"AttributeName": "sk", "KeyType": "RANGE"}), S),
+    ("table", "no pitr", lambda t: _res(t, "TokensTable").pop("PointInTimeRecoverySpecification"), S),
+    ("table", "no deletion protection", lambda t: _res(t, "TokensTable").update(DeletionProtectionEnabled=False), S),
+    ("table", "aws owned key", lambda t: _res(t, "TokensTable").update(SSESpecification={"SSEEnabled": False}), S),
     ("table", "ttl renamed", lambda t: _res(t, "TokensTable").update(
-        TimeToLiveSpecification={"AttributeName": "expires", "Enabled": True})),
+        TimeToLiveSpecification={"AttributeName": "expires", "Enabled": True}), S),
+    ("table", "transformed no pitr", lambda t: _res(t, "TokensTable").pop("PointInTimeRecoverySpecification"), T),
+    ("table", "transformed aws managed key", lambda t: _res(t, "TokensTable")["SSESpecification"].pop(
+        "KMSMasterKeyId"), TS),
+    ("table", "transformed no deletion protection", lambda t: _res(t, "TokensTable").update(
+        DeletionProtectionEnabled=False), T),
     ("stage", "query string logged", lambda t: _res(t, "HttpApiStage")["AccessLogSettings"].update(
-        Format='{"requestId":"$context.requestId","q":"$context.requestQueryString"}')),
-    ("stage", "no throttling", lambda t: _res(t, "HttpApiStage").pop("DefaultRouteSettings")),
-    ("log_groups", "no retention", lambda t: _res(t, "HttpApiAccessLogs").pop("RetentionInDays")),
-    ("log_groups", "function makes its own group", lambda t: _res(t, "CallbackFunction").pop("LoggingConfig")),
+        Format='{"requestId":"$context.requestId","q":"$context.requestQueryString"}'), S),
+    ("stage", "no throttling", lambda t: _res(t, "HttpApiStage").pop("DefaultRouteSettings"), S),
+    ("stage", "transformed body logged", lambda t: _res(t, "HttpApiStage")["AccessLogSettings"].update(
+        Format='{"requestId":"$context.requestId","b":"$input.body"}'), T),
+    ("stage", "transformed no throttling", lambda t: _res(t, "HttpApiStage").pop("DefaultRouteSettings"), T),
+    ("log_groups", "no retention", lambda t: _res(t, "HttpApiAccessLogs").pop("RetentionInDays"), S),
+    ("log_groups", "function makes its own group", lambda t: _res(t, "CallbackFunction").pop("LoggingConfig"), S),
+    ("log_groups", "transformed function makes its own group", lambda t: _res(t, "RefreshWorkerFunction").pop(
+        "LoggingConfig"), T),
+    ("log_groups", "transformed group without retention", lambda t: _res(t, "SchedulerLogGroup").pop(
+        "RetentionInDays"), TS),
+    ("log_groups", "transformed new group without retention", lambda t: t["Resources"].update(
+        VersionLogs={"Type": "AWS::Logs::LogGroup", "Properties": {}}), TS),
     ("secrets", "reader policy reads client secret", lambda t: _managed(t, "TokenReaderPolicy").append(
-        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "ClientSecret"}})),
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "ClientSecret"}}), S),
     ("table_access", "scheduler scans", lambda t: _add_statement(t, "SchedulerFunction", {
-        "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}})),
+        "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}}), S),
     ("table_access", "refresher touches state rows", lambda t: _managed_statement(
         t, "TokenRefresherPolicy", "KeepTokensAside")["Condition"]["ForAllValues:StringLike"].update(
-        {"dynamodb:LeadingKeys": ["rescue#*", "state#*"]})),
+        {"dynamodb:LeadingKeys": ["rescue#*", "state#*"]}), S),
     ("reader_policy", "reader writes", lambda t: _managed_statement(t, "TokenReaderPolicy", "ReadConnections").update(
-        Action=["dynamodb:GetItem", "dynamodb:UpdateItem"])),
+        Action=["dynamodb:GetItem", "dynamodb:UpdateItem"]), S),
     ("reader_policy", "reader scans", lambda t: _managed(t, "TokenReaderPolicy").append(
-        {"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}})),
+        {"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}}), S),
     ("reader_policy", "reader invokes anything", lambda t: _managed_statement(
-        t, "TokenReaderPolicy", "AskForRefresh").update(Resource={"Fn::Sub": "arn:aws:lambda:*:*:function:*"})),
+        t, "TokenReaderPolicy", "AskForRefresh").update(Resource={"Fn::Sub": "arn:aws:lambda:*:*:function:*"}), S),
+    ("reader_policy", "transformed reader policy on the connect function", lambda t: _res(
+        t, "ConnectFunctionRole")["ManagedPolicyArns"].append({"Ref": "TokenReaderPolicy"}), T),
+    ("reader_policy", "transformed reader writes", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "ReadConnections").update(Action=["dynamodb:GetItem", "dynamodb:PutItem"]), TS),
     ("key_use", "reader decrypts without context", lambda t: _managed_statement(
-        t, "TokenReaderPolicy", "DecryptTokensOfOneConnection").pop("Condition")),
-    ("refresh_pipeline", "no dlq", lambda t: _res(t, "RefreshQueue").pop("RedrivePolicy")),
+        t, "TokenReaderPolicy", "DecryptTokensOfOneConnection").pop("Condition"), S),
+    ("refresh_pipeline", "no dlq", lambda t: _res(t, "RefreshQueue").pop("RedrivePolicy"), S),
     ("refresh_pipeline", "unbounded worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"]["Queue"][
-        "Properties"].pop("ScalingConfig")),
+        "Properties"].pop("ScalingConfig"), S),
     ("refresh_pipeline", "whole batch fails", lambda t: _res(t, "RefreshWorkerFunction")["Events"]["Queue"][
-        "Properties"].pop("FunctionResponseTypes")),
-    ("refresh_pipeline", "short visibility", lambda t: _res(t, "RefreshQueue").update(VisibilityTimeout=60)),
+        "Properties"].pop("FunctionResponseTypes"), S),
+    ("refresh_pipeline", "short visibility", lambda t: _res(t, "RefreshQueue").update(VisibilityTimeout=60), S),
     ("refresh_pipeline", "events anywhere", lambda t: _managed_statement(
-        t, "TokenRefresherPolicy", "PublishLifecycleEvents").update(Resource="*")),
+        t, "TokenRefresherPolicy", "PublishLifecycleEvents").update(Resource="*"), S),
+    ("refresh_pipeline", "transformed unbounded worker", lambda t: _res(t, "RefreshWorkerFunctionQueue").pop(
+        "ScalingConfig"), T),
+    ("refresh_pipeline", "transformed worker without its queue", lambda t: _drop(t, "RefreshWorkerFunctionQueue"), T),
+    ("refresh_pipeline", "transformed worker reads another queue", lambda t: _res(
+        t, "RefreshWorkerFunctionQueue").update(EventSourceArn={"Fn::GetAtt": ["RefreshDeadLetterQueue", "Arn"]}), T),
     ("routes", "http event on the worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"].update(
-        Api={"Type": "HttpApi", "Properties": {"Path": "/refresh", "Method": "post"}})),
+        Api={"Type": "HttpApi", "Properties": {"Path": "/refresh", "Method": "post"}}), S),
+    ("tracing", "tracing off", lambda t: t["Globals"]["Function"].pop("Tracing"), S),
+    ("tracing", "one function passes through", lambda t: _res(t, "ConnectionsFunction").update(
+        Tracing="PassThrough"), S),
+    ("tracing", "responses captured", lambda t: t["Globals"]["Function"]["Environment"]["Variables"].update(
+        POWERTOOLS_TRACER_CAPTURE_RESPONSE="true"), S),
+    ("tracing", "events logged", lambda t: _env(t, "CallbackFunction").update(POWERTOOLS_LOGGER_LOG_EVENT="true"), S),
+    ("tracing", "log event left to the default", lambda t: t["Globals"]["Function"]["Environment"][
+        "Variables"].pop("POWERTOOLS_LOGGER_LOG_EVENT"), S),
+    ("tracing", "transformed tracing off", lambda t: _res(t, "SchedulerFunction").pop("TracingConfig"), T),
+    ("tracing", "transformed responses captured", lambda t: _env(t, "ConnectFunction").update(
+        POWERTOOLS_TRACER_CAPTURE_RESPONSE="true"), TS),
+    ("tracing", "transformed role cannot write traces", lambda t: _res(t, "ConnectionsFunctionRole")[
+        "ManagedPolicyArns"].remove("arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess"), T),
     ("alarms", "kept-aside metric renamed", lambda t: _res(t, "TokensKeptAsideAlarm").update(
-        MetricName="TokensKeptAside")),
+        MetricName="TokensKeptAside"), S),
     ("alarms", "dlq alarm on the work queue", lambda t: _res(t, "RefreshDeadLetterAlarm").update(
-        Dimensions=[{"Name": "QueueName", "Value": {"Fn::GetAtt": ["RefreshQueue", "QueueName"]}}])),
-    ("contract", "renamed output", lambda t: t["Outputs"].update(ConnectLink=t["Outputs"].pop("ConnectUrl"))),
+        Dimensions=[{"Name": "QueueName", "Value": {"Fn::GetAtt": ["RefreshQueue", "QueueName"]}}]), S),
+    ("alarms", "no throttles alarm", lambda t: _drop(t, "ListInvoicesThrottlesAlarm"), S),
+    ("alarms", "errors alarm on another function", lambda t: _res(t, "SchedulerErrorsAlarm").update(
+        Dimensions=[{"Name": "FunctionName", "Value": {"Ref": "RefreshWorkerFunction"}}]), S),
+    ("alarms", "rest api metric name", lambda t: _res(t, "Api5xxAlarm").update(MetricName="5XXError"), S),
+    ("alarms", "5xx of another stage", lambda t: _res(t, "Api5xxAlarm").update(
+        Dimensions=[{"Name": "ApiId", "Value": {"Ref": "HttpApi"}}, {"Name": "Stage", "Value": "prod"}]), S),
+    ("alarms", "no needs-reauth alarm", lambda t: _drop(t, "NeedsReauthAlarm"), S),
+    ("alarms", "refresh failures renamed", lambda t: _res(t, "RefreshFailedAlarm").update(
+        MetricName="RefreshFailures"), S),
+    ("alarms", "emf alarm without the service dimension", lambda t: _res(t, "UnknownOutcomeAlarm").update(
+        Dimensions=[]), S),
+    ("alarms", "no ok notification", lambda t: _res(t, "ClientAuthFailedAlarm").pop("OKActions"), S),
+    ("alarms", "always notifies", lambda t: _res(t, "Api5xxAlarm").update(AlarmActions=[{"Ref": "AlarmTopicArn"}]), S),
+    ("alarms", "missing data alarms", lambda t: _res(t, "ConnectErrorsAlarm").update(TreatMissingData="breaching"), S),
+    ("alarms", "no pointer to the runbook", lambda t: _res(t, "RefreshFailedAlarm").update(
+        AlarmDescription="Refreshes failed."), S),
+    ("alarms", "transformed function without errors alarm", lambda t: _drop(t, "RefreshWorkerErrorsAlarm"), T),
+    ("alarms", "transformed unknown metric", lambda t: _res(t, "NeedsReauthAlarm").update(
+        MetricName="ConnectionsNeedingReauth"), TS),
+    ("snapstart", "on by default", lambda t: t["Parameters"]["SnapStart"].update(Default="Enabled"), S),
+    ("snapstart", "api keeps calling $LATEST", lambda t: _res(t, "ConnectIntegration").update(
+        IntegrationUri={"Fn::GetAtt": ["ConnectFunction", "Arn"]}), S),
+    ("snapstart", "alias even when off", lambda t: _res(t, "CallbackIntegration").update(
+        IntegrationUri={"Ref": "CallbackFunction.Alias"}), S),
+    ("snapstart", "permission on the function, api on the alias", lambda t: _res(t, "ConnectInvokePermission").update(
+        FunctionName={"Fn::GetAtt": ["ConnectFunction", "Arn"]}), S),
+    ("snapstart", "always on", lambda t: _res(t, "CallbackFunction").update(
+        SnapStart={"ApplyOn": "PublishedVersions"}), S),
+    ("snapstart", "on the worker", lambda t: _res(t, "RefreshWorkerFunction").update(
+        SnapStart={"ApplyOn": {"Fn::If": ["SnapStartEnabled", "PublishedVersions", "None"]}}), S),
+    ("snapstart", "versions only on code changes", lambda t: _res(t, "ConnectFunction").pop(
+        "AutoPublishAliasAllProperties"), S),
+    ("snapstart", "version blind to the client id", lambda t: _res(t, "CallbackFunction").update(
+        VersionDescription={"Fn::If": ["SnapStartEnabled", {"Fn::Sub": "config ${InvoicedEnvironment}"},
+                                       {"Ref": "AWS::NoValue"}]}), S),
+    ("snapstart", "transformed api keeps calling $LATEST", lambda t: _res(t, "CallbackIntegration").update(
+        IntegrationUri={"Fn::GetAtt": ["CallbackFunction", "Arn"]}), TS),
+    ("snapstart", "transformed snapshot never taken", lambda t: _res(t, "ConnectFunction").update(
+        SnapStart={"ApplyOn": "None"}), TS),
+    ("snapstart", "transformed no alias", lambda t: _drop(t, "ConnectFunctionAliaslive"), T),
+    ("snapstart", "transformed version blind to the layer", lambda t: _res(
+        t, _of_type(t, "AWS::Lambda::Version", "ConnectFunction")).update(
+        Description={"Fn::If": ["SnapStartEnabled", {"Fn::Sub": "config ${InvoicedClientId}"},
+                                {"Ref": "AWS::NoValue"}]}), TS),
+    ("contract", "renamed output", lambda t: t["Outputs"].update(ConnectLink=t["Outputs"].pop("ConnectUrl")), S),
+    ("contract", "shared setting missing", lambda t: t["Globals"]["Function"]["Environment"]["Variables"].pop(
+        "ACTIVE_USE_HOURS"), S),
 ]
 
 
 @pytest.mark.parametrize(
-    ("check", "break_it"), [pytest.param(c, apply, id=f"{c}: {r}") for c, r, apply in REGRESSIONS]
+    ("check", "break_it", "form"),
+    [pytest.param(c, apply, form, id=f"{c}: {r} ({form})") for c, r, apply, on in REGRESSIONS for form in on],
 )
-def test_each_check_catches_its_regression(template, check, break_it):
-    broken = copy.deepcopy(template)
+def test_each_check_catches_its_regression(forms, check, break_it, form):
+    broken = copy.deepcopy(forms[form])
     break_it(broken)
     assert CHECKS[check](broken), f"check {check!r} passed a broken template"
+
+
+def test_every_check_has_a_regression_on_each_kind_of_form():
+    sources = {c for c, _, _, on in REGRESSIONS if "source" in on}
+    transformed = {c for c, _, _, on in REGRESSIONS if set(on) & {"transformed", "transformed-snapstart"}}
+    assert sources == set(CHECKS)
+    assert transformed == set(CHECKS) - SOURCE_ONLY
 
 
 # ------------------------------------------------------------------ tools
