@@ -295,6 +295,37 @@ def test_unsigned_tampered_expired_and_foreign_key_links_get_403_and_write_nothi
     assert len(table_items(stack, "state#")) == states_before
 
 
+def test_a_link_signed_with_a_rotated_key_works_at_once_and_the_old_key_keeps_working(stack, invoiced, monkeypatch):
+    """The operator rotates the signing key (old one to "previous") while the
+    connect function still caches the old secret: links signed with the new
+    key must not be refused for the cache's lifetime."""
+    import json
+
+    from invoiced_connect import web
+    from invoiced_connect.secrets import secret_cache
+
+    # Earlier tests' foreign-key links may have spent this minute's re-read
+    # (at most one a minute per process); start from a clean slate.
+    monkeypatch.setattr(web.flow(), "_keys_reread_at", float("-inf"))
+
+    arn = stack.env["LINK_SIGNING_SECRET_ARN"]
+    secrets = stack.client("secretsmanager")
+    original = secrets.get_secret_value(SecretId=arn)["SecretString"]
+    old_key = signing_key(stack)  # also what this process has cached
+    new_key = random_token(32)
+    secrets.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": new_key, "previous": old_key}))
+    try:
+        for key in (new_key, old_key):
+            token = sign_link_token(LinkClaims("acme-rotated", None, int(time.time()) + 600), key)
+            response = requests.get(connect_url_for(stack, token), allow_redirects=False, timeout=10)
+            assert response.status_code == 302, response.text
+        foreign = sign_link_token(LinkClaims("acme-rotated", None, int(time.time()) + 600), "z" * 64)
+        assert_safe_page(requests.get(connect_url_for(stack, foreign), allow_redirects=False, timeout=10), 403)
+    finally:
+        secrets.put_secret_value(SecretId=arn, SecretString=original)
+        secret_cache.clear()
+
+
 HOSTILE_RETURNS = [
     "//evil.test",
     "/\\evil.test",

@@ -40,7 +40,7 @@ from invoiced_connect.invoiced import (
     InvoicedClient,
     InvoicedError,
 )
-from invoiced_connect.links import LinkError, usable_key, verify_link_token
+from invoiced_connect.links import LinkClaims, LinkError, LinkSignatureError, usable_key, verify_link_token
 from invoiced_connect.pages import HttpResult
 from invoiced_connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
 from invoiced_connect.refresh import RefreshPolicy
@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "__Host-invoiced-connect"
 STATE_TTL_SECONDS = 600
+#: A link no cached key verifies makes the flow re-read the keys at most this often.
+LINK_KEYS_REREAD_SECONDS = 60
 MAX_PARAM_LENGTH = 4096
 _COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
 CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
@@ -179,10 +181,12 @@ class ConnectFlow:
     settings: Settings
     store: TokenStore
     cipher: TokenCipher
-    link_keys: Callable[[], list[str]]
+    #: ``(force) -> [current, previous?]``; ``force`` reads the secret again.
+    link_keys: Callable[[bool], list[str]]
     client_secret: Callable[[bool], str]
     clock: Callable[[], float] = time.time
     events: EventPublisher | None = None
+    _keys_reread_at: float = dataclasses.field(default=float("-inf"), init=False, repr=False)
 
     @functools.cached_property
     def _policy(self) -> RefreshPolicy:
@@ -215,13 +219,26 @@ class ConnectFlow:
                 503, "Not available", "This connection service is not configured yet.", reference
             )
 
+    def _verify_link(self, token: str) -> LinkClaims:
+        try:
+            return verify_link_token(token, self.link_keys(False), now=self.clock())
+        except LinkSignatureError:
+            # The signing key may have been rotated after this process cached
+            # it: read it again, but at most once a minute, whatever strangers
+            # send, so bad links cannot make every request a Secrets Manager call.
+            now = self.clock()
+            if now - self._keys_reread_at < LINK_KEYS_REREAD_SECONDS:
+                raise
+            self._keys_reread_at = now
+            return verify_link_token(token, self.link_keys(True), now=now)
+
     def _start(self, query: Query, report: FlowReport) -> HttpResult:
         client = self._invoiced  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
             raise BadRequest(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
         try:
-            claims = verify_link_token(token, self.link_keys(), now=self.clock())
+            claims = self._verify_link(token)
         except LinkError as exc:
             raise BadRequest(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
         report.identify(claims.connection_id)
@@ -481,8 +498,8 @@ def default_flow() -> ConnectFlow:
 
     settings = get_settings()
 
-    def link_keys() -> list[str]:
-        secret = secret_cache.get_json(settings.require("link_signing_secret_arn"))
+    def link_keys(force: bool = False) -> list[str]:
+        secret = secret_cache.get_json(settings.require("link_signing_secret_arn"), force=force)
         keys = [secret.get("current"), *([secret["previous"]] if secret.get("previous") else [])]
         if not all(usable_key(key) for key in keys):
             raise SecretError("the link signing secret needs a 'current' (and optional 'previous') key of 32+ characters")

@@ -41,6 +41,11 @@ class LinkError(ValueError):
     """A connect link is malformed, unsigned, tampered with or expired."""
 
 
+class LinkSignatureError(LinkError):
+    """No key in hand verifies the signature (tampered, foreign, or signed
+    with a key this process has not read yet)."""
+
+
 @dataclass(frozen=True)
 class LinkClaims:
     connection_id: str
@@ -89,7 +94,7 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
         raise LinkError("the connect link is malformed")
     signed_part = f"{version}.{body}"
     if not any(hmac.compare_digest(_mac(_check_key(key), signed_part), given) for key in keys if key):
-        raise LinkError("the connect link's signature is not valid")
+        raise LinkSignatureError("the connect link's signature is not valid")
     try:
         payload = json.loads(b64url.decode(body))
         claims = LinkClaims(
