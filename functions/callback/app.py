@@ -14,6 +14,7 @@ logger = Logger()
 metrics = Metrics()
 app = APIGatewayHttpResolver(debug=False)  # its debug mode prints whole events: the code, state, cookies
 web.configure(app, logger)
+web.preload_for_snapshot("boto3", "requests")  # with SnapStart only: the first request's imports
 
 
 @app.get("/callback")

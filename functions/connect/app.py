@@ -15,6 +15,7 @@ logger = Logger()
 metrics = Metrics()
 app = APIGatewayHttpResolver(debug=False)  # its debug mode prints whole events: the link, cookies, headers
 web.configure(app, logger)
+web.preload_for_snapshot("boto3")  # with SnapStart only: the first request's imports
 
 
 @app.get("/connect")

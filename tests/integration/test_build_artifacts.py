@@ -170,3 +170,15 @@ def test_every_handler_imports_from_the_artifacts_and_api_handlers_stay_light(co
 def test_handlers_import_from_sources_only_builds_too(sources_only):
     loaded = imports(sources_only)
     assert loaded["ConnectFunction"]["requests"] is False
+
+
+def test_under_snapstart_the_api_handlers_import_what_their_first_request_needs(compiled):
+    """Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE=snap-start while it
+    initializes a version for its snapshot: then boto3 (and, for the
+    callback, requests) are imported at init, so they are in the snapshot."""
+    artifacts = {a.name: a for a in coldstart.find_artifacts(compiled)}
+    layer = artifacts["InvoicedConnectLayer"]
+    for name, wanted in (("ConnectFunction", {"boto3"}), ("CallbackFunction", {"boto3", "requests"})):
+        env = {**coldstart.lambda_environment(artifacts[name], layer), "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}
+        loaded = coldstart.probe("app", env, compiled)
+        assert {module for module in ("boto3", "requests") if loaded[module]} == wanted, name
