@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from invoiced_connect import observability
-from invoiced_connect.list_invoices import handle_list_invoices, loggable_connection_id
+from invoiced_connect.list_invoices import handle_list_invoices
 from invoiced_connect.logs import use_handler_logger
 
 logger = Logger()
@@ -28,7 +28,7 @@ use_handler_logger(logger)  # the SDK's own records (retries, token refreshes) a
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     observability.correlate(logger, context)
-    connection_id = loggable_connection_id(event)
+    connection_id = observability.event_connection_id(event)
     if connection_id:
         logger.append_keys(connection_id=connection_id)
         tracer.put_annotation(key="connection_id", value=connection_id)

@@ -842,6 +842,8 @@ def check_snapstart(tpl: dict[str, Any]) -> list[str]:
             props = functions(tpl)[name]["Properties"]
             if not props.get("AutoPublishAlias") or props.get("AutoPublishAliasAllProperties") is not True:
                 problems.append(f"{name}: no alias published on every change of its properties")
+            if props.get("VersionDeletionPolicy") != "Delete":
+                problems.append(f"{name}: versions the alias left are kept (and billed with SnapStart)")
             description = props.get("VersionDescription")
         else:
             versions = [v for v in resources(tpl, "AWS::Lambda::Version").values()
@@ -851,6 +853,8 @@ def check_snapstart(tpl: dict[str, Any]) -> list[str]:
             if len(versions) != 1 or len(aliases) != 1:
                 problems.append(f"{name}: {len(versions)} versions and {len(aliases)} aliases")
                 continue
+            if versions[0].get("DeletionPolicy") != "Delete":
+                problems.append(f"{name}: versions the alias left are kept (and billed with SnapStart)")
             description = versions[0]["Properties"].get("Description")
         problems += check_version_description(tpl, name, description)
     return problems
@@ -927,7 +931,7 @@ def test_alarm_descriptions_point_at_sections_of_the_operations_page(template):
 def test_the_metric_contract_is_what_the_code_emits():
     """The alarms' metric names are the code's: the shared names, one
     ``Refresh<Outcome>`` per refresh outcome, and RefreshFailed aggregating
-    exactly the outcomes docs/operations.md says it does."""
+    exactly the outcomes the README and docs/operations.md list for it."""
     from invoiced_connect import observability
     from invoiced_connect.refresh import Outcome
 
@@ -1185,6 +1189,9 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("snapstart", "transformed snapshot never taken", lambda t: _res(t, "ConnectFunction").update(
         SnapStart={"ApplyOn": "None"}), TS),
     ("snapstart", "transformed no alias", lambda t: _drop(t, "ConnectFunctionAliaslive"), T),
+    ("snapstart", "old versions kept", lambda t: _res(t, "CallbackFunction").pop("VersionDeletionPolicy"), S),
+    ("snapstart", "transformed old versions kept", lambda t: t["Resources"][
+        _of_type(t, "AWS::Lambda::Version", "CallbackFunction")].update(DeletionPolicy="Retain"), T),
     ("snapstart", "transformed version blind to the layer", lambda t: _res(
         t, _of_type(t, "AWS::Lambda::Version", "ConnectFunction")).update(
         Description={"Fn::If": ["SnapStartEnabled", {"Fn::Sub": "config ${InvoicedClientId}"},

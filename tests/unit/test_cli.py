@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from invoiced_connect import cli
+from invoiced_connect.deployment import DeployError
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800)])
@@ -93,7 +94,7 @@ def test_stack_environment_reads_outputs_and_parameters():
             "RETURN_URL_ALLOWLIST": "https://a.test/x,https://b.test",
         }
         cfn.create_stack(StackName="other", TemplateBody=STACK_TEMPLATE.split("Outputs:")[0])
-        with pytest.raises(ValueError, match="no output ConnectUrl"):
+        with pytest.raises(DeployError, match="no output ConnectUrl"):
             cli.stack_environment("other", cfn)
 
 

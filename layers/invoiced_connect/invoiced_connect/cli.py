@@ -73,23 +73,17 @@ def read_env_file(path: str) -> dict[str, str]:
 def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, str]:
     """The settings of a deployed stack, read from its outputs and parameters."""
     from invoiced_connect import aws
+    from invoiced_connect.deployment import describe_stack
 
-    cloudformation = cloudformation or aws.client("cloudformation")
-    stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
-    try:
-        env = {
-            "PUBLIC_BASE_URL": outputs["ConnectUrl"].removesuffix("/connect"),
-            "LINK_SIGNING_SECRET_ARN": outputs["LinkSigningSecretArn"],
-            "TABLE_NAME": outputs["TokensTableName"],
-            "KMS_KEY_ID": outputs["TokenKeyArn"],
-            "CONNECTIONS_FUNCTION_NAME": outputs["ConnectionsFunctionName"],
-        }
-    except KeyError as exc:
-        raise ValueError(f"stack {stack_name} has no output {exc.args[0]}; is it an invoiced-connect stack?") from None
-    env["RETURN_URL_ALLOWLIST"] = parameters.get("ReturnUrlAllowlist", "")
-    return env
+    stack = describe_stack(cloudformation or aws.client("cloudformation"), stack_name)
+    return {
+        "PUBLIC_BASE_URL": stack.output("ConnectUrl").removesuffix("/connect"),
+        "LINK_SIGNING_SECRET_ARN": stack.output("LinkSigningSecretArn"),
+        "TABLE_NAME": stack.output("TokensTableName"),
+        "KMS_KEY_ID": stack.output("TokenKeyArn"),
+        "CONNECTIONS_FUNCTION_NAME": stack.output("ConnectionsFunctionName"),
+        "RETURN_URL_ALLOWLIST": stack.parameters.get("ReturnUrlAllowlist", ""),
+    }
 
 
 def _build_parser() -> argparse.ArgumentParser:

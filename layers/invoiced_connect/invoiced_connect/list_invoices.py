@@ -12,7 +12,6 @@ from typing import Any
 from invoiced_connect.api import ApiAuthError, InvoicedApi, TokenSource, positive_int
 from invoiced_connect.invoiced import ApiError, TransientError
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
-from invoiced_connect.observability import event_connection_id
 from invoiced_connect.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 
 #: The invoice fields the example consumer (functions/list_invoices) returns.
@@ -33,11 +32,6 @@ _TOKEN_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 class BadRequest(ValueError):
     """The example consumer's event is malformed."""
-
-
-def loggable_connection_id(event: object) -> str | None:
-    """The event's connection id if it is valid (safe to log), else None."""
-    return event_connection_id(event)
 
 
 def invoice_summary(invoice: Mapping[str, Any]) -> dict[str, Any]:

@@ -80,9 +80,9 @@ REFRESH_FAILED_OUTCOMES = frozenset({"transient", "unknown_outcome", "needs_reau
 REFRESH_PERMANENT_OUTCOMES = frozenset({"needs_reauth", "client_auth_failed"})
 
 
-def outcome_metric_name(outcome: str) -> str:
-    """``Refresh`` + the outcome in CamelCase: ``unknown_outcome`` -> ``RefreshUnknownOutcome``."""
-    return "Refresh" + "".join(part.capitalize() for part in outcome.split("_"))
+def outcome_metric_name(outcome: str, prefix: str = "Refresh") -> str:
+    """``prefix`` + the outcome in CamelCase: ``unknown_outcome`` -> ``RefreshUnknownOutcome``."""
+    return prefix + "".join(part.capitalize() for part in outcome.split("_"))
 
 
 def refresh_aggregates(outcomes: Mapping[str, int]) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 from invoiced_connect.disconnect import OUTCOMES as DISCONNECT_OUTCOMES
 from invoiced_connect.disconnect import Disconnector
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
-from invoiced_connect.observability import refresh_aggregates
+from invoiced_connect.observability import outcome_metric_name, refresh_aggregates
 from invoiced_connect.refresh import Mode, Outcome, Refresher, default_refresher
 
 ACTIONS = ("refresh", "disconnect")
@@ -91,7 +91,7 @@ def metric_name(answer: Mapping[str, Any], action: str | None = None) -> str | N
         return "BadRequests"
     outcome = answer.get("outcome")
     if outcome in DISCONNECT_OUTCOMES and action != "refresh":
-        return "Disconnect" + "".join(part.capitalize() for part in str(outcome).split("_"))
+        return outcome_metric_name(str(outcome), prefix="Disconnect")
     try:
         return Outcome(outcome).metric_name
     except ValueError:

@@ -49,6 +49,7 @@ from invoiced_connect.invoiced import (
     UnknownOutcomeError,
 )
 from invoiced_connect.models import Connection, ConnectionStatus
+from invoiced_connect.observability import outcome_metric_name
 from invoiced_connect.store import LeaseLost, Rescue
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Outcome(StrEnum):
     @property
     def metric_name(self) -> str:
         """The CloudWatch metric counting this outcome, e.g. ``RefreshUnknownOutcome``."""
-        return "Refresh" + "".join(part.capitalize() for part in self.value.split("_"))
+        return outcome_metric_name(self.value)
 
 
 class Mode(StrEnum):
