@@ -182,3 +182,49 @@ def test_under_snapstart_the_api_handlers_import_what_their_first_request_needs(
         env = {**coldstart.lambda_environment(artifacts[name], layer), "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}
         loaded = coldstart.probe("app", env, compiled)
         assert {module for module in ("boto3", "requests") if loaded[module]} == wanted, name
+
+
+def unpack_like_lambda(archive: Path, into: Path) -> Path:
+    """Extract keeping each entry's timestamp, as Lambda's unpacking does."""
+    import time
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zipped:
+        for info in zipped.infolist():
+            target = Path(zipped.extract(info, into))
+            stamp = time.mktime((*info.date_time, 0, 0, -1))
+            os.utime(target, (stamp, stamp))
+    return into
+
+
+def test_the_bytecode_is_used_after_sam_packages_it(compiled, tmp_path):
+    """`sam deploy` zips each artifact with SAM's own zipper, which stamps
+    every file 1980-01-01: .pyc files that recorded the sources' times would
+    all be stale. The unchecked-hash ones are loaded as they are."""
+    sam_python = sam_cli().parent / "python"
+    unpacked = {}
+    for name in ("ConnectFunction", "InvoicedConnectLayer"):
+        zipped = run(
+            [str(sam_python), "-c",
+             "import sys; from samcli.lib.package.utils import make_zip; print(make_zip(sys.argv[1], sys.argv[2]))",
+             str(tmp_path / name), str(compiled / name)],
+            timeout=120,
+        )
+        assert zipped.returncode == 0, zipped.stderr
+        unpacked[name] = unpack_like_lambda(Path(zipped.stdout.strip()), tmp_path / f"{name}-unpacked")
+    assert (unpacked["ConnectFunction"] / "app.py").stat().st_mtime < 400_000_000  # 1980: SAM's stamp
+
+    function = coldstart.Artifact("ConnectFunction", unpacked["ConnectFunction"], is_layer=False)
+    layer = coldstart.Artifact("InvoicedConnectLayer", unpacked["InvoicedConnectLayer"], is_layer=True)
+    verbose = run([sys.executable, "-v", "-c", "import app"], timeout=120, cwd=tmp_path,
+                  env=coldstart.lambda_environment(function, layer))
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    loaded_from_bytecode = {
+        line.split("'")[1] for line in verbose.stderr.splitlines() if line.startswith("# code object from '")
+    }
+    # The handler, a module of the package and one of Powertools: all read from their .pyc.
+    expected = {str(cached_file(p)) for p in (function.code_dir / "app.py",
+                                               layer.code_dir / "invoiced_connect" / "flow.py",
+                                               layer.code_dir / "aws_lambda_powertools" / "logging" / "logger.py")}
+    assert expected <= loaded_from_bytecode, sorted(expected - loaded_from_bytecode)
+    assert "bytecode is stale" not in verbose.stderr
