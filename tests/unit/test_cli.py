@@ -297,3 +297,56 @@ def test_next_steps_needs_the_outputs_of_a_finished_deploy():
     bare = StackInfo("ic", "us-east-1", "REVIEW_IN_PROGRESS", {}, {}, ())
     with pytest.raises(DeployError, match="no output CallbackUrl \\(status REVIEW_IN_PROGRESS\\)"):
         next_steps(bare, (False, ""))
+
+
+# ------------------------------------------------------------------ SnapStart description budget
+def _deploy_env(**overrides: str):
+    from invoiced_connect.deployment import DeployEnvironment
+
+    return DeployEnvironment("sandbox", "ic-test", None, None, dict(overrides), {})
+
+
+def _described_stack(**parameters: str):
+    from invoiced_connect.deployment import StackInfo
+
+    return StackInfo("ic-test", "us-east-1", "UPDATE_COMPLETE", {}, dict(parameters), ())
+
+
+def test_the_snapstart_description_budget_matches_the_template():
+    import re
+    from pathlib import Path
+
+    from invoiced_connect.deployment import VERSION_DESCRIPTION_FIXED
+
+    template = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
+    formats = set(re.findall(r'- "(config [^"]+)"', template))
+    assert len(formats) == 1, formats
+    (description,) = formats
+    fields = re.findall(r"\$\{(\w+)\}", description)
+    assert fields == ["Layer", "InvoicedEnvironment", "InvoicedClientId", "OAuthScope", "RefreshWindowMinutes",
+                      "KeepAliveDays", "ActiveUseHours", "PublicBaseUrl", "Returns"]
+    widest_fixed = {"Layer": 6, "InvoicedEnvironment": len("production"), "OAuthScope": len("read_write"),
+                    "RefreshWindowMinutes": 2, "KeepAliveDays": 3, "ActiveUseHours": 3}
+    literal = len(re.sub(r"\$\{\w+\}", "", description))
+    assert literal + sum(widest_fixed.values()) == VERSION_DESCRIPTION_FIXED
+
+
+def test_a_deploy_whose_snapstart_description_would_overflow_is_stopped_first():
+    from invoiced_connect.deployment import (
+        VERSION_DESCRIPTION_FIXED,
+        VERSION_DESCRIPTION_LIMIT,
+        snapstart_description_overflow,
+    )
+
+    room = VERSION_DESCRIPTION_LIMIT - VERSION_DESCRIPTION_FIXED
+    client_id, base = "a" * 20, "https://connect.example.com"
+    fits = "https://app.example.com/" + "x" * (room - len(client_id) - len(base) - 24)
+    stack = _described_stack(SnapStart="Enabled", InvoicedClientId=client_id, PublicBaseUrl=base)
+    assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist=fits), stack) is None
+    problem = snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist=fits + "y"), stack)
+    assert problem and "ReturnUrlAllowlist" in problem and f"at most {room}" in problem
+    # Off, the description is not used at all; the overrides decide over the stack.
+    assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist=fits + "y" * 100, SnapStart="Disabled"), stack) is None
+    assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist=fits + "y"), None) is None
+    assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist="y" * room, SnapStart="Enabled"), None) is None
+    assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist="y" * (room + 1), SnapStart="Enabled"), None)

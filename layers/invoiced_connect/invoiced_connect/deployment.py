@@ -167,6 +167,36 @@ def pinned_client_id_conflict(env: DeployEnvironment, stack: StackInfo | None, p
     )
 
 
+#: With SnapStart on, the API functions' version description (template.yaml)
+#: is "config <layer>|<environment>|<client id>|<scope>|<window>|<keep-alive>|
+#: <active use>|<public base URL>|<allowlist>"; Lambda takes 256 characters.
+VERSION_DESCRIPTION_LIMIT = 256
+#: Its longest fixed part: "config ", 8 separators, a 6-digit layer version,
+#: "production", "read_write" and the three numbers at their maxima.
+VERSION_DESCRIPTION_FIXED = len("config ") + 8 + 6 + len("production") + len("read_write") + len("50300720")
+_DESCRIBED = (CLIENT_ID_PARAMETER, "PublicBaseUrl", "ReturnUrlAllowlist")
+
+
+def snapstart_description_overflow(env: DeployEnvironment, stack: StackInfo | None) -> str | None:
+    """Why this deploy would fail on the version description's length, or None.
+
+    Only with SnapStart on: checked here, the deploy stops before building;
+    found by CloudFormation, it rolls back halfway."""
+    values = {**(stack.parameters if stack else {}), **env.parameter_overrides}
+    if values.get("SnapStart") != "Enabled":
+        return None
+    length = VERSION_DESCRIPTION_FIXED + sum(len(values.get(name, "")) for name in _DESCRIBED)
+    if length <= VERSION_DESCRIPTION_LIMIT:
+        return None
+    return (
+        f"with SnapStart=Enabled, {', '.join(_DESCRIBED)} together may take at most "
+        f"{VERSION_DESCRIPTION_LIMIT - VERSION_DESCRIPTION_FIXED} characters (they are part of the functions' "
+        f"version description, {VERSION_DESCRIPTION_LIMIT} at most); this deploy would use "
+        f"{length - VERSION_DESCRIPTION_FIXED}. Shorten ReturnUrlAllowlist, or set SnapStart=Disabled "
+        "(see docs/operations.md#snapstart)."
+    )
+
+
 # ------------------------------------------------------------------ AWS access
 def quick_config() -> Any:
     """One attempt, short timeouts: an answer or a clear failure within seconds."""
@@ -340,7 +370,8 @@ def preflight(env_name: str, *, samconfig: str = SAMCONFIG) -> Preflight:
         stack = describe_stack(cloudformation, env.stack_name, missing_ok=True)
     except (BotoCoreError, ClientError) as exc:  # e.g. no cloudformation:DescribeStacks
         raise DeployError(f"could not read stack {env.stack_name}: {exc}") from None
-    for problem in (deployable(stack), pinned_client_id_conflict(env, stack, samconfig)):
+    for problem in (deployable(stack), pinned_client_id_conflict(env, stack, samconfig),
+                    snapstart_description_overflow(env, stack)):
         if problem:
             raise DeployError(problem)
     return Preflight(env, region, source, identity["account"], identity["arn"], stack)
