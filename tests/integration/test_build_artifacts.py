@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench import coldstart
+from tests.integration.test_template import sam_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILE = ROOT / "scripts" / "compile-bytecode"
@@ -27,15 +28,6 @@ FIND_PYTHON = ROOT / "scripts" / "find-python"
 TAG = "cpython-313"
 
 pytestmark = pytest.mark.slow
-
-
-def sam_cli() -> Path:
-    path = Path(os.environ.get("SAM_CLI") or ROOT / ".venv-sam" / "bin" / "sam")
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"SAM CLI not found at {path} (make install)")
-        pytest.skip(f"SAM CLI not found at {path} (make install, or set SAM_CLI)")
-    return path
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
