@@ -50,6 +50,7 @@ def connect(stack: Any, connection_id: str, *, active_use: bool = True) -> Conne
         ciphertext=TokenCipher(stack.kms_key_arn).encrypt(connection_id, tokens.access_token, tokens.refresh_token),
         company_name=None,
         issuer=stack.invoiced.base_url,
+        api_url=stack.invoiced.api_url,
         now=now,
         refresh_at=policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until),
         active_until=active_until,

@@ -73,6 +73,12 @@ DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".local" / "stack.env"
 LOOPBACK = "127.0.0.1"
 
+#: What an app's code needs besides the functions' own variables, for .local/stack.env:
+#: the app API's function names (docs/app-api.md), by the functions' logical ids.
+APP_API_VARIABLES = {"LINKS_FUNCTION_NAME": "LinksFunction", "TOKENS_FUNCTION_NAME": "TokensFunction",
+                     "CONNECTION_STATE_FUNCTION_NAME": "ConnectionStateFunction",
+                     "CONNECTIONS_FUNCTION_NAME": "ConnectionsFunction"}
+
 #: The environment variables that point the stack at a real Invoiced (all or none).
 UPSTREAM_VARIABLES = ("INVOICED_BASE_URL", "INVOICED_API_URL", "INVOICED_CLIENT_ID", "INVOICED_CLIENT_SECRET")
 
@@ -277,6 +283,7 @@ class LocalStack:
         self.gateway_url = self.connect_url = self.callback_url = self.moto_url = self.lambda_url = ""
         self.table_name = self.kms_key_arn = ""
         self.env: dict[str, str] = {}
+        self.consumer_env: dict[str, str] = {}
         self.resources: Provisioned | None = None
         self.functions: dict[str, LocalFunction] = {}
         self.activity = Activity()  # every background invocation, for wait_for_queues
@@ -354,6 +361,9 @@ class LocalStack:
 
         load_settings(env)  # a bad value fails here, naming the variable, not on the first request
         self.env = env
+        #: The functions' environment plus what an app's own code needs (written to env_file).
+        self.consumer_env = {**env, **{name: resolver.ref(logical_id) for name, logical_id in APP_API_VARIABLES.items()
+                                       if logical_id in self.functions}}
         self.table_name = env["TABLE_NAME"]
         self.kms_key_arn = next(
             (self.resources.arn(key) for key in resources_of_type(template, "AWS::KMS::Key")), ""
@@ -430,7 +440,7 @@ class LocalStack:
     def _write_env_file(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = ["# The running local stack's environment (python -m local.stack); removed when it stops."]
-        for name, value in sorted(self.env.items()):
+        for name, value in sorted(self.consumer_env.items()):
             if "\n" in value:
                 raise ValueError(f"{name} has a line break; it cannot go into {path}")
             lines.append(f"{name}={value}")

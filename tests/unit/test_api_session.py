@@ -26,6 +26,7 @@ from invoiced_connect import tokens as token_sdk
 from invoiced_connect.api import (
     ApiAuthError,
     ApiConnectionError,
+    ApiEnvironmentError,
     ApiNotFoundError,
     ApiRateLimitError,
     ApiRequestError,
@@ -38,6 +39,7 @@ from invoiced_connect.api import (
     TokenSource,
 )
 from invoiced_connect.invoiced import ApiError, InvoicedError, TransientError, UnknownOutcomeError
+from invoiced_connect.tokens import AccessToken
 
 API = "https://api.invoiced.test"
 CID = "acme-42"
@@ -143,9 +145,9 @@ class FakeTokens:
     gets: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
-    def get_access_token(self, connection_id: str) -> str:
+    def get_token(self, connection_id: str) -> str:
         self.gets.append(connection_id)
-        return self.token
+        return self.token  # a plain token: these tests pin api_url
 
     def token_rejected(self, connection_id: str, access_token: str) -> str:
         self.rejected.append((connection_id, access_token))
@@ -601,11 +603,85 @@ def test_defaults_come_from_the_token_sdk_and_the_settings_lazily(monkeypatch):
     monkeypatch.setattr(token_sdk, "default_reader", lambda: fake_tokens)
     from invoiced_connect import settings
 
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(invoiced_api_url=API + "/"))
+    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API + "/"))
     api = InvoicedApi(CID)
-    assert api.api_url == API
+    assert api.api_url == API  # INVOICED_API_URL, when set, pins the API
     assert api._tokens is fake_tokens
     assert isinstance(fake_tokens, TokenSource)
+
+
+# ================================================================== the connection's own environment
+SANDBOX_API = "https://api.sandbox.invoiced.com"
+PRODUCTION_API = "https://api.invoiced.com"
+
+
+@dataclass
+class EnvironmentTokens:
+    """A TokenSource whose tokens say which API they belong to, as the SDK's do."""
+
+    api_url: str | None
+    gets: int = 0
+
+    def get_token(self, connection_id: str) -> AccessToken:
+        self.gets += 1
+        return AccessToken(connection_id, TOKEN, 2_000_000_000, self.api_url, "167", 3)
+
+    def token_rejected(self, connection_id: str, access_token: str) -> AccessToken:
+        raise AssertionError("not in these tests")
+
+
+def sandbox_session(route: Callable[[Sent], Answer], *, api_url: str | None = None,
+                    tokens: EnvironmentTokens | None = None) -> tuple[InvoicedApi, FakeTransport]:
+    transport = FakeTransport(route)
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", transport)
+    api = InvoicedApi(CID, tokens=tokens or EnvironmentTokens(SANDBOX_API), api_url=api_url, session=session,
+                      sleep=lambda _: None)
+    return api, transport
+
+
+def test_with_nothing_configured_a_sandbox_connection_reaches_the_sandbox_api():
+    api, transport = sandbox_session(scripted(ok({"id": 167})))
+    assert api.get("/companies/current") == {"id": 167}
+    assert [sent.url for sent in transport.sent] == [f"{SANDBOX_API}/companies/current"]
+    assert api.api_url == SANDBOX_API
+
+
+def test_a_configured_api_url_of_the_other_environment_is_refused_naming_both_and_nothing_is_sent():
+    api, transport = sandbox_session(scripted(ok({})), api_url=PRODUCTION_API)
+    with pytest.raises(ApiEnvironmentError) as caught:
+        api.get("/companies/current")
+    assert transport.sent == []
+    assert PRODUCTION_API in str(caught.value) and SANDBOX_API in str(caught.value)
+    assert (caught.value.configured, caught.value.connection_api_url) == (PRODUCTION_API, SANDBOX_API)
+
+
+def test_a_configured_api_url_that_agrees_is_used():
+    api, transport = sandbox_session(scripted(ok({})), api_url=SANDBOX_API + "/")
+    api.get("/companies/current")
+    assert [sent.url for sent in transport.sent] == [f"{SANDBOX_API}/companies/current"]
+
+
+def test_a_connection_whose_api_is_unknown_needs_an_api_url():
+    api, transport = sandbox_session(scripted(ok({})), tokens=EnvironmentTokens(None))
+    with pytest.raises(ApiUrlError):
+        api.get("/companies/current")
+    assert transport.sent == []
+
+
+def test_the_default_reader_without_invoiced_api_url_follows_the_connection(monkeypatch):
+    tokens = EnvironmentTokens(SANDBOX_API)
+    monkeypatch.setattr(token_sdk, "default_reader", lambda: tokens)
+    from invoiced_connect import settings
+
+    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=None))
+    api = InvoicedApi(CID)
+    assert api.api_url is None
+    transport = FakeTransport(scripted(ok({})))
+    api._session.mount("https://", transport)
+    api.get("/companies/current")
+    assert [sent.url for sent in transport.sent] == [f"{SANDBOX_API}/companies/current"]
 
 
 @pytest.mark.parametrize("connection_id", ["", "-leading-dash", "has space", "x" * 129, None])

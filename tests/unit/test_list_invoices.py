@@ -128,13 +128,13 @@ def test_handler_happy_path_returns_invoice_summaries_and_logs_only_the_connecti
 ])
 def test_handler_maps_the_token_sdks_errors(error_class, kind, monkeypatch, capfd):
     class Failing(FakeTokens):
-        def get_access_token(self, connection_id: str) -> str:
+        def get_token(self, connection_id: str) -> str:
             raise error_class(connection_id, f"detail with {TOKEN}")
 
     monkeypatch.setattr(token_sdk, "default_reader", Failing)
     from invoiced_connect import settings
 
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(invoiced_api_url=API))
+    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API))
     result = load_handler()({"connection_id": "acme-42"}, context())
     assert result["error"] == kind
     assert result["message"] and TOKEN not in result["message"]

@@ -14,6 +14,7 @@ import pytest
 from aws_lambda_powertools import Metrics
 
 from invoiced_connect import flow, observability, operations
+from invoiced_connect.crypto import SealedTokens
 from invoiced_connect.flow import BadRequest, FlowReport
 from invoiced_connect.logs import QUIET_LOGGERS, quiet_library_loggers
 from invoiced_connect.models import Connection, ConnectionStatus
@@ -203,12 +204,13 @@ class FakeStore:
 
     def get_connection(self, connection_id: str, consistent: bool = False):
         self.reads += 1
-        return (self.row, f"v{self.row.version}".encode()) if connection_id == "acme-1" else None
+        version = f"v{self.row.version}".encode()
+        return (self.row, SealedTokens(access=version, refresh=version)) if connection_id == "acme-1" else None
 
 
 class FakeCipher:
-    def decrypt(self, connection_id: str, blob: bytes) -> tuple[str, str]:
-        return f"access-{blob.decode()}", f"refresh-{blob.decode()}"
+    def decrypt_access(self, connection_id: str, sealed: SealedTokens) -> str:
+        return f"access-{sealed.access.decode()}"
 
 
 def reader(counts: ReadCounts, store: FakeStore | None = None, invoke=None) -> TokenReader:
@@ -232,12 +234,8 @@ def test_readers_count_reads_and_cache_misses_without_io():
         tokens.get_access_token("acme-2")
     assert counts.take() == (1, 1)  # a failed read is a read, and a miss
 
-    def refreshed(payload):
-        store.row = Connection(**{**store.row.__dict__, "version": 2})
-        return {"outcome": "refreshed", "status": "active"}
-
-    tokens._invoke = refreshed
-    assert tokens.token_rejected("acme-1", "access-v1") == "access-v2"  # after a 401: always read again
+    store.row = Connection(**{**store.row.__dict__, "version": 2})  # refreshed meanwhile
+    assert tokens.token_rejected("acme-1", "access-v1").access_token == "access-v2"  # after a 401: always read again
     assert counts.take() == (1, 1)
 
 

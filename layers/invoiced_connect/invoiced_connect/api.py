@@ -8,14 +8,18 @@
 
 :class:`InvoicedApi` gets the connection's access token from a
 :class:`TokenSource` (by default the layer's token reader,
-``invoiced_connect.tokens.default_reader()``), sends it as a Bearer token and
-deals with what Invoiced can answer:
+``invoiced_connect.tokens.default_reader()``), sends it as a Bearer token to
+the REST API of the connection's own Invoiced environment (the token says
+which: sandbox or production; an ``api_url`` given here, or
+``INVOICED_API_URL``, must agree, or :class:`ApiEnvironmentError` names both
+and nothing is sent), and deals with what Invoiced can answer:
 
 * **401**: the token was refreshed (rotated) elsewhere or expired. The session
   calls :meth:`TokenSource.token_rejected` once and retries once with the token
   it returns; a second 401 raises :class:`ApiAuthError`. Errors raised by the
-  token source (connection not found, needs re-authorization, ...) propagate
-  unchanged.
+  token source (connection not found, needs re-authorization, and
+  ``TokenRejected`` when the token was already replaced once for a 401
+  within the window: no rotation storm) propagate unchanged.
 * **429**: Invoiced allows 20 concurrent requests per credential and sends no
   ``Retry-After``. The session backs off exponentially with full jitter
   (honouring ``Retry-After`` if one appears) and raises
@@ -42,12 +46,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from urllib3.util import parse_url
 
+from invoiced_connect.environments import EnvironmentMismatch
 from invoiced_connect.invoiced import (
     ApiError,
     TransientError,
@@ -56,6 +61,9 @@ from invoiced_connect.invoiced import (
     was_not_sent,
 )
 from invoiced_connect.models import validate_connection_id
+
+if TYPE_CHECKING:
+    from invoiced_connect.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +93,11 @@ class TokenSource(Protocol):
     is the real implementation; tests pass a fake.
     """
 
-    def get_access_token(self, connection_id: str) -> str:
-        """A currently valid access token for the connection."""
+    def get_token(self, connection_id: str) -> AccessToken:
+        """A currently valid access token for the connection, with its API URL."""
         ...
 
-    def token_rejected(self, connection_id: str, access_token: str) -> str:
+    def token_rejected(self, connection_id: str, access_token: str) -> AccessToken | str:
         """Invoiced answered 401 to ``access_token``: return a token to retry with.
 
         Re-reads the stored connection and returns its token if it changed,
@@ -157,6 +165,17 @@ class ApiUnknownOutcomeError(ApiError, UnknownOutcomeError):
 
 class ApiUrlError(ApiError):
     """A URL outside the API's origin (for example from a ``Link`` header); nothing was sent."""
+
+
+class ApiEnvironmentError(ApiUrlError):
+    """The configured API URL is not the API of the connection's own Invoiced
+    environment (a sandbox token to production, say); nothing was sent.
+    ``configured`` and ``connection_api_url`` name both."""
+
+    def __init__(self, mismatch: EnvironmentMismatch) -> None:
+        super().__init__(str(mismatch), reason="environment_mismatch")
+        self.configured = mismatch.configured
+        self.connection_api_url = mismatch.connection_api_url
 
 
 class ApiResponseError(ApiError):
@@ -245,8 +264,10 @@ def positive_int(name: str, value: object, *, maximum: int | None = None) -> int
 class InvoicedApi:
     """Invoiced's REST API on behalf of one connection.
 
-    ``tokens`` defaults to the layer's token reader and ``api_url`` to the
-    configured ``INVOICED_API_URL``. ``sleep`` and ``rng`` are injectable so
+    ``tokens`` defaults to the layer's token reader. The API URL is the
+    connection's own (from its token); ``api_url`` (default: ``INVOICED_API_URL``
+    if set, with the default reader) only pins it, and a connection of another
+    environment is then refused. ``sleep`` and ``rng`` are injectable so
     tests can record backoff without waiting. Not thread-safe in the sense of
     requests' ``Session``: use one per thread if you fan out.
     """
@@ -266,22 +287,24 @@ class InvoicedApi:
     ) -> None:
         self.connection_id = validate_connection_id(connection_id)
         if tokens is None:
+            from invoiced_connect.settings import get_settings
             from invoiced_connect.tokens import default_reader
 
             tokens = default_reader()
-        if api_url is None:
-            from invoiced_connect.settings import get_settings
-
-            api_url = get_settings().invoiced_api_url
-        self.api_url = api_url.rstrip("/")
-        origin = _origin(self.api_url)
-        if origin is None:
-            raise ValueError("api_url must be an absolute http(s) URL without credentials")
+            if api_url is None:
+                api_url = get_settings().configured_api_url
+        #: The pinned API URL, if any; else the connection's, once its token is read.
+        self._pinned = api_url.rstrip("/") if api_url else None
+        self.api_url: str | None = self._pinned
+        self._origin: tuple[str, str, int] | None = None
+        if self._pinned is not None:
+            self._origin = _origin(self._pinned)
+            if self._origin is None:
+                raise ValueError("api_url must be an absolute http(s) URL without credentials")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         if max_rate_limit_retries < 0 or max_transient_retries < 0:
             raise ValueError("retry counts must not be negative")
-        self._origin = origin
         self._tokens = tokens
         self._owns_session = session is None
         self._session = session if session is not None else no_retry_session()
@@ -325,10 +348,12 @@ class InvoicedApi:
         token source's own errors otherwise.
         """
         method = method.upper()
+        if self._origin is not None and _is_absolute(path):
+            self._prepare(method, path, params, json)  # a foreign URL is refused before any token is read
+        token = self._use(self._tokens.get_token(self.connection_id))
         prepared = self._prepare(method, path, params, json)
         label = f"{method} {_path_only(prepared.url or '')}"
         idempotent = method in IDEMPOTENT_METHODS
-        token = self._tokens.get_access_token(self.connection_id)
         token_retried = False
         rate_limited = transient = 0
         while True:
@@ -350,7 +375,7 @@ class InvoicedApi:
                 token_retried = True
                 log.info("Invoiced rejected the access token; asking for a fresh one",
                          extra={"connection_id": self.connection_id, "request": label})
-                token = self._tokens.token_rejected(self.connection_id, token)
+                token = self._use(self._tokens.token_rejected(self.connection_id, token))
                 continue
             if status == 429:
                 if rate_limited >= self.max_rate_limit_retries:
@@ -460,7 +485,29 @@ class InvoicedApi:
         return self.iterate("/invoices", params, per_page=per_page, max_pages=max_pages)
 
     # ------------------------------------------------------------ plumbing
+    def _use(self, token: AccessToken | str) -> str:
+        """The token's text, after checking (and, unpinned, adopting) the API URL it belongs to."""
+        if isinstance(token, str):  # a plain TokenSource that knows no environments
+            if self._origin is None:
+                raise ApiUrlError("no API URL: pass api_url, or use a token source that knows the connection's",
+                                  reason="no_api_url")
+            return token
+        connection_url = token.api_url.rstrip("/") if token.api_url else None
+        if self._pinned is not None:
+            if connection_url is not None and connection_url != self._pinned:
+                raise ApiEnvironmentError(EnvironmentMismatch(self.connection_id, self._pinned, connection_url))
+        elif connection_url is None:
+            raise ApiUrlError(f"the API URL of connection {self.connection_id!r} is unknown (it was made before "
+                              "it was recorded, with an unknown issuer): pass api_url", reason="no_api_url")
+        elif connection_url != self.api_url:
+            origin = _origin(connection_url)
+            if origin is None:
+                raise ApiUrlError("the connection's API URL is not usable", reason="bad_api_url")
+            self.api_url, self._origin = connection_url, origin
+        return token.access_token
+
     def _prepare(self, method: str, path: str, params: Mapping[str, Any] | None, body: Any) -> requests.PreparedRequest:
+        assert self.api_url is not None and self._origin is not None
         url = path if _is_absolute(path) else f"{self.api_url}/{path.lstrip('/')}"
         if url.startswith("//"):
             url = f"{self._origin[0]}:{url}"

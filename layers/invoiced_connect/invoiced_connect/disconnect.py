@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from invoiced_connect import events as lifecycle
+from invoiced_connect.crypto import SealedTokens
 from invoiced_connect.invoiced import InvoicedError, TransientError
 from invoiced_connect.models import Connection, ConnectionStatus
 from invoiced_connect.refresh import MIN_VALIDITY_SECONDS, Mode, Outcome, Refresher, new_owner
@@ -76,7 +77,7 @@ class Disconnector:
                 continue
             owner = new_owner()
             try:
-                row = r.store.take_lease(
+                row, blob = r.store.take_lease(
                     connection_id, owner=owner, version=row.version, now=now, until=now + r.policy.lease_seconds,
                     statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
                 )
@@ -99,12 +100,12 @@ class Disconnector:
             r.events.publish(lifecycle.CONNECTION_DISCONNECTED, revoked, reason=reason)
             return self._result(revoked, "disconnected")
 
-    def _revoke(self, row: Connection, blob: bytes | None) -> str:
+    def _revoke(self, row: Connection, blob: SealedTokens | None) -> str:
         """Revoke the live grant, if there is one; the reason recorded on the row."""
         r = self.r
         if row.status is ConnectionStatus.NEEDS_REAUTH or blob is None:
             return "disconnected_dead_grant"
-        access_token, _ = r.cipher.decrypt(row.connection_id, blob)
+        access_token, _ = r.cipher.decrypt(row.connection_id, blob)  # either format
         try:
             r._invoiced().revoke(access_token)
         except TransientError:

@@ -29,12 +29,16 @@ CONNECTION_RECONNECTED = "Connection Reconnected"
 CONNECTION_NEEDS_REAUTH = "Connection Needs Reauthorization"
 CONNECTION_REFRESH_FAILING = "Connection Refresh Failing"
 CONNECTION_DISCONNECTED = "Connection Disconnected"
+#: Invoiced keeps rejecting a connection's stored token after it was replaced
+#: for that reason: usually a consumer sending it to the wrong API.
+CONNECTION_TOKEN_REJECTED = "Connection Token Rejected"  # noqa: S105 - an event name
 DETAIL_TYPES = (
     CONNECTION_CREATED,
     CONNECTION_RECONNECTED,
     CONNECTION_NEEDS_REAUTH,
     CONNECTION_REFRESH_FAILING,
     CONNECTION_DISCONNECTED,
+    CONNECTION_TOKEN_REJECTED,
 )
 
 

@@ -371,6 +371,7 @@ class ConnectFlow:
                 ciphertext=ciphertext,
                 company_name=None,
                 issuer=flow.issuer,
+                api_url=self.settings.invoiced_api_url,
                 now=now,
                 refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
                                                         active_until=active_until),

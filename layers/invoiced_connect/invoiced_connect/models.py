@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from invoiced_connect.environments import api_url_for_issuer
+
 _CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
@@ -31,6 +33,14 @@ class ConnectionStatus(StrEnum):
     ACTIVE = "active"
     NEEDS_REAUTH = "needs_reauth"
     REVOKED = "revoked"
+
+
+class Attention(StrEnum):
+    """Why a connection is listed for someone to look at (the attention-index)."""
+
+    NEEDS_REAUTH = "needs_reauth"  # the customer must reconnect
+    FAILING = "failing"  # refreshes keep failing, or an answer was lost
+    KEPT_ASIDE = "kept_aside"  # new tokens are waiting to be recovered
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,18 @@ class Connection:
     #: Set when a refresh was sent and its answer lost (the tokens may be dead).
     outcome_unknown_at: int = 0
     status_reason: str | None = None
+    #: The REST API the callback used for this connection (absent on rows from before it was recorded).
+    api_url: str | None = None
+    attention: Attention | None = None
+    #: When a rotation was last taken because Invoiced rejected the stored token.
+    rejected_refresh_at: int = 0
+    #: When a rejection after that rotation was last reported (one event per rotation).
+    rejected_notice_at: int = 0
+
+    @property
+    def api_base_url(self) -> str | None:
+        """The REST API of this connection's own Invoiced environment, if known."""
+        return self.api_url or api_url_for_issuer(self.issuer)
 
     def leased_by_other(self, owner: str | None, now: float) -> bool:
         return self.lease_until > now and self.lease_owner != owner

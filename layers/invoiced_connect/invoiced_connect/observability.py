@@ -140,6 +140,27 @@ def add_token_metrics(metrics: Metrics) -> dict[str, int]:
     return counts
 
 
+# ---------------------------------------------------------------------- the app API
+#: Invoiced rejected a stored token again after it was replaced for that reason.
+TOKENS_REJECTED = "TokensRejected"
+#: An app API request failed unexpectedly (the caller got ``internal_error``).
+APP_API_INTERNAL_ERRORS = "AppApiInternalErrors"
+
+
+def app_api_counts(kind: str, answer: Mapping[str, Any]) -> dict[str, int]:
+    """The metrics of one app API answer: ``<kind>Requests``, ``<kind>Errors`` on an
+    error, and :data:`TOKENS_REJECTED` / :data:`APP_API_INTERNAL_ERRORS` for those."""
+    counts = {f"{kind}Requests": 1}
+    error = answer.get("error")
+    if error:
+        counts[f"{kind}Errors"] = 1
+    if error == "token_rejected":
+        counts[TOKENS_REJECTED] = 1
+    if error == "internal_error":
+        counts[APP_API_INTERNAL_ERRORS] = 1
+    return counts
+
+
 # ---------------------------------------------------------------------- logs and traces
 def loggable_connection_id(value: object) -> str | None:
     """``value`` if it is a valid connection id (safe to log and annotate), else ``None``."""

@@ -53,7 +53,7 @@ from invoiced_connect.observability import outcome_metric_name
 from invoiced_connect.store import LeaseLost, Rescue
 
 if TYPE_CHECKING:
-    from invoiced_connect.crypto import TokenCipher
+    from invoiced_connect.crypto import SealedTokens, TokenCipher
     from invoiced_connect.events import EventPublisher
     from invoiced_connect.invoiced import InvoicedClient
     from invoiced_connect.settings import Settings
@@ -97,6 +97,9 @@ class Outcome(StrEnum):
     RESCUE_DISCARDED = "rescue_discarded"
     NOT_ACTIVE = "not_active"
     NOT_FOUND = "not_found"
+    #: Invoiced rejected the stored token, which was already replaced once for
+    #: that reason within the window: no rotation storm, the pair stays.
+    TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an outcome
 
     @property
     def metric_name(self) -> str:
@@ -136,13 +139,16 @@ class RefreshPolicy:
     keepalive_seconds: int = 30 * 86400
     active_use_seconds: int = 24 * 3600
     lease_seconds: int = 60
+    #: At most one rotation per connection in this time because Invoiced rejected its token.
+    rejected_token_window_seconds: int = 300
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshPolicy:
         # A token request may take two attempts (the secret re-read), each
         # bounded by the connect and read timeouts; then KMS and the commit.
         lease = max(60, int(4 * settings.http_timeout) + 20)
-        return cls(settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds, lease)
+        return cls(settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds, lease,
+                   settings.rejected_token_window_seconds)
 
     def next_refresh_at(self, *, expires_at: int, now: int, active_until: int) -> int:
         """When the scheduler should refresh next.
@@ -198,19 +204,39 @@ class Refresher:
         mode: Mode = Mode.SCHEDULED,
         stale_version: int | None = None,
         wait_seconds: float = 0.0,
+        after_rejection: bool = False,
     ) -> RefreshResult:
         """Refresh if it is (still) needed.
 
         ``stale_version``: the version a reader found expiring or rejected;
         a newer version means someone else already refreshed. ``wait_seconds``:
         how long to wait for another refresher's lease (0: report ``busy``).
+        ``after_rejection``: Invoiced answered 401 to the token of
+        ``stale_version``; at most one such rotation per connection per
+        :attr:`RefreshPolicy.rejected_token_window_seconds`, after which the
+        answer is ``token_rejected`` and the stored pair stays as it is.
         """
         deadline = self.clock() + wait_seconds
+        now = int(self.clock())
+        rejected_since = now - self.policy.rejected_token_window_seconds if after_rejection else None
+        # The common case in one write: lease the row if it needs refreshing
+        # now; the update returns what a read would have. Only if that is
+        # refused is the row read, to say why.
+        owner = new_owner()
+        try:
+            leased, sealed = self.store.take_lease(
+                connection_id, owner=owner, now=now, until=now + self.policy.lease_seconds,
+                rejected_since=rejected_since, **self._requirement(mode, stale_version, now),
+            )
+        except LeaseLost:
+            pass
+        else:
+            return self._refresh_under_lease(leased, sealed, owner, mode)
         while True:
             found = self.store.get_connection(connection_id)
             if found is None:
                 return RefreshResult(connection_id, Outcome.NOT_FOUND)
-            row, blob = found
+            row, _ = found
             now = int(self.clock())
             if row.status is not ConnectionStatus.ACTIVE:
                 return self._result(row, Outcome.NOT_ACTIVE)
@@ -219,6 +245,8 @@ class Refresher:
                 return self._result(row, Outcome.RACE_RECOVERED if raced else Outcome.ALREADY_FRESH)
             if row.next_attempt_at > now:
                 return self._result(row, Outcome.COOLING_DOWN, retry_at=row.next_attempt_at)
+            if after_rejection and row.rejected_refresh_at > now - self.policy.rejected_token_window_seconds:
+                return self._rejected_again(row, now)
             if row.leased_by_other(None, now):
                 if self.clock() >= deadline:
                     return self._result(row, Outcome.BUSY, retry_at=row.lease_until)
@@ -226,13 +254,13 @@ class Refresher:
                 continue
             owner = new_owner()
             try:
-                leased = self.store.take_lease(
-                    connection_id, owner=owner, version=row.version, now=now, until=now + self.policy.lease_seconds
+                leased, sealed = self.store.take_lease(
+                    connection_id, owner=owner, version=row.version, now=now, until=now + self.policy.lease_seconds,
+                    rejected_since=now - self.policy.rejected_token_window_seconds if after_rejection else None,
                 )
             except LeaseLost:
                 continue  # changed or leased since the read: look again
-            # The lease was taken at the version read, so ``blob`` is current.
-            return self._refresh_under_lease(leased, blob, owner, mode)
+            return self._refresh_under_lease(leased, sealed, owner, mode)
 
     def recover(self, connection_id: str) -> RefreshResult:
         """Apply or discard tokens kept aside for ``connection_id`` (see module doc)."""
@@ -249,7 +277,7 @@ class Refresher:
                 return self._result(row, Outcome.BUSY, retry_at=row.lease_until)
             owner = new_owner()
             try:
-                leased = self.store.take_lease(
+                leased, _ = self.store.take_lease(
                     connection_id, owner=owner, version=row.version, now=now,
                     until=now + self.policy.lease_seconds,
                     statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
@@ -257,7 +285,7 @@ class Refresher:
             except LeaseLost:
                 return self._result(row, Outcome.BUSY)
             try:
-                committed = self._commit(leased, owner, rescue.ciphertext, rescue.expires_at)
+                committed = self._commit(leased, owner, rescue.sealed, rescue.expires_at)
             except LeaseLost:
                 return self._result(row, Outcome.BUSY)
             except BaseException:
@@ -270,7 +298,7 @@ class Refresher:
         # The connection moved on (reconnected, disconnected, gone): the kept
         # tokens belong to a grant nobody uses. Revoke it rather than leave
         # a live grant behind, then forget it.
-        access_token, _ = self.cipher.decrypt(connection_id, rescue.ciphertext)
+        access_token, _ = self.cipher.decrypt(connection_id, rescue.sealed)
         try:
             self._invoiced().revoke(access_token)
         except TransientError:
@@ -283,6 +311,26 @@ class Refresher:
             connection_id, Outcome.RESCUE_DISCARDED)
 
     # ---------------------------------------------------------------- the decision
+    def _requirement(self, mode: Mode, stale_version: int | None, now: int) -> dict[str, int]:
+        """What :meth:`_needed` checks, as conditions of the lease (see ``TokenStore.take_lease``)."""
+        if stale_version is not None:
+            return {"stale_version": stale_version}
+        if mode is Mode.SCHEDULED:
+            return {"due_by": now + self.policy.window_seconds}
+        if mode is Mode.ON_DEMAND:
+            return {"expiring_before": now + MIN_VALIDITY_SECONDS}
+        return {}
+
+    def _rejected_again(self, row: Connection, now: int) -> RefreshResult:
+        """Invoiced rejected a token that was already replaced for that reason within the window."""
+        retry_at = row.rejected_refresh_at + self.policy.rejected_token_window_seconds
+        logger.warning("Invoiced rejected the stored token again; not rotating it again yet",
+                       extra={"connection_id": row.connection_id, "retry_at": retry_at,
+                              "alarm": "token_rejected"})
+        if self.store.note_rejection(row.connection_id, now=now, rotated_at=row.rejected_refresh_at):
+            self.events.publish(lifecycle.CONNECTION_TOKEN_REJECTED, row, reason="token_rejected")
+        return self._result(row, Outcome.TOKEN_REJECTED, retry_at=retry_at)
+
     def _needed(self, row: Connection, mode: Mode, stale_version: int | None, now: int) -> bool:
         if stale_version is not None:
             return row.version <= stale_version
@@ -306,12 +354,13 @@ class Refresher:
                 return
 
     # ---------------------------------------------------------------- under the lease
-    def _refresh_under_lease(self, row: Connection, blob: bytes | None, owner: str, mode: Mode) -> RefreshResult:
+    def _refresh_under_lease(self, row: Connection, sealed: SealedTokens | None, owner: str,
+                             mode: Mode) -> RefreshResult:
         connection_id = row.connection_id
         try:
-            if blob is None:
+            if sealed is None:
                 raise LeaseLost(f"{connection_id} has no tokens")
-            _, refresh_token = self.cipher.decrypt(connection_id, blob)
+            refresh_token = self.cipher.decrypt_refresh(connection_id, sealed)
             tokens = self._invoiced().refresh(refresh_token)
         except InvalidGrantError as exc:
             return self._refresh_token_dead(row, owner, exc)
@@ -342,7 +391,7 @@ class Refresher:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
         return self._result(committed, Outcome.REFRESHED)
 
-    def _commit(self, row: Connection, owner: str, ciphertext: bytes, expires_at: int,
+    def _commit(self, row: Connection, owner: str, ciphertext: SealedTokens, expires_at: int,
                 active_until: int | None = None) -> Connection:
         """The versioned commit, retried on throttling; :class:`LeaseLost` is final."""
         now = int(self.clock())
@@ -367,7 +416,7 @@ class Refresher:
             self.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + self.rng() / 2))
         raise AssertionError("unreachable")
 
-    def _keep_aside(self, row: Connection, owner: str, ciphertext: bytes, expires_at: int,
+    def _keep_aside(self, row: Connection, owner: str, ciphertext: SealedTokens, expires_at: int,
                     reason: str) -> RefreshResult:
         now = int(self.clock())
         rescue = Rescue(row.connection_id, ciphertext, row.version, expires_at, now, reason)
@@ -419,7 +468,8 @@ class Refresher:
         try:
             marked = self.store.record_failure(row.connection_id, owner=owner, version=row.version, now=now,
                                                reason=reason, next_attempt_at=now + delay,
-                                               outcome_unknown=outcome_unknown)
+                                               outcome_unknown=outcome_unknown,
+                                               failing=failures >= FAILING_EVENT_AFTER)
         except LeaseLost:
             return self._result(row, Outcome.RACE_RECOVERED)
         extra = {"connection_id": row.connection_id, "reason": reason, "failures": failures, "retry_in": delay}

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from invoiced_connect.environments import api_url_for_issuer
+
 DEFAULT_BASE_URL = "https://invoiced.com"
 DEFAULT_API_URL = "https://api.invoiced.com"
 DEFAULT_SCOPE = "read_write"
@@ -39,10 +41,16 @@ class Settings:
     http_timeout: float
     event_bus_name: str | None = None
     connections_function_name: str | None = None
+    tokens_function_name: str | None = None
     refresh_queue_url: str | None = None
     refresh_window_seconds: int = 15 * 60
     keepalive_seconds: int = 30 * 86400
     active_use_seconds: int = 24 * 3600
+    #: At most one rotation per connection in this time when Invoiced rejects its stored token.
+    rejected_token_window_seconds: int = 300
+    #: ``INVOICED_API_URL`` as set (``None`` when unset): a reader checks it against the
+    #: connection's own environment instead of defaulting to production.
+    configured_api_url: str | None = None
 
     @property
     def issuer(self) -> str:
@@ -79,6 +87,7 @@ _ENV_NAMES = {
     "client_secret_arn": "CLIENT_SECRET_ARN",
     "event_bus_name": "EVENT_BUS_NAME",
     "connections_function_name": "CONNECTIONS_FUNCTION_NAME",
+    "tokens_function_name": "TOKENS_FUNCTION_NAME",
     "refresh_queue_url": "REFRESH_QUEUE_URL",
 }
 
@@ -151,11 +160,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("HTTP_TIMEOUT_SECONDS must be a number") from exc
     if not 0 < timeout <= 60:
         raise SettingsError("HTTP_TIMEOUT_SECONDS must be between 0 and 60")
+    base_url = _origin("INVOICED_BASE_URL", env.get("INVOICED_BASE_URL") or DEFAULT_BASE_URL)
+    configured_api_url = (_origin("INVOICED_API_URL", env["INVOICED_API_URL"])
+                          if env.get("INVOICED_API_URL", "").strip() else None)
+    paired = api_url_for_issuer(base_url)
+    if configured_api_url and paired and configured_api_url != paired:
+        raise SettingsError(
+            f"INVOICED_API_URL is {configured_api_url}, but the API of {base_url} (INVOICED_BASE_URL) is {paired}: "
+            "a token of one Invoiced environment is refused by the other"
+        )
     return Settings(
         table_name=_required(env, "TABLE_NAME"),
         kms_key_id=_required(env, "KMS_KEY_ID"),
-        invoiced_base_url=_origin("INVOICED_BASE_URL", env.get("INVOICED_BASE_URL") or DEFAULT_BASE_URL),
-        invoiced_api_url=_origin("INVOICED_API_URL", env.get("INVOICED_API_URL") or DEFAULT_API_URL),
+        invoiced_base_url=base_url,
+        invoiced_api_url=configured_api_url or paired or DEFAULT_API_URL,
+        configured_api_url=configured_api_url,
         client_id=env.get("INVOICED_CLIENT_ID", "").strip(),
         scope=scope,
         # Only the connect flow needs it; readers and the refresher do not.
@@ -166,11 +185,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         http_timeout=timeout,
         event_bus_name=env.get("EVENT_BUS_NAME", "").strip() or None,
         connections_function_name=env.get("CONNECTIONS_FUNCTION_NAME", "").strip() or None,
+        tokens_function_name=env.get("TOKENS_FUNCTION_NAME", "").strip() or None,
         refresh_queue_url=env.get("REFRESH_QUEUE_URL", "").strip() or None,
         # Access tokens live an hour; refresh tokens a year from their last rotation.
         refresh_window_seconds=60 * _whole_number(env, "REFRESH_WINDOW_MINUTES", 15, 5, 50),
         keepalive_seconds=86400 * _whole_number(env, "KEEPALIVE_DAYS", 30, 1, 300),
         active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
+        rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),
     )
 
 

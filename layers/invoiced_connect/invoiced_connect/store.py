@@ -3,7 +3,9 @@
 One table holds two kinds of item, told apart by the key prefix:
 
 * ``conn#<connection id>``: a connection. Tokens are stored only as KMS
-  ciphertext; ``version`` grows on every write of new tokens.
+  ciphertext, one per token (``access_ciphertext``, ``refresh_ciphertext``;
+  rows from before the split have one ``token_ciphertext`` of both, replaced
+  at their next refresh); ``version`` grows on every write of new tokens.
 * ``state#<sha256(state)>``: an OAuth flow in progress (single use, 10
   minutes, removed by TTL if never used). Only the hash of the state is
   stored, so the table never holds a usable state value.
@@ -14,7 +16,10 @@ One table holds two kinds of item, told apart by the key prefix:
 
 Active connections and rescue rows carry ``due_shard``/``refresh_at``, which
 put them in the sparse ``due-index``: the scheduler queries each shard for
-``refresh_at <= now + window`` and reads only what is due.
+``refresh_at <= now + window`` and reads only what is due. Connections that
+need attention (``needs_reauth``, ``failing``) and rescue rows
+(``kept_aside``) carry ``attention``, which puts them in the sparse
+``attention-index``: the app lists them without a Scan.
 
 A refresh runs under a lease (``lease_owner``/``lease_until``, taken by a
 conditional update on the version read) and commits conditioned on that
@@ -31,16 +36,28 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from invoiced_connect import aws
-from invoiced_connect.models import Connection, ConnectionStatus, TokenSet
+from invoiced_connect.crypto import SealedTokens
+from invoiced_connect.models import Attention, Connection, ConnectionStatus, TokenSet
 
 CONNECTION_PREFIX = "conn#"
 STATE_PREFIX = "state#"
 LINK_PREFIX = "link#"
 RESCUE_PREFIX = "rescue#"
 DUE_INDEX = "due-index"
+ATTENTION_INDEX = "attention-index"
 DUE_SHARDS = 16
 _LEASE_FIELDS = ("lease_owner", "lease_until")
-_FAILURE_FIELDS = ("failure_count", "next_attempt_at", "last_error", "outcome_unknown_at")
+_FAILURE_FIELDS = ("failure_count", "next_attempt_at", "last_error", "outcome_unknown_at", "attention")
+_CIPHERTEXT_FIELDS = ("access_ciphertext", "refresh_ciphertext", "token_ciphertext")
+#: What the connection-state view may read of a connection: everything but
+#: ciphertexts and lease details (its IAM policy allows exactly these).
+STATE_ATTRIBUTES = (
+    "pk", "connection_id", "tenant_id", "company_name", "scopes", "issuer", "api_url", "status", "expires_at",
+    "version", "created_at", "updated_at", "refreshed_at", "refresh_at", "active_until", "failure_count",
+    "next_attempt_at", "last_error", "outcome_unknown_at", "status_reason", "attention",
+)
+#: What the attention-index projects (and so what a listing can return).
+ATTENTION_ATTRIBUTES = ("connection_id", "status", "last_error", "status_reason", "reason")
 
 
 class StateRejected(Exception):
@@ -60,7 +77,7 @@ class Rescue:
     """Tokens kept aside after a failed commit (still encrypted for the connection)."""
 
     connection_id: str
-    ciphertext: bytes = field(repr=False)
+    sealed: SealedTokens = field(repr=False)
     base_version: int
     expires_at: int
     rescued_at: int
@@ -108,6 +125,36 @@ def _s(value: str) -> dict[str, str]:
 
 def _n(value: int) -> dict[str, str]:
     return {"N": str(int(value))}
+
+
+def _sealed_values(sealed: SealedTokens) -> dict[str, Any]:
+    if not sealed.split:
+        raise ValueError("new tokens are always written in the split format")
+    return {":access_blob": {"B": sealed.access}, ":refresh_blob": {"B": sealed.refresh}}
+
+
+_SEALED_ASSIGNMENTS = ["access_ciphertext = :access_blob", "refresh_ciphertext = :refresh_blob"]
+
+
+def sealed_from_item(item: dict[str, Any]) -> SealedTokens | None:
+    """The token ciphertexts of a row (either format), or ``None`` if it holds none."""
+    access = item.get("access_ciphertext", {}).get("B")
+    refresh = item.get("refresh_ciphertext", {}).get("B")
+    if access is not None and refresh is not None:
+        return SealedTokens(access=access, refresh=refresh)
+    pair = item.get("token_ciphertext", {}).get("B")
+    return SealedTokens(pair=pair) if pair is not None else None
+
+
+@dataclass(frozen=True)
+class AttentionEntry:
+    """One connection (or set of kept-aside tokens) that needs someone to look at it."""
+
+    connection_id: str
+    attention: Attention
+    reason: str | None
+    status: str | None
+    since: int
 
 
 class TokenStore:
@@ -210,10 +257,11 @@ class TokenStore:
         *,
         connection_id: str,
         tokens: TokenSet,
-        ciphertext: bytes,
+        ciphertext: SealedTokens,
         company_name: str | None,
         issuer: str,
         now: int,
+        api_url: str | None = None,
         refresh_at: int | None = None,
         active_until: int = 0,
     ) -> Connection:
@@ -230,7 +278,7 @@ class TokenStore:
             ":issuer": _s(issuer),
             ":active": _s(ConnectionStatus.ACTIVE.value),
             ":exp": _n(tokens.expires_at),
-            ":blob": {"B": ciphertext},
+            **_sealed_values(ciphertext),
             ":now": _n(now),
             ":shard": _n(due_shard(connection_id)),
             ":one": _n(1),
@@ -244,7 +292,7 @@ class TokenStore:
             "issuer = :issuer",
             "#status = :active",
             "expires_at = :exp",
-            "token_ciphertext = :blob",
+            *_SEALED_ASSIGNMENTS,
             "created_at = if_not_exists(created_at, :now)",
             "connected_at = :now",
             "refreshed_at = :now",
@@ -253,7 +301,13 @@ class TokenStore:
             "refresh_at = :refresh_at",
             "active_until = :active_until",
         ]
-        removals = [*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason", "revoked_at"]
+        removals = [*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason", "revoked_at", "token_ciphertext",
+                    "rejected_refresh_at", "rejected_notice_at"]
+        if api_url is not None:
+            assignments.append("api_url = :api_url")
+            values[":api_url"] = _s(api_url)
+        else:
+            removals.append("api_url")
         if company_name is not None:
             assignments.append("company_name = :company")
             values[":company"] = _s(company_name)
@@ -285,8 +339,10 @@ class TokenStore:
             raise
         return True
 
-    def get_connection(self, connection_id: str, *, consistent: bool = True) -> tuple[Connection, bytes | None] | None:
-        """The connection and its token ciphertext, or ``None`` if unknown."""
+    def get_connection(
+        self, connection_id: str, *, consistent: bool = True
+    ) -> tuple[Connection, SealedTokens | None] | None:
+        """The connection and its token ciphertexts, or ``None`` if unknown."""
         response = self._db.get_item(
             TableName=self.table_name,
             Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
@@ -295,14 +351,55 @@ class TokenStore:
         item = response.get("Item")
         if not item:
             return None
-        blob = item.get("token_ciphertext", {}).get("B")
-        return connection_from_item(item), blob
+        return connection_from_item(item), sealed_from_item(item)
+
+    def get_connection_state(self, connection_id: str) -> Connection | None:
+        """The connection without its ciphertexts (only :data:`STATE_ATTRIBUTES` are read)."""
+        response = self._db.get_item(
+            TableName=self.table_name,
+            Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
+            ConsistentRead=True,
+            ProjectionExpression=", ".join(f"#a{i}" for i in range(len(STATE_ATTRIBUTES))),
+            ExpressionAttributeNames={f"#a{i}": name for i, name in enumerate(STATE_ATTRIBUTES)},
+        )
+        item = response.get("Item")
+        return connection_from_item(item) if item else None
+
+    def attention(self, kind: Attention, *, limit: int, start: dict[str, Any] | None = None
+                  ) -> tuple[list[AttentionEntry], dict[str, Any] | None]:
+        """One page of the attention-index for ``kind``, newest first, and where the next page starts."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": ATTENTION_INDEX,
+            "KeyConditionExpression": "attention = :kind",
+            "ExpressionAttributeValues": {":kind": _s(kind.value)},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        response = self._db.query(**kwargs)
+        entries = [
+            AttentionEntry(
+                connection_id=item["connection_id"]["S"],
+                attention=kind,
+                reason=(item.get("status_reason") or item.get("last_error") or item.get("reason") or {}).get("S"),
+                status=item.get("status", {}).get("S"),
+                since=_int(item, "updated_at"),
+            )
+            for item in response.get("Items", [])
+        ]
+        return entries, response.get("LastEvaluatedKey")
 
 
     # ---------------------------------------------------------------- refresh lifecycle
     def _update(self, connection_id: str, expression: str, condition: str, values: dict[str, Any],
                 names: dict[str, str] | None = None) -> Connection:
         """A conditional update of a connection; :class:`LeaseLost` if the condition fails."""
+        return connection_from_item(self._update_item(connection_id, expression, condition, values, names))
+
+    def _update_item(self, connection_id: str, expression: str, condition: str, values: dict[str, Any],
+                     names: dict[str, str] | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": {"pk": _s(CONNECTION_PREFIX + connection_id)},
@@ -319,36 +416,75 @@ class TokenStore:
             if _condition_failed(exc):
                 raise LeaseLost(f"{connection_id} changed or its lease is gone") from None
             raise
-        return connection_from_item(response["Attributes"])
+        return response["Attributes"]
 
     def take_lease(
         self,
         connection_id: str,
         *,
         owner: str,
-        version: int,
         now: int,
         until: int,
+        version: int | None = None,
         statuses: tuple[ConnectionStatus, ...] = (ConnectionStatus.ACTIVE,),
-    ) -> Connection:
-        """Become the only refresher of the connection as read at ``version``.
+        due_by: int | None = None,
+        stale_version: int | None = None,
+        expiring_before: int | None = None,
+        rejected_since: int | None = None,
+    ) -> tuple[Connection, SealedTokens | None]:
+        """Become the only refresher of the connection; the row as leased, with its ciphertexts.
 
-        Fails (:class:`LeaseLost`) if the row moved past that version, has
-        another status, or someone else holds an unexpired lease.
+        Fails (:class:`LeaseLost`) if the row has another status, someone
+        else holds an unexpired lease, or a requirement does not hold:
+        ``version`` (the row is still as read), ``due_by`` (its
+        ``refresh_at`` is at most this), ``stale_version`` (its version is at
+        most this), ``expiring_before`` (its token expires before this), and
+        outside a cooldown unless ``version`` is given (the caller checked).
+        ``rejected_since``: a rotation asked for because Invoiced rejected the
+        token; refused if one was taken after this time, and recorded.
+        Without ``version`` no read is needed first: the update returns the row.
         """
-        values: dict[str, Any] = {":owner": _s(owner), ":until": _n(until), ":v": _n(version), ":now": _n(now)}
+        values: dict[str, Any] = {":owner": _s(owner), ":until": _n(until), ":now": _n(now)}
+        names = {"#status": "status"}
         allowed = []
         for number, status in enumerate(statuses):
             values[f":s{number}"] = _s(status.value)
             allowed.append(f":s{number}")
-        return self._update(
-            connection_id,
-            "SET lease_owner = :owner, lease_until = :until",
-            f"version = :v AND #status IN ({', '.join(allowed)}) "
-            "AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
-            values,
-            {"#status": "status"},
-        )
+        conditions = [f"#status IN ({', '.join(allowed)})",
+                      "(attribute_not_exists(lease_until) OR lease_until <= :now)"]
+        assignments = ["lease_owner = :owner", "lease_until = :until"]
+        if version is not None:
+            conditions.append("version = :v")
+            values[":v"] = _n(version)
+        else:
+            conditions.append("(attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now)")
+        if due_by is not None:
+            conditions.append("refresh_at <= :due_by")
+            values[":due_by"] = _n(due_by)
+        if stale_version is not None:
+            conditions.append("version <= :stale")
+            values[":stale"] = _n(stale_version)
+        if expiring_before is not None:
+            conditions.append("expires_at < :expiring")
+            values[":expiring"] = _n(expiring_before)
+        if rejected_since is not None:
+            conditions.append("(attribute_not_exists(rejected_refresh_at) OR rejected_refresh_at <= :rejected)")
+            values[":rejected"] = _n(rejected_since)
+            assignments.append("rejected_refresh_at = :now")
+        item = self._update_item(connection_id, "SET " + ", ".join(assignments), " AND ".join(conditions),
+                                 values, names)
+        return connection_from_item(item), sealed_from_item(item)
+
+    def note_rejection(self, connection_id: str, *, now: int, rotated_at: int) -> bool:
+        """Record that a token was rejected again after the rotation at ``rotated_at``;
+        ``True`` only for the first such note since then (one event per rotation)."""
+        try:
+            self._update(connection_id, "SET rejected_notice_at = :now",
+                         "attribute_not_exists(rejected_notice_at) OR rejected_notice_at < :rotated",
+                         {":now": _n(now), ":rotated": _n(rotated_at)})
+        except LeaseLost:
+            return False
+        return True
 
     def release_lease(self, connection_id: str, *, owner: str) -> bool:
         """Give the lease back untouched (only if it is still ours)."""
@@ -365,7 +501,7 @@ class TokenStore:
         *,
         owner: str,
         version: int,
-        ciphertext: bytes,
+        ciphertext: SealedTokens,
         expires_at: int,
         now: int,
         refresh_at: int,
@@ -373,7 +509,7 @@ class TokenStore:
     ) -> Connection:
         """Store rotated tokens, if the row is still at ``version`` and the lease ours."""
         values: dict[str, Any] = {
-            ":blob": {"B": ciphertext},
+            **_sealed_values(ciphertext),
             ":exp": _n(expires_at),
             ":now": _n(now),
             ":refresh_at": _n(refresh_at),
@@ -384,7 +520,7 @@ class TokenStore:
             ":owner": _s(owner),
         }
         assignments = [
-            "token_ciphertext = :blob", "expires_at = :exp", "refreshed_at = :now", "updated_at = :now",
+            *_SEALED_ASSIGNMENTS, "expires_at = :exp", "refreshed_at = :now", "updated_at = :now",
             "refresh_at = :refresh_at", "due_shard = :shard", "#status = :active",
         ]
         if active_until is not None:
@@ -393,7 +529,7 @@ class TokenStore:
         return self._update(
             connection_id,
             "SET " + ", ".join(assignments) + " ADD version :one REMOVE "
-            + ", ".join([*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason"]),
+            + ", ".join([*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason", "token_ciphertext"]),
             "version = :v AND lease_owner = :owner",
             values,
             {"#status": "status"},
@@ -409,8 +545,13 @@ class TokenStore:
         reason: str,
         next_attempt_at: int,
         outcome_unknown: bool = False,
+        failing: bool = False,
     ) -> Connection:
-        """Count a failed refresh, set the cooldown, release the lease; tokens untouched."""
+        """Count a failed refresh, set the cooldown, release the lease; tokens untouched.
+
+        ``failing``: it has failed often enough (or its outcome is unknown) to
+        be listed as needing attention.
+        """
         values: dict[str, Any] = {
             ":zero": _n(0), ":one": _n(1), ":next": _n(next_attempt_at), ":reason": _s(reason),
             ":now": _n(now), ":v": _n(version), ":owner": _s(owner),
@@ -421,6 +562,9 @@ class TokenStore:
         ]
         if outcome_unknown:
             assignments.append("outcome_unknown_at = :now")
+        if failing or outcome_unknown:
+            assignments.append("attention = :attention")
+            values[":attention"] = _s(Attention.FAILING.value)
         return self._update(
             connection_id,
             "SET " + ", ".join(assignments) + " REMOVE lease_owner, lease_until",
@@ -432,11 +576,11 @@ class TokenStore:
         """The refresh token is dead: stop refreshing (leave the due-index), keep the row."""
         return self._update(
             connection_id,
-            "SET #status = :needs, status_reason = :reason, updated_at = :now "
+            "SET #status = :needs, status_reason = :reason, updated_at = :now, attention = :attention "
             "REMOVE lease_owner, lease_until, due_shard, refresh_at, next_attempt_at",
             "version = :v AND lease_owner = :owner",
             {":needs": _s(ConnectionStatus.NEEDS_REAUTH.value), ":reason": _s(reason), ":now": _n(now),
-             ":v": _n(version), ":owner": _s(owner)},
+             ":v": _n(version), ":owner": _s(owner), ":attention": _s(Attention.NEEDS_REAUTH.value)},
             {"#status": "status"},
         )
 
@@ -445,8 +589,8 @@ class TokenStore:
         return self._update(
             connection_id,
             "SET #status = :revoked, status_reason = :reason, revoked_at = :now, updated_at = :now "
-            "ADD version :one REMOVE token_ciphertext, due_shard, refresh_at, "
-            + ", ".join([*_LEASE_FIELDS, *_FAILURE_FIELDS]),
+            "ADD version :one REMOVE due_shard, refresh_at, "
+            + ", ".join([*_CIPHERTEXT_FIELDS, *_LEASE_FIELDS, *_FAILURE_FIELDS]),
             "version = :v AND lease_owner = :owner",
             {":revoked": _s(ConnectionStatus.REVOKED.value), ":reason": _s(reason), ":now": _n(now),
              ":one": _n(1), ":v": _n(version), ":owner": _s(owner)},
@@ -461,13 +605,16 @@ class TokenStore:
             Item={
                 "pk": _s(RESCUE_PREFIX + rescue.connection_id),
                 "connection_id": _s(rescue.connection_id),
-                "token_ciphertext": {"B": rescue.ciphertext},
+                **({"access_ciphertext": {"B": rescue.sealed.access}, "refresh_ciphertext": {"B": rescue.sealed.refresh}}
+                   if rescue.sealed.split else {"token_ciphertext": {"B": rescue.sealed.pair}}),
                 "base_version": _n(rescue.base_version),
                 "expires_at": _n(rescue.expires_at),
                 "rescued_at": _n(rescue.rescued_at),
                 "reason": _s(rescue.reason),
                 "due_shard": _n(due_shard(rescue.connection_id)),
                 "refresh_at": _n(rescue.rescued_at),
+                "attention": _s(Attention.KEPT_ASIDE.value),
+                "updated_at": _n(rescue.rescued_at),
             },
         )
 
@@ -480,7 +627,7 @@ class TokenStore:
             return None
         return Rescue(
             connection_id=item["connection_id"]["S"],
-            ciphertext=item["token_ciphertext"]["B"],
+            sealed=sealed_from_item(item),
             base_version=int(item["base_version"]["N"]),
             expires_at=int(item["expires_at"]["N"]),
             rescued_at=int(item["rescued_at"]["N"]),
@@ -545,6 +692,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         company_name=item.get("company_name", {}).get("S"),
         scopes=tuple(v["S"] for v in item.get("scopes", {}).get("L", [])),
         issuer=item["issuer"]["S"],
+        api_url=item.get("api_url", {}).get("S"),
         status=ConnectionStatus(item["status"]["S"]),
         expires_at=int(item["expires_at"]["N"]),
         version=int(item["version"]["N"]),
@@ -560,6 +708,9 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         last_error=item.get("last_error", {}).get("S"),
         outcome_unknown_at=_int(item, "outcome_unknown_at"),
         status_reason=item.get("status_reason", {}).get("S"),
+        attention=Attention(item["attention"]["S"]) if "attention" in item else None,
+        rejected_refresh_at=_int(item, "rejected_refresh_at"),
+        rejected_notice_at=_int(item, "rejected_notice_at"),
     )
 
 

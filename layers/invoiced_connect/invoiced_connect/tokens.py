@@ -1,12 +1,13 @@
 """The reader SDK: a valid Invoiced access token for a connection, in one call.
 
-    from invoiced_connect.tokens import get_access_token
+    from invoiced_connect.tokens import get_token
 
-    token = get_access_token("acme-7")
+    token = get_token("acme-7")   # .access_token, .api_url, .expires_at, .tenant_id, .version
 
 Attach the stack's ``TokenReaderPolicyArn`` to your function and add the
-layer; set ``TABLE_NAME``, ``KMS_KEY_ID`` and ``CONNECTIONS_FUNCTION_NAME``
-from the stack outputs (the stack's own functions have them).
+layer; set ``TABLE_NAME``, ``KMS_KEY_ID`` and ``TOKENS_FUNCTION_NAME`` from the
+stack outputs (the stack's own functions have them). The policy lets a
+reader decrypt access tokens only: refresh tokens stay with the refresher.
 
 How it stays correct when Invoiced revokes the old pair on every refresh:
 
@@ -14,17 +15,25 @@ How it stays correct when Invoiced revokes the old pair on every refresh:
   until shortly before the scheduler may rotate it, and never past
   ``expires_at`` minus a margin. A cache miss is one consistent ``GetItem``;
   KMS is called only when the stored version changed.
-* When the stored token is expired or about to be, the reader does not
-  refresh it itself (it holds no client secret): it invokes the stack's
-  connections function, which refreshes under the connection's lease, and
-  then reads again. N readers at once cause one token request.
+* When the stored token is expired or about to be (or the row is in the
+  format from before the tokens were encrypted apart), the reader does not
+  refresh it itself (it holds no client secret and cannot decrypt a refresh
+  token): it invokes the stack's tokens function, which refreshes under the
+  connection's lease and answers with the new token. N readers at once cause
+  one token request.
 * After Invoiced answers 401, :meth:`TokenReader.token_rejected` reads again;
-  if the stored token is newer it is returned, otherwise a locked refresh
-  is requested for exactly that version.
+  if the stored token is newer it is returned, otherwise a replacement is
+  asked for that version. Replacements for that reason are limited per
+  connection (one per ``REJECTED_TOKEN_WINDOW_SECONDS``): beyond that,
+  :class:`TokenRejected`, and the stored pair stays as it is.
+* Each token says which Invoiced API it belongs to (``api_url``: sandbox or
+  production, from the connection's own issuer), so it is never sent to the
+  other environment.
 
 Errors are typed: :class:`ConnectionNotFound`, :class:`NeedsReauthorization`,
-:class:`ConnectionRevoked` (permanent until the customer reconnects), and
-:class:`TokenUnavailable` (transient; ``retry_at`` says when to try again).
+:class:`ConnectionRevoked` (permanent until the customer reconnects),
+:class:`TokenUnavailable` (transient; ``retry_at`` says when to try again) and
+:class:`TokenRejected`.
 
 Readers count the tokens asked of them and the cache misses (no I/O);
 :func:`invoiced_connect.observability.add_token_metrics` emits them as the
@@ -43,47 +52,128 @@ from typing import Any
 
 from invoiced_connect.models import Connection, ConnectionStatus, validate_connection_id
 
-#: Never hand out a token with less than this left; ask for a refresh instead.
+#: Never hand out a token with less than this left (by default); get a fresh one instead.
 MIN_VALIDITY_SECONDS = 300
+#: The most a caller may ask to be left on a token: a fresh one lives about an hour,
+#: and the cache must still be able to answer.
+MAX_MIN_VALIDITY_SECONDS = 1800
 #: The scheduler may rotate a token this long before its ``refresh_at`` (its
 #: window), plus the schedule's interval and queueing; the cache ends earlier.
 ROTATION_MARGIN_SECONDS = 600
-#: How long the connections function may wait for another refresher's lease.
-REFRESH_WAIT_SECONDS = 20
 
 
 class TokenError(Exception):
     """Base of the SDK's errors; never carries a token."""
 
-    def __init__(self, connection_id: str, message: str) -> None:
+    #: The app API's error code for this error.
+    code = "unavailable"
+
+    def __init__(self, connection_id: str, message: str, retry_at: int | None = None) -> None:
         super().__init__(message)
         self.connection_id = connection_id
+        self.retry_at = retry_at
 
 
 class ConnectionNotFound(TokenError):
     """No connection with this id (never connected, or a typo)."""
 
+    code = "not_found"
+
 
 class NeedsReauthorization(TokenError):
     """Invoiced no longer accepts the connection's refresh token: the customer must reconnect."""
+
+    code = "needs_reauth"
 
 
 class ConnectionRevoked(TokenError):
     """The connection was disconnected."""
 
+    code = "revoked"
+
 
 class TokenUnavailable(TokenError):
     """No valid token right now (Invoiced unreachable, refresh cooling down); try again later."""
 
-    def __init__(self, connection_id: str, message: str, retry_at: int | None = None) -> None:
-        super().__init__(connection_id, message)
-        self.retry_at = retry_at
+    code = "unavailable"
+
+
+class TokenRejected(TokenError):
+    """Invoiced keeps rejecting the connection's token although it was just replaced
+    for that reason: the caller is probably using it wrongly (another API, another
+    company's data). Not replaced again before ``retry_at``; the connection is untouched."""
+
+    code = "token_rejected"
+
+
+#: App API error code -> the SDK's error.
+ERRORS_BY_CODE: dict[str, type[TokenError]] = {
+    cls.code: cls for cls in (ConnectionNotFound, NeedsReauthorization, ConnectionRevoked, TokenUnavailable,
+                              TokenRejected)
+}
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A valid access token and what using it needs; ``repr`` hides the token."""
+
+    connection_id: str
+    access_token: str = field(repr=False)
+    expires_at: int
+    #: The REST API of the connection's own Invoiced environment (None only for
+    #: connections of an unknown issuer made before the URL was recorded).
+    api_url: str | None
+    tenant_id: str
+    version: int
+
+    def as_answer(self) -> dict[str, Any]:
+        """The tokens function's answer (``tokens.answer`` contract)."""
+        return {"connection_id": self.connection_id, "access_token": self.access_token, "token_type": "Bearer",
+                "expires_at": self.expires_at, "api_url": self.api_url, "tenant_id": self.tenant_id,
+                "version": self.version}
+
+
+def token_from_answer(connection_id: str, answer: Any) -> AccessToken:
+    """The token in a tokens-function answer; its error, raised, otherwise."""
+    if not isinstance(answer, dict):
+        raise TokenUnavailable(connection_id, "the tokens function gave no answer")
+    if "error" in answer:
+        retry_at = answer.get("retry_at")
+        error = ERRORS_BY_CODE.get(str(answer["error"]), TokenUnavailable)
+        raise error(connection_id, f"{answer.get('message') or answer['error']}",
+                    retry_at=retry_at if isinstance(retry_at, int) else None)
+    try:
+        return AccessToken(connection_id, str(answer["access_token"]), int(answer["expires_at"]),
+                           answer.get("api_url"), str(answer["tenant_id"]), int(answer["version"]))
+    except (KeyError, TypeError, ValueError):
+        raise TokenUnavailable(connection_id, "the tokens function's answer is incomplete") from None
+
+
+@dataclass(frozen=True)
+class FreshTokenRequest:
+    """What a reader asks for when its stored token will not do."""
+
+    connection_id: str
+    min_validity_seconds: int = MIN_VALIDITY_SECONDS
+    #: The version found expiring, in the pre-split format, or rejected.
+    stale_version: int | None = None
+    #: Invoiced answered 401 to the token of ``stale_version``.
+    rejected: bool = False
+
+    def as_payload(self) -> dict[str, Any]:
+        """The ``tokens.request`` sent to the tokens function (which reads the version itself)."""
+        if self.rejected:
+            return {"connection_id": self.connection_id, "rejected_version": self.stale_version}
+        return {"connection_id": self.connection_id, "min_validity_seconds": self.min_validity_seconds}
+
+
+#: Where a reader gets a fresh token: the tokens function, or (inside it) a refresh.
+FreshTokens = Callable[[FreshTokenRequest], "AccessToken"]
 
 
 @dataclass
 class _Cached:
-    version: int
-    access_token: str = field(repr=False)
+    token: AccessToken
     good_until: float
 
 
@@ -139,11 +229,14 @@ def lambda_invoker(function_name: str, client_factory: Callable[[], Any] | None 
 
 
 class TokenReader:
-    """Reads, caches and (through the connections function) refreshes tokens.
+    """Reads, caches and (through ``invoke``, the tokens function) refreshes tokens.
 
-    Thread-safe. ``coalesce`` makes concurrent misses for one connection in
-    this process wait for each other; correctness never depends on it (the
-    lease does that across processes).
+    ``invoke`` takes a ``tokens.request`` and returns a ``tokens.answer`` or
+    an error answer (see ``docs/app-api.md``): the tokens function. Inside
+    that function, ``fresh`` refreshes in process instead. Thread-safe. ``coalesce``
+    makes concurrent misses for one connection in this process wait for each
+    other; correctness never depends on it (the lease does that across
+    processes).
     """
 
     def __init__(
@@ -151,7 +244,8 @@ class TokenReader:
         *,
         store: Any,
         cipher: Any,
-        invoke: Invoker,
+        invoke: Invoker | None = None,
+        fresh: FreshTokens | None = None,
         window_seconds: int = 15 * 60,
         clock: Callable[[], float] = time.time,
         coalesce: bool = True,
@@ -159,54 +253,79 @@ class TokenReader:
     ) -> None:
         self.store = store
         self.cipher = cipher
-        self._invoke = invoke
+        if (invoke is None) == (fresh is None):
+            raise ValueError("give a reader either invoke (the tokens function) or fresh")
+        self._fresh: FreshTokens = fresh or (
+            lambda request: token_from_answer(request.connection_id, invoke(request.as_payload())))
         self.window_seconds = window_seconds
         self.clock = clock
         self.coalesce = coalesce
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        #: connection id -> (version, until): a replacement after a 401 was refused.
+        self._rejected: dict[str, tuple[int, int]] = {}
         self.calls = {"reads": 0, "decrypts": 0, "refresh_requests": 0}
         self.counts = READ_COUNTS if counts is None else counts
 
     # ---------------------------------------------------------------- public
-    def get_access_token(self, connection_id: str) -> str:
-        """A valid access token for ``connection_id`` (see the module doc)."""
+    def get_token(self, connection_id: str, *, min_validity_seconds: int = MIN_VALIDITY_SECONDS) -> AccessToken:
+        """A token valid at least ``min_validity_seconds`` more (see the module doc)."""
         validate_connection_id(connection_id)
-        cached = self._cache.get(connection_id)
-        if cached and self.clock() < cached.good_until:
+        if isinstance(min_validity_seconds, bool) or not isinstance(min_validity_seconds, int) or not (
+                0 <= min_validity_seconds <= MAX_MIN_VALIDITY_SECONDS):
+            raise ValueError(f"min_validity_seconds must be an integer from 0 to {MAX_MIN_VALIDITY_SECONDS}")
+        hit = self._cached(connection_id, min_validity_seconds)
+        if hit is not None:
             self.counts.read(miss=False)
-            return cached.access_token
+            return hit
         with self._lock_for(connection_id):
-            cached = self._cache.get(connection_id)
-            if cached and self.clock() < cached.good_until:
+            hit = self._cached(connection_id, min_validity_seconds)
+            if hit is not None:
                 self.counts.read(miss=False)
-                return cached.access_token  # another thread just loaded it
+                return hit  # another thread just loaded it
             self.counts.read(miss=True)
-            return self._load(connection_id)
+            return self._load(connection_id, min_validity_seconds)
 
-    def token_rejected(self, connection_id: str, access_token: str) -> str:
+    def get_access_token(self, connection_id: str) -> str:
+        """The access token alone (see :meth:`get_token`)."""
+        return self.get_token(connection_id).access_token
+
+    def token_rejected(self, connection_id: str, access_token: str) -> AccessToken:
         """Invoiced answered 401 to ``access_token``: a token that should work, or an error."""
         validate_connection_id(connection_id)
         self.counts.read(miss=True)
         with self._lock_for(connection_id):
             cached = self._cache.get(connection_id)
-            if cached and cached.access_token == access_token:
+            if cached and cached.token.access_token == access_token:
                 del self._cache[connection_id]
-            row, token = self._read(connection_id)
-            if token != access_token:
-                return token  # already replaced by a refresh
-            self._request_refresh(connection_id, stale_version=row.version)
-            row, token = self._read(connection_id)
-            if token == access_token:
+            row, sealed = self._row(connection_id)
+            if sealed.split:
+                current = self._decrypted(row, sealed)
+                if current.access_token != access_token:
+                    return current  # already replaced by a refresh
+                self._cache.pop(connection_id, None)  # never serve the rejected token again
+            refused = self._rejected.get(connection_id)
+            if refused and refused[0] == row.version and self.clock() < refused[1]:
+                raise TokenRejected(connection_id, "Invoiced rejected the token again; it was already replaced "
+                                    "once for that reason", retry_at=refused[1])
+            try:
+                fresh = self.replace_rejected(connection_id, row.version)
+            except TokenRejected as exc:
+                self._rejected[connection_id] = (row.version, exc.retry_at or int(self.clock()) + 60)
+                raise
+            if fresh.access_token == access_token:
                 raise TokenUnavailable(connection_id, "Invoiced rejected the token and it could not be replaced")
-            return token
+            return fresh
 
-    def disconnect(self, connection_id: str) -> dict[str, Any]:
-        """Revoke the connection at Invoiced and erase its tokens (through the connections function)."""
+    def replace_rejected(self, connection_id: str, version: int) -> AccessToken:
+        """A replacement for the token of ``version``, which Invoiced rejected
+        (the newer stored one if there is one already)."""
         validate_connection_id(connection_id)
-        self._cache.pop(connection_id, None)
-        return self._invoke({"action": "disconnect", "connection_id": connection_id})
+        row, sealed = self._row(connection_id)
+        if row.version > version and sealed.split:
+            return self._decrypted(row, sealed)
+        return self._fetch(FreshTokenRequest(connection_id, stale_version=version, rejected=True))
 
     def forget(self, connection_id: str | None = None) -> None:
         """Drop cached tokens (one connection, or all)."""
@@ -216,65 +335,82 @@ class TokenReader:
             self._cache.pop(connection_id, None)
 
     # ---------------------------------------------------------------- internals
+    def _cached(self, connection_id: str, min_validity_seconds: int) -> AccessToken | None:
+        cached = self._cache.get(connection_id)
+        now = self.clock()
+        if cached and now < cached.good_until and cached.token.expires_at - now >= min_validity_seconds:
+            return cached.token
+        return None
+
     def _lock_for(self, connection_id: str) -> Any:
         if not self.coalesce:
             return _NO_LOCK
         with self._guard:
             return self._locks.setdefault(connection_id, threading.Lock())
 
-    def _load(self, connection_id: str) -> str:
-        row, token = self._read(connection_id)
-        if row.expires_at - self.clock() < MIN_VALIDITY_SECONDS:
-            self._request_refresh(connection_id, stale_version=row.version)
-            row, token = self._read(connection_id)
-            if row.expires_at - self.clock() < MIN_VALIDITY_SECONDS:
-                raise TokenUnavailable(connection_id, "the access token has expired and was not refreshed")
-        return token
+    def _load(self, connection_id: str, min_validity_seconds: int) -> AccessToken:
+        row, sealed = self._row(connection_id)
+        if sealed.split and row.expires_at - self.clock() >= max(min_validity_seconds, 1):
+            return self._decrypted(row, sealed)
+        # Expiring, or stored in the pre-split format that only a refresher may open.
+        fresh = self._fetch(FreshTokenRequest(connection_id, min_validity_seconds, stale_version=row.version))
+        if fresh.expires_at - self.clock() < min_validity_seconds:
+            raise TokenUnavailable(connection_id, "the access token has expired and was not refreshed")
+        return fresh
 
-    def _read(self, connection_id: str) -> tuple[Connection, str]:
-        """The current row and its access token (decrypted only if its version is new to us)."""
+    def _row(self, connection_id: str) -> tuple[Connection, Any]:
+        """The current row and its ciphertexts, or the error that its status means."""
         self.calls["reads"] += 1
         found = self.store.get_connection(connection_id, consistent=True)
         if found is None:
             raise ConnectionNotFound(connection_id, f"no connection {connection_id!r}")
-        row, blob = found
+        row, sealed = found
         if row.status is ConnectionStatus.NEEDS_REAUTH:
             raise NeedsReauthorization(connection_id, f"connection {connection_id!r} needs to be reconnected")
-        if row.status is ConnectionStatus.REVOKED or blob is None:
+        if row.status is ConnectionStatus.REVOKED or sealed is None:
             raise ConnectionRevoked(connection_id, f"connection {connection_id!r} was disconnected")
-        cached = self._cache.get(connection_id)
-        if cached and cached.version == row.version:
-            token = cached.access_token
+        return row, sealed
+
+    def _decrypted(self, row: Connection, sealed: Any) -> AccessToken:
+        """The row's access token (decrypted only if its version is new to us), cached."""
+        cached = self._cache.get(row.connection_id)
+        if cached and cached.token.version == row.version:
+            access_token = cached.token.access_token
         else:
             self.calls["decrypts"] += 1
-            token, _ = self.cipher.decrypt(connection_id, blob)
-        self._cache[connection_id] = _Cached(row.version, token, self._good_until(row))
-        return row, token
+            access_token = self.cipher.decrypt_access(row.connection_id, sealed)
+        token = AccessToken(row.connection_id, access_token, row.expires_at, row.api_base_url, row.tenant_id,
+                            row.version)
+        self._remember(token, refresh_at=row.refresh_at)
+        return token
+
+    def _remember(self, token: AccessToken, *, refresh_at: int | None) -> None:
+        self._cache[token.connection_id] = _Cached(token, self._horizon(token.expires_at, refresh_at))
 
     def _good_until(self, row: Connection) -> float:
-        until = row.expires_at - MIN_VALIDITY_SECONDS
-        if row.refresh_at is not None:
+        """Until when the row's token may be served from memory."""
+        return self._horizon(row.expires_at, row.refresh_at)
+
+    def _horizon(self, expires_at: int, refresh_at: int | None) -> float:
+        until = expires_at - MIN_VALIDITY_SECONDS
+        if refresh_at is not None:
             # The scheduler may rotate it from refresh_at - window on.
-            until = min(until, row.refresh_at - self.window_seconds - ROTATION_MARGIN_SECONDS)
+            until = min(until, refresh_at - self.window_seconds - ROTATION_MARGIN_SECONDS)
         return until
 
-    def _request_refresh(self, connection_id: str, *, stale_version: int) -> None:
+    def _fetch(self, request: FreshTokenRequest) -> AccessToken:
+        """A fresh token (a locked refresh if needed), cached."""
         self.calls["refresh_requests"] += 1
-        answer = self._invoke({"action": "refresh", "connection_id": connection_id, "stale_version": stale_version,
-                               "wait_seconds": REFRESH_WAIT_SECONDS})
-        outcome = answer.get("outcome")
-        if "error" in answer:
-            raise TokenUnavailable(connection_id, f"the refresh request was refused ({answer['error']})")
-        if outcome == "not_found":
-            raise ConnectionNotFound(connection_id, f"no connection {connection_id!r}")
-        if outcome == "needs_reauth" or answer.get("status") == ConnectionStatus.NEEDS_REAUTH.value:
-            raise NeedsReauthorization(connection_id, f"connection {connection_id!r} needs to be reconnected")
-        if answer.get("status") == ConnectionStatus.REVOKED.value:
-            raise ConnectionRevoked(connection_id, f"connection {connection_id!r} was disconnected")
-        if outcome in ("busy", "cooling_down", "transient", "unknown_outcome", "client_auth_failed", "kept_aside"):
-            retry_at = answer.get("retry_at")
-            raise TokenUnavailable(connection_id, f"refresh not possible now ({outcome})",
-                                   retry_at=retry_at if isinstance(retry_at, int) else None)
+        token = self._fresh(request)
+        self._remember(token, refresh_at=None)
+        return token
+
+    def read_stored(self, connection_id: str) -> AccessToken:
+        """The stored token as it is now (one consistent read), whatever its validity."""
+        row, sealed = self._row(connection_id)
+        if not sealed.split:
+            raise TokenUnavailable(connection_id, "the stored tokens are in the pre-split format")
+        return self._decrypted(row, sealed)
 
 
 class _NoLock:
@@ -299,9 +435,14 @@ def default_reader() -> TokenReader:
     return TokenReader(
         store=TokenStore(settings.table_name),
         cipher=TokenCipher(settings.kms_key_id),
-        invoke=lambda_invoker(settings.require("connections_function_name")),
+        invoke=lambda_invoker(settings.require("tokens_function_name")),
         window_seconds=settings.refresh_window_seconds,
     )
+
+
+def get_token(connection_id: str, *, min_validity_seconds: int = MIN_VALIDITY_SECONDS) -> AccessToken:
+    """A valid access token for ``connection_id`` and its API URL; see :class:`TokenReader`."""
+    return default_reader().get_token(connection_id, min_validity_seconds=min_validity_seconds)
 
 
 def get_access_token(connection_id: str) -> str:
@@ -310,5 +451,12 @@ def get_access_token(connection_id: str) -> str:
 
 
 def disconnect(connection_id: str) -> dict[str, Any]:
-    """Revoke ``connection_id`` at Invoiced and erase its tokens."""
-    return default_reader().disconnect(connection_id)
+    """Revoke ``connection_id`` at Invoiced and erase its tokens, through the connections
+    function (an operator's call: needs ``ConnectionsOperatorPolicyArn`` and
+    ``CONNECTIONS_FUNCTION_NAME``)."""
+    from invoiced_connect.settings import get_settings
+
+    validate_connection_id(connection_id)
+    default_reader().forget(connection_id)
+    invoke = lambda_invoker(get_settings().require("connections_function_name"))
+    return invoke({"action": "disconnect", "connection_id": connection_id})
