@@ -69,13 +69,14 @@ class CallCounter:
 
 def _plant_not_due(table: str, count: int) -> None:
     """Connections that are not due (fake tokens: the scheduler never reads them)."""
+    from invoiced_connect.crypto import SealedTokens
     from invoiced_connect.models import TokenSet
     from invoiced_connect.store import TokenStore
 
     store, now = TokenStore(table), int(time.time())
     for number in range(count):
         store.save_connection(
-            connection_id=f"idle-{number}", tokens=TokenSet("a", "r", now + 3600, "1"), ciphertext=b"x",
+            connection_id=f"idle-{number}", tokens=TokenSet("a", "r", now + 3600, "1"), ciphertext=SealedTokens(access=b"x", refresh=b"x"),
             company_name=None, issuer="https://invoiced.test", now=now, refresh_at=now + 86400 * (1 + number % 30),
         )
 

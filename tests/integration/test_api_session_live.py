@@ -86,8 +86,8 @@ class Tokens:
     fresh: str | None = None
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
-    def get_access_token(self, connection_id: str) -> str:
-        return self.token
+    def get_token(self, connection_id: str) -> str:
+        return self.token  # a plain token: these tests pin api_url
 
     def token_rejected(self, connection_id: str, access_token: str) -> str:
         self.rejected.append((connection_id, access_token))
@@ -416,7 +416,7 @@ def default_reader(monkeypatch: pytest.MonkeyPatch, inv: LocalInvoiced) -> types
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")  # as template.yaml's Globals set it
     from invoiced_connect import settings
 
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(invoiced_api_url=inv.api_url))
+    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=inv.api_url))
     return reader
 
 
@@ -452,7 +452,7 @@ def test_the_example_consumer_lists_a_connections_invoices(
 
 def test_the_example_consumer_maps_a_token_sdk_error(default_reader: types.SimpleNamespace) -> None:
     class Revoked:
-        def get_access_token(self, connection_id: str) -> str:
+        def get_token(self, connection_id: str) -> str:
             raise ConnectionRevoked(connection_id, "the connection was disconnected")
 
         def token_rejected(self, connection_id: str, access_token: str) -> str:

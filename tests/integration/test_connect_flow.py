@@ -106,11 +106,14 @@ def test_full_flow_stores_encrypted_tokens_and_shows_the_company(stack, invoiced
     assert connection.tenant_id == "167"
     assert connection.company_name == "Acme Corporation"
     assert connection.issuer == invoiced.base_url
+    assert connection.api_url == invoiced.api_url  # readers send its token to this API, whatever they configure
     assert connection.version == 1
     assert connection.expires_at > time.time() + 3000
     access, refresh = TokenCipher(stack.kms_key_arn).decrypt("acme-full", ciphertext)
     assert invoiced.is_access_token_valid(access) and invoiced.is_refresh_token_valid(refresh)
-    assert refresh.encode() not in ciphertext and access.encode() not in ciphertext
+    assert ciphertext.split and ciphertext.pair is None  # one ciphertext per token
+    for blob in (ciphertext.access, ciphertext.refresh):
+        assert refresh.encode() not in blob and access.encode() not in blob
     assert flow.state not in response.text
 
 

@@ -105,10 +105,10 @@ def test_a_reader_gets_a_refreshed_token_through_the_invoke_api(stack, cid, read
     assert reader.get_access_token(cid) == old_access
     expire(stack, cid)
     reader.forget(cid)
-    invoked = stack.lambda_api.counts.get(("ConnectionsFunction", "RequestResponse"), 0)
+    invoked = stack.lambda_api.counts.get(("TokensFunction", "RequestResponse"), 0)
     token = reader.get_access_token(cid)
     assert token != old_access and stack.invoiced.is_access_token_valid(token)
-    assert stack.lambda_api.counts[("ConnectionsFunction", "RequestResponse")] == invoked + 1
+    assert stack.lambda_api.counts[("TokensFunction", "RequestResponse")] == invoked + 1
     logs = capsys.readouterr()
     assert token not in logs.out + logs.err and old_access not in logs.out + logs.err
 
@@ -193,7 +193,7 @@ def test_readers_in_many_lambdas_at_once_cause_one_token_request_through_the_inv
 
     def read() -> None:
         reader = TokenReader(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
-                             invoke=lambda_invoker(stack.env["CONNECTIONS_FUNCTION_NAME"]), coalesce=False)
+                             invoke=lambda_invoker(stack.env["TOKENS_FUNCTION_NAME"]), coalesce=False)
         barrier.wait()
         got.append(reader.get_access_token(cid))
 

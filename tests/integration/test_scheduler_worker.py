@@ -10,6 +10,7 @@ import uuid
 import boto3
 import pytest
 
+from invoiced_connect.crypto import SealedTokens
 from invoiced_connect.models import TokenSet
 from invoiced_connect.refresh import Outcome
 from invoiced_connect.scheduler import Scheduler
@@ -65,7 +66,7 @@ def plant(store: TokenStore, connection_id: str, refresh_at: int) -> None:
     store.save_connection(
         connection_id=connection_id,
         tokens=TokenSet("access", "refresh", now + 3600, "1"),
-        ciphertext=b"not-used-by-the-scheduler",
+        ciphertext=SealedTokens(access=b"not-used", refresh=b"by-the-scheduler"),
         company_name=None,
         issuer="https://invoiced.test",
         now=now,
@@ -94,7 +95,7 @@ def test_the_scheduler_reads_only_what_is_due_with_queries(empty_table, queue):
     due_ids = {f"due-{number}" for number in range(25)}
     for number, connection_id in enumerate(sorted(due_ids)):
         plant(store, connection_id, now + (number % 3) * 300 - 600)  # overdue, due now, inside the window
-    store.put_rescue(Rescue("kept-1", b"blob", 1, now + 3600, now, "test"))
+    store.put_rescue(Rescue("kept-1", SealedTokens(access=b"a", refresh=b"r"), 1, now + 3600, now, "test"))
     client = RecordingClient(boto3.client("dynamodb"))
     scheduler = Scheduler(store=TokenStore(empty_table, client_factory=lambda: client), queue_url=queue,
                           window_seconds=window)

@@ -15,6 +15,7 @@ python3.13 removed from PATH.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 import local.template as template_module
+from invoiced_connect.store import ATTENTION_ATTRIBUTES, STATE_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -43,22 +45,48 @@ LOGICAL_IDS = {
     "ConnectIntegration", "ConnectRoute", "CallbackIntegration", "CallbackRoute",
     "EventBus", "RefreshQueue", "RefreshDeadLetterQueue", "SchedulerFunction", "RefreshWorkerFunction",
     "ConnectionsFunction", "ListInvoicesFunction", "TokenRefresherPolicy", "TokenReaderPolicy",
+    "LinksFunction", "TokensFunction", "ConnectionStateFunction",
+    "LinkIssuerPolicy", "TokenVendingPolicy", "ConnectionStatePolicy", "ConnectionsOperatorPolicy",
 }
 OUTPUTS = {
     "ConnectUrl", "CallbackUrl", "TokensTableName", "TokenKeyArn",
     "ClientSecretArn", "LinkSigningSecretArn", "LayerArn",
     "TokenReaderPolicyArn", "ConnectionsFunctionName", "ListInvoicesFunctionName", "EventBusName",
     "RefreshQueueUrl", "RefreshDeadLetterQueueUrl",
+    "LinkIssuerPolicyArn", "TokenVendingPolicyArn", "ConnectionStatePolicyArn", "ConnectionsOperatorPolicyArn",
+    "LinksFunctionName", "TokensFunctionName", "ConnectionStateFunctionName",
 }
 SHARED_ENV = {
     "TABLE_NAME", "KMS_KEY_ID", "INVOICED_BASE_URL", "INVOICED_API_URL", "INVOICED_CLIENT_ID",
     "INVOICED_SCOPE", "PUBLIC_BASE_URL", "RETURN_URL_ALLOWLIST",
     "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOGGER_LOG_EVENT", "POWERTOOLS_TRACER_CAPTURE_RESPONSE",
-    "EVENT_BUS_NAME", "CONNECTIONS_FUNCTION_NAME", "REFRESH_WINDOW_MINUTES", "KEEPALIVE_DAYS", "ACTIVE_USE_HOURS",
+    "EVENT_BUS_NAME", "CONNECTIONS_FUNCTION_NAME", "TOKENS_FUNCTION_NAME", "REJECTED_TOKEN_WINDOW_SECONDS",
+    "REFRESH_WINDOW_MINUTES", "KEEPALIVE_DAYS", "ACTIVE_USE_HOURS",
 }
-#: The functions that call Invoiced's token endpoint: the only readers of the client secret.
-TOKEN_ENDPOINT_CALLERS = {"CallbackFunction", "RefreshWorkerFunction", "ConnectionsFunction"}
+#: Shared settings that name a function of the stack (by name: a function cannot !Ref itself).
+FUNCTION_NAME_SETTINGS = {"CONNECTIONS_FUNCTION_NAME": "ConnectionsFunction", "TOKENS_FUNCTION_NAME": "TokensFunction"}
+#: The functions that call Invoiced's token endpoint: the only readers of the
+#: client secret, and the only ones that may decrypt a refresh token.
+TOKEN_ENDPOINT_CALLERS = {"CallbackFunction", "RefreshWorkerFunction", "ConnectionsFunction", "TokensFunction"}
+#: The functions that sign or check connect links: the only readers of the link signing secret.
+LINK_SIGNERS = {"ConnectFunction", "LinksFunction"}
+#: The app API's managed policies, each for the app's roles and allowing the
+#: invocation of one function only; and the output that publishes each.
+APP_POLICIES = {
+    "LinkIssuerPolicy": "LinksFunction",
+    "TokenVendingPolicy": "TokensFunction",
+    "ConnectionStatePolicy": "ConnectionStateFunction",
+    "ConnectionsOperatorPolicy": "ConnectionsFunction",
+}
+#: What no reader of connection state may see: the token ciphertexts (either
+#: row format) and the refresh lease.
+CIPHERTEXT_ATTRIBUTES = {"access_ciphertext", "refresh_ciphertext", "token_ciphertext"}
+LEASE_ATTRIBUTES = {"lease_owner", "lease_until"}
+#: The keys a token envelope's encryption context is made of.
+ENCRYPTION_CONTEXT_KEYS = {"connection_id", "token"}
+#: The indexes a grant may name instead of the table, and what each projects.
+INDEXES = {"due-index": ("KEYS_ONLY", ()), "attention-index": ("INCLUDE", ATTENTION_ATTRIBUTES)}
 #: Event sources a function may have (an HTTP API event would create an implicit API).
 ALLOWED_EVENTS = {"SchedulerFunction": "Schedule", "RefreshWorkerFunction": "SQS"}
 ROUTES = {"GET /connect": "ConnectFunction", "GET /callback": "CallbackFunction"}
@@ -68,6 +96,8 @@ SNAPSTART_FUNCTIONS = set(ROUTES.values())
 #: every function (logs), Tracing: Active (X-Ray writes), an SQS event source.
 BASE_MANAGED_POLICIES = {"service-role/AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
 EXTRA_MANAGED_POLICIES = {"RefreshWorkerFunction": {"service-role/AWSLambdaSQSQueueExecutionRole"}}
+#: Who holds TokenRefresherPolicy (and the policy itself).
+REFRESHERS = ("RefreshWorkerFunction", "ConnectionsFunction", "TokensFunction", "TokenRefresherPolicy")
 # Exactly what each handler does to the table, by key prefix.
 TABLE_GRANTS = {
     ("ConnectFunction", "dynamodb:PutItem", "state#*"),
@@ -76,14 +106,17 @@ TABLE_GRANTS = {
     ("CallbackFunction", "dynamodb:PutItem", "link#*"),
     ("CallbackFunction", "dynamodb:DeleteItem", "link#*"),
     ("CallbackFunction", "dynamodb:UpdateItem", "conn#*"),
-    *{(fn, action, "conn#*") for fn in ("RefreshWorkerFunction", "ConnectionsFunction", "TokenRefresherPolicy")
-      for action in ("dynamodb:GetItem", "dynamodb:UpdateItem")},
-    *{(fn, action, "rescue#*") for fn in ("RefreshWorkerFunction", "ConnectionsFunction", "TokenRefresherPolicy")
+    *{(fn, action, "conn#*") for fn in REFRESHERS for action in ("dynamodb:GetItem", "dynamodb:UpdateItem")},
+    *{(fn, action, "rescue#*") for fn in REFRESHERS
       for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")},
     ("ListInvoicesFunction", "dynamodb:GetItem", "conn#*"),
     ("TokenReaderPolicy", "dynamodb:GetItem", "conn#*"),
     # The scheduler's one grant: Query on the due-index (keys only), not the table.
     ("SchedulerFunction", "dynamodb:Query", "index/due-index"),
+    # The connection-state view: the state attributes of connection rows
+    # (check_table_access holds it to them), and the attention-index.
+    ("ConnectionStateFunction", "dynamodb:GetItem", "conn#*"),
+    ("ConnectionStateFunction", "dynamodb:Query", "index/attention-index"),
 }
 # Access-log variables that could carry a code, a state, a cookie or a token.
 SENSITIVE_LOG_VARIABLE = re.compile(r"query|body|header|cookie|authori[sz]|override|apikey|jwt|claims", re.I)
@@ -426,6 +459,11 @@ def check_routes(tpl: dict[str, Any]) -> list[str]:
             if kind != ALLOWED_EVENTS.get(name):
                 problems.append(f"{name}: has a {kind} event (an implicit API would loop back "
                                 "into PUBLIC_BASE_URL; only the scheduler and the worker have event sources)")
+        # The app API is Lambda Invoke under IAM: a URL would put the tokens
+        # function (or another) on the internet, past the app's policies.
+        if "FunctionUrlConfig" in functions(tpl)[name]["Properties"]:
+            problems.append(f"{name}: has a function URL")
+    problems += [f"{name}: a function URL" for name in resources(tpl, "AWS::Lambda::Url")]
     rules = resources(tpl, "AWS::Events::Rule")
     for name, permission in permissions.items():
         props = permission["Properties"]
@@ -493,7 +531,7 @@ def check_no_wildcards(tpl: dict[str, Any]) -> list[str]:
             problems += [
                 f"{owner}/{statement.get('Sid')}: wildcard resource {r!r}"
                 for r in resources_
-                if isinstance(r, str) and "*" in r
+                if "*" in text_of(r)
             ]
     # SAM policy templates and managed policies for these services grant more
     # than the handlers need; only inline statements are reviewable here.
@@ -521,12 +559,12 @@ def check_secrets(tpl: dict[str, Any]) -> list[str]:
                 problems.append(f"{owner}: secretsmanager on {resource!r}")
     if readers["ClientSecret"] != TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
         problems.append(f"ClientSecret readable by {sorted(readers['ClientSecret'])}")
-    if readers["LinkSigningSecret"] != {"ConnectFunction"}:
+    if readers["LinkSigningSecret"] != LINK_SIGNERS:
         problems.append(f"LinkSigningSecret readable by {sorted(readers['LinkSigningSecret'])}")
     # A secret's ARN goes only where it can be read.
     global_env = global_function(tpl).get("Environment", {}).get("Variables", {})
     for variable, owners in (("CLIENT_SECRET_ARN", TOKEN_ENDPOINT_CALLERS),
-                             ("LINK_SIGNING_SECRET_ARN", {"ConnectFunction"})):
+                             ("LINK_SIGNING_SECRET_ARN", LINK_SIGNERS)):
         if variable in global_env:
             problems.append(f"{variable} is in Globals")
         holders = {name for name in functions(tpl) if variable in function_env(tpl, name)}
@@ -535,52 +573,118 @@ def check_secrets(tpl: dict[str, Any]) -> list[str]:
     return problems
 
 
+TABLE_ARN = {"Fn::GetAtt": ["TokensTable", "Arn"]}
+INDEX_RESOURCE = re.compile(r"\$\{TokensTable\.Arn\}/index/([\w.-]+)")
+
+
 def check_table_access(tpl: dict[str, Any]) -> list[str]:
+    """Each grant is on the table by key prefix, or on one of its indexes;
+    together they are exactly TABLE_GRANTS. The connection-state view reads
+    connection rows only through the attributes of STATE_ATTRIBUTES."""
     problems, grants = [], set()
     for owner, statement in statements_for(tpl, "dynamodb"):
-        index_only = [text_of(r) for r in as_list(statement.get("Resource"))] == ["${TokensTable.Arn}/index/due-index"]
-        if index_only:
-            grants |= {(owner, action, "index/due-index") for action in actions(statement)}
+        sid = f"{owner}/{statement.get('Sid')}"
+        targets = [text_of(r) for r in as_list(statement.get("Resource"))]
+        index = INDEX_RESOURCE.fullmatch(targets[0]) if len(targets) == 1 else None
+        if index and index.group(1) in INDEXES:
+            grants |= {(owner, action, f"index/{index.group(1)}") for action in actions(statement)}
             continue
-        if not all(refers_to(r, "TokensTable") for r in as_list(statement.get("Resource"))):
-            problems.append(f"{owner}/{statement.get('Sid')}: not on TokensTable")
-        prefixes = statement.get("Condition", {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
+        if not targets or not all(r == TABLE_ARN or t == "${TokensTable.Arn}"
+                                  for r, t in zip(as_list(statement.get("Resource")), targets, strict=True)):
+            problems.append(f"{sid}: on {statement.get('Resource')!r}, not TokensTable or one of its indexes")
+        condition = statement.get("Condition", {})
+        prefixes = condition.get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
         if not prefixes:
-            problems.append(f"{owner}/{statement.get('Sid')}: no dynamodb:LeadingKeys condition")
+            problems.append(f"{sid}: no dynamodb:LeadingKeys condition")
             continue
         grants |= {(owner, action, prefix) for action in actions(statement) for prefix in as_list(prefixes)}
+        if owner == "ConnectionStateFunction":
+            problems += _state_read_problems(sid, condition)
     if grants != TABLE_GRANTS:
         problems.append(f"table grants {sorted(grants)} != {sorted(TABLE_GRANTS)}")
     return problems
 
 
+def _state_read_problems(sid: str, condition: dict[str, Any]) -> list[str]:
+    """DynamoDB refuses a read that names (or, without a projection, would
+    return) an attribute outside dynamodb:Attributes; Select keeps it so."""
+    problems = []
+    attributes = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
+    if not isinstance(attributes, list) or not attributes:
+        return [f"{sid}: reads connection rows without a dynamodb:Attributes condition"]
+    hidden = sorted(set(attributes) & (CIPHERTEXT_ATTRIBUTES | LEASE_ATTRIBUTES))
+    if hidden:
+        problems.append(f"{sid}: may read {hidden}")
+    if sorted(attributes) != sorted(STATE_ATTRIBUTES):
+        problems.append(f"{sid}: reads {sorted(attributes)}, not store.STATE_ATTRIBUTES {sorted(STATE_ATTRIBUTES)}")
+    select = [condition.get(op, {}).get("dynamodb:Select") for op in ("StringEquals", "StringEqualsIfExists")]
+    if "SPECIFIC_ATTRIBUTES" not in select or len([s for s in select if s is not None]) != 1:
+        problems.append(f"{sid}: dynamodb:Select is not held to SPECIFIC_ATTRIBUTES")
+    return problems
+
+
+def _via_dynamodb(statement: dict[str, Any]) -> bool:
+    via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+    return text_of(via).startswith("dynamodb.")
+
+
+def _context_required(condition: dict[str, Any], key: str) -> bool:
+    return str(condition.get("Null", {}).get(f"kms:EncryptionContext:{key}")).lower() == "false"
+
+
 def check_key_use(tpl: dict[str, Any]) -> list[str]:
     """Every kms grant is on TokenKey and either only via DynamoDB (table SSE)
-    or only with a {connection_id} encryption context (the token envelope)."""
+    or only under an encryption context of the keys connection_id and token
+    (the token envelope), connection_id present. The token endpoint's callers
+    alone encrypt, and the callback (which writes new connections only) seals
+    under both keys."""
     problems = []
     for owner, statement in statements_for(tpl, "kms"):
         sid = f"{owner}/{statement.get('Sid')}"
         if not all(refers_to(r, "TokenKey") for r in as_list(statement.get("Resource"))):
             problems.append(f"{sid}: not on TokenKey")
         condition = statement.get("Condition", {})
-        via = condition.get("StringEquals", {}).get("kms:ViaService")
-        context_keys = condition.get("ForAllValues:StringEquals", {}).get("kms:EncryptionContextKeys")
-        context_required = condition.get("Null", {}).get("kms:EncryptionContext:connection_id")
-        via_dynamodb = text_of(via).startswith("dynamodb.")
-        bound_to_connection = as_list(context_keys) == ["connection_id"] and str(context_required).lower() == "false"
-        if not (via_dynamodb or bound_to_connection):
-            problems.append(f"{sid}: neither via DynamoDB nor bound to a connection_id context")
-        if via_dynamodb and set(actions(statement)) - {"kms:Decrypt", "kms:DescribeKey"}:
+        context_keys = as_list(condition.get("ForAllValues:StringEquals", {}).get("kms:EncryptionContextKeys"))
+        bound_to_connection = (bool(context_keys) and set(context_keys) <= ENCRYPTION_CONTEXT_KEYS
+                               and _context_required(condition, "connection_id"))
+        if not (_via_dynamodb(statement) or bound_to_connection):
+            problems.append(f"{sid}: neither via DynamoDB nor bound to a connection_id (and token) context")
+        if _via_dynamodb(statement) and set(actions(statement)) - {"kms:Decrypt", "kms:DescribeKey"}:
             problems.append(f"{sid}: more than table decryption via DynamoDB")
+        if owner == "CallbackFunction" and "kms:Encrypt" in actions(statement) and not _context_required(
+                condition, "token"):
+            problems.append(f"{sid}: encrypts without saying which token")
     encrypters = {owner for owner, st in statements_for(tpl, "kms") if "kms:Encrypt" in actions(st)}
     if encrypters != TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
         problems.append(f"kms:Encrypt granted to {sorted(encrypters)}")
     return problems
 
 
+def _decrypts(statement: dict[str, Any]) -> bool:
+    return any(fnmatch.fnmatchcase("kms:decrypt", action.lower()) for action in actions(statement))
+
+
+def check_refresh_tokens(tpl: dict[str, Any]) -> list[str]:
+    """A refresh token is decrypted only by the token endpoint's callers (and
+    the policy they share): any other kms:Decrypt of the envelope holds the
+    encryption context's token to "access"."""
+    problems = []
+    for owner, statement in statements_for(tpl, "kms"):
+        if not _decrypts(statement) or _via_dynamodb(statement):
+            continue
+        if owner in TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
+            continue
+        token = statement.get("Condition", {}).get("StringEquals", {}).get("kms:EncryptionContext:token")
+        if as_list(token) != ["access"]:
+            problems.append(f"{owner}/{statement.get('Sid')}: may decrypt refresh tokens "
+                            f"(kms:EncryptionContext:token is {token!r}, not 'access')")
+    return problems
+
+
 def check_reader_policy(tpl: dict[str, Any]) -> list[str]:
-    """What consumers attach: read connection rows, decrypt under a
-    connection_id context, invoke the connections function. Nothing else."""
+    """What consumers attach: read connection rows, decrypt access tokens
+    under a connection's context, invoke the tokens function. Nothing else
+    (no refresh, no disconnect: that is the connections function)."""
     problems = []
     granted = set()
     for owner, statement in iam_statements(tpl):
@@ -588,14 +692,56 @@ def check_reader_policy(tpl: dict[str, Any]) -> list[str]:
             continue
         for action in actions(statement):
             granted.add(action)
-            if action == "lambda:InvokeFunction" and not all(
-                    refers_to(r, "ConnectionsFunction") for r in as_list(statement.get("Resource"))):
-                problems.append("the reader policy invokes something other than the connections function")
+            if action == "lambda:InvokeFunction" and [
+                    r for r in as_list(statement.get("Resource")) if r != function_arn("TokensFunction")]:
+                problems.append("the reader policy invokes something other than the tokens function")
     if granted != {"dynamodb:GetItem", "kms:Decrypt", "kms:DescribeKey", "lambda:InvokeFunction"}:
         problems.append(f"the reader policy grants {sorted(granted)}")
     holders = policy_holders(tpl, "TokenReaderPolicy")
     if holders != {"ListInvoicesFunction"}:
         problems.append(f"the reader policy is attached to {sorted(holders)}")
+    return problems
+
+
+def function_arn(name: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [name, "Arn"]}
+
+
+def check_app_policies(tpl: dict[str, Any]) -> list[str]:
+    """Each app API policy allows lambda:InvokeFunction on its one function
+    and nothing else, is for the app's roles (no function of the stack holds
+    it) and is published as an output. Behind them, the links function reads
+    the link signing secret and nothing else, and the connection-state
+    function reads no secret and decrypts only through DynamoDB."""
+    problems = []
+    policies = resources(tpl, "AWS::IAM::ManagedPolicy")
+    for policy, target in APP_POLICIES.items():
+        if policy not in policies:
+            problems.append(f"no {policy}")
+            continue
+        statements = as_list(policies[policy]["Properties"].get("PolicyDocument", {}).get("Statement"))
+        allowed = [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": function_arn(target)}]
+        if [{k: v for k, v in st.items() if k != "Sid"} for st in statements] != allowed:
+            problems.append(f"{policy}: grants {statements}, not lambda:InvokeFunction on {target} alone")
+        holders = policy_holders(tpl, policy)
+        if holders:
+            problems.append(f"{policy}: attached to {sorted(holders)} (it is for the app's roles)")
+        output = tpl.get("Outputs", {}).get(f"{policy}Arn", {})
+        if output.get("Value") != {"Ref": policy}:
+            problems.append(f"{policy}: output {policy}Arn is {output.get('Value')!r}")
+    for owner, statement in iam_statements(tpl):
+        sid = f"{owner}/{statement.get('Sid')}"
+        if statement.get("Effect") != "Allow":
+            continue
+        if owner == "LinksFunction" and (actions(statement) != ["secretsmanager:GetSecretValue"] or not all(
+                r == {"Ref": "LinkSigningSecret"} for r in as_list(statement.get("Resource")))):
+            problems.append(f"{sid}: the links function may do more than read the link signing secret")
+        if owner == "ConnectionStateFunction":
+            services = {service_of(a) for a in actions(statement)}
+            if "secretsmanager" in services:
+                problems.append(f"{sid}: the connection-state function reads a secret")
+            if "kms" in services and not _via_dynamodb(statement):
+                problems.append(f"{sid}: the connection-state function uses the key outside DynamoDB")
     return problems
 
 
@@ -659,7 +805,7 @@ def check_table(tpl: dict[str, Any]) -> list[str]:
     if props.get("KeySchema") != [{"AttributeName": "pk", "KeyType": "HASH"}]:
         problems.append(f"key schema {props.get('KeySchema')}")
     types = {a["AttributeName"]: a["AttributeType"] for a in props.get("AttributeDefinitions", [])}
-    if types != {"pk": "S", "due_shard": "N", "refresh_at": "N"}:
+    if types != {"pk": "S", "due_shard": "N", "refresh_at": "N", "attention": "S", "updated_at": "N"}:
         problems.append(f"attributes {types}")
     if props.get("BillingMode") != "PAY_PER_REQUEST":
         problems.append("not on-demand")
@@ -674,13 +820,24 @@ def check_table(tpl: dict[str, Any]) -> list[str]:
         problems.append(f"SSE is {sse}")
     if props.get("TimeToLiveSpecification") != {"AttributeName": "ttl", "Enabled": True}:
         problems.append(f"TTL is {props.get('TimeToLiveSpecification')}")
-    indexes = {ix["IndexName"]: ix["KeySchema"] for ix in props.get("GlobalSecondaryIndexes", [])}
-    expected_index = [
-        {"AttributeName": "due_shard", "KeyType": "HASH"},
-        {"AttributeName": "refresh_at", "KeyType": "RANGE"},
-    ]
-    if indexes.get("due-index") != expected_index:
-        problems.append(f"due-index is {indexes.get('due-index')}")
+    indexes = {ix["IndexName"]: ix for ix in props.get("GlobalSecondaryIndexes", [])}
+    if sorted(indexes) != sorted(INDEXES):
+        problems.append(f"indexes are {sorted(indexes)}")
+    key_schemas = {"due-index": ("due_shard", "refresh_at"), "attention-index": ("attention", "updated_at")}
+    for name, (hash_key, range_key) in key_schemas.items():
+        index = indexes.get(name, {})
+        expected = [{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": range_key, "KeyType": "RANGE"}]
+        if index.get("KeySchema") != expected:
+            problems.append(f"{name}: key schema {index.get('KeySchema')}")
+        # What a Query of the index can return: never a ciphertext or the lease.
+        kind, included = INDEXES[name]
+        projection = index.get("Projection", {})
+        projected = projection.get("NonKeyAttributes", [])
+        if projection.get("ProjectionType") != kind or sorted(projected) != sorted(included):
+            problems.append(f"{name}: projects {projection}, not {kind} {sorted(included)}")
+        leaked = sorted(set(projected) & (CIPHERTEXT_ATTRIBUTES | LEASE_ATTRIBUTES))
+        if leaked:
+            problems.append(f"{name}: projects {leaked}")
     return problems
 
 
@@ -751,6 +908,11 @@ def check_contract(tpl: dict[str, Any]) -> list[str]:
         missing = SHARED_ENV - set(function_env(tpl, name))
         if missing:
             problems.append(f"{name}: no {sorted(missing)}")
+    shared = global_function(tpl).get("Environment", {}).get("Variables", {})
+    for variable, function in FUNCTION_NAME_SETTINGS.items():
+        named = text_of(functions(tpl).get(function, {}).get("Properties", {}).get("FunctionName"))
+        if not named or text_of(shared.get(variable)) != named:
+            problems.append(f"{variable} is {shared.get(variable)!r}, not the name of {function} ({named!r})")
     return problems
 
 
@@ -882,7 +1044,7 @@ def check_version_description(tpl: dict[str, Any], name: str, description: Any) 
         # Longest values of everything but the two URL settings: room left for them.
         longest = resolver_for(tpl, SnapStart="Enabled", InvoicedEnvironment="production",
                                InvoicedClientId="c" * 24, OAuthScope="read_write", RefreshWindowMinutes=50,
-                               KeepAliveDays=300, ActiveUseHours=720)
+                               KeepAliveDays=300, ActiveUseHours=720, RejectedTokenWindowSeconds=3600)
         text = longest.resolve(chosen)
         room = VERSION_DESCRIPTION_LIMIT - (len(text) + 4)  # + a 5-digit layer version instead of the stand-in's 1
         if room < URL_BUDGET:
@@ -900,7 +1062,9 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "table_access": check_table_access,
     "key_use": check_key_use,
     "key_policy": check_key_policy,
+    "refresh_tokens": check_refresh_tokens,
     "reader_policy": check_reader_policy,
+    "app_policies": check_app_policies,
     "refresh_pipeline": check_refresh_pipeline,
     "table": check_table,
     "stage": check_stage,
@@ -999,6 +1163,48 @@ def _drop(tpl, name):
     del tpl["Resources"][name]
 
 
+def _inline(tpl, fn, *statements):
+    """Give a function one more inline policy, in SAM's terms or on its transformed role."""
+    document = {"Version": "2012-10-17", "Statement": list(statements)}
+    if tpl["Resources"][fn]["Type"] == "AWS::Serverless::Function":
+        _res(tpl, fn).setdefault("Policies", []).append(document)
+    else:
+        _res(tpl, f"{fn}Role").setdefault("Policies", []).append(
+            {"PolicyName": f"{fn}Extra", "PolicyDocument": document})
+
+
+def _attach(tpl, fn, policy):
+    """Attach a template managed policy to a function (SAM Policies, or its transformed role)."""
+    if tpl["Resources"][fn]["Type"] == "AWS::Serverless::Function":
+        _res(tpl, fn)["Policies"].append({"Ref": policy})
+    else:
+        _res(tpl, f"{fn}Role")["ManagedPolicyArns"].append({"Ref": policy})
+
+
+def _index(tpl, name):
+    return next(ix for ix in _res(tpl, "TokensTable")["GlobalSecondaryIndexes"] if ix["IndexName"] == name)
+
+
+def _state_read(tpl):
+    """The condition of the connection-state function's GetItem, in either form."""
+    if tpl["Resources"]["ConnectionStateFunction"]["Type"] == "AWS::Serverless::Function":
+        return _statement(tpl, "ConnectionStateFunction", "ReadConnectionState")["Condition"]
+    return _role_statement(tpl, "ConnectionStateFunction", "ReadConnectionState")["Condition"]
+
+
+def _reader_decrypt(tpl):
+    return _managed_statement(tpl, "TokenReaderPolicy", "DecryptAccessTokensOfOneConnection")
+
+
+_KEY = {"Fn::GetAtt": ["TokenKey", "Arn"]}
+#: A kms:Decrypt of the token envelope bound to a connection, but to either token.
+_ANY_TOKEN_DECRYPT = {
+    "Effect": "Allow", "Action": "kms:Decrypt", "Resource": _KEY,
+    "Condition": {"ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["connection_id", "token"]},
+                  "Null": {"kms:EncryptionContext:connection_id": "false"}},
+}
+
+
 S, T, TS = ("source",), ("transformed",), ("transformed-snapstart",)
 REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("runtime", "python3.12", lambda t: t["Globals"]["Function"].update(Runtime="python3.12"), S),
@@ -1040,6 +1246,9 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
         {"DynamoDBCrudPolicy": {"TableName": {"Ref": "TokensTable"}}}), S),
     ("no_wildcards", "transformed resource *", lambda t: _role_statement(t, "ConnectFunction", "WriteStateRows").update(
         Resource="*"), T),
+    ("no_wildcards", "wildcard in a substituted resource", lambda t: _statement(
+        t, "ConnectionStateFunction", "ListNeedingAttention").update(
+        Resource={"Fn::Sub": "${TokensTable.Arn}/index/*"}), S),
     ("no_wildcards", "transformed secretsmanager:*", lambda t: _role_statement(
         t, "ConnectFunction", "ReadLinkSigningKey").update(Action="secretsmanager:*"), TS),
     ("secrets", "connect reads client secret", lambda t: _statement(t, "ConnectFunction", "ReadLinkSigningKey").update(
@@ -1051,6 +1260,15 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
                                                                      {"Ref": "ClientSecret"}]), T),
     ("secrets", "refresher policy on the scheduler", lambda t: _res(t, "SchedulerFunctionRole")[
         "ManagedPolicyArns"].append({"Ref": "TokenRefresherPolicy"}), T),
+    ("secrets", "tokens function without the client secret's arn", lambda t: _env(t, "TokensFunction").pop(
+        "CLIENT_SECRET_ARN"), S),
+    ("secrets", "connection state given the link signing key's arn", lambda t: _res(
+        t, "ConnectionStateFunction").update(
+        Environment={"Variables": {"LINK_SIGNING_SECRET_ARN": {"Ref": "LinkSigningSecret"}}}), S),
+    ("secrets", "transformed links function cannot sign", lambda t: _res(t, "LinksFunctionRole").pop("Policies"), T),
+    ("secrets", "transformed tokens role reads the link signing key", lambda t: _inline(t, "TokensFunction", {
+        "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "LinkSigningSecret"}}),
+     TS),
     ("table_access", "no leading keys", lambda t: _statement(t, "CallbackFunction", "WriteConnections").pop("Condition"), S),
     ("table_access", "connect writes connections", lambda t: _statement(t, "ConnectFunction", "WriteStateRows")[
         "Condition"]["ForAllValues:StringLike"].update({"dynamodb:LeadingKeys": ["*"]}), S),
@@ -1058,6 +1276,34 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
         Action=["dynamodb:PutItem", "dynamodb:GetItem"]), S),
     ("table_access", "transformed no leading keys", lambda t: _role_statement(
         t, "CallbackFunction", "WriteConnections").pop("Condition"), T),
+    ("table_access", "state view reads the ciphertexts", lambda t: _state_read(t)["ForAllValues:StringEquals"][
+        "dynamodb:Attributes"].extend(["access_ciphertext", "refresh_ciphertext"]), S),
+    ("table_access", "state view reads the old ciphertext", lambda t: _state_read(t)["ForAllValues:StringEquals"][
+        "dynamodb:Attributes"].append("token_ciphertext"), S),
+    ("table_access", "state view reads the lease", lambda t: _state_read(t)["ForAllValues:StringEquals"][
+        "dynamodb:Attributes"].append("lease_owner"), S),
+    ("table_access", "state view reads whole rows", lambda t: _state_read(t).pop("ForAllValues:StringEquals"), S),
+    ("table_access", "state view misses what the store reads", lambda t: _state_read(t)[
+        "ForAllValues:StringEquals"]["dynamodb:Attributes"].remove("attention"), S),
+    ("table_access", "state view selects all attributes", lambda t: _state_read(t).update(
+        StringEqualsIfExists={"dynamodb:Select": "ALL_ATTRIBUTES"}), S),
+    ("table_access", "state view select left open", lambda t: _state_read(t).pop("StringEqualsIfExists"), S),
+    ("table_access", "state view queries the due-index", lambda t: _statement(
+        t, "ConnectionStateFunction", "ListNeedingAttention").update(
+        Resource={"Fn::Sub": "${TokensTable.Arn}/index/due-index"}), S),
+    ("table_access", "state view queries the table", lambda t: _statement(
+        t, "ConnectionStateFunction", "ListNeedingAttention").update(
+        Resource={"Fn::GetAtt": ["TokensTable", "Arn"]},
+        Condition={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["conn#*"]}}), S),
+    ("table_access", "state view on any index", lambda t: _statement(
+        t, "ConnectionStateFunction", "ListNeedingAttention").update(
+        Resource={"Fn::Sub": "${TokensTable.Arn}/index/*"}), S),
+    ("table_access", "tokens function without the refresher's policy", lambda t: _res(
+        t, "TokensFunction").update(Policies=[]), S),
+    ("table_access", "transformed state view reads the ciphertexts", lambda t: _state_read(t)[
+        "ForAllValues:StringEquals"]["dynamodb:Attributes"].append("refresh_ciphertext"), T),
+    ("table_access", "transformed state view selects all attributes", lambda t: _state_read(t).update(
+        StringEqualsIfExists={"dynamodb:Select": "ALL_ATTRIBUTES"}), TS),
     ("key_use", "context not required", lambda t: _statement(t, "CallbackFunction", "EncryptTokensForOneConnection")[
         "Condition"].pop("Null"), S),
     ("key_use", "wrong context", lambda t: _statement(t, "CallbackFunction", "EncryptTokensForOneConnection")[
@@ -1084,6 +1330,18 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
         "KMSMasterKeyId"), TS),
     ("table", "transformed no deletion protection", lambda t: _res(t, "TokensTable").update(
         DeletionProtectionEnabled=False), T),
+    ("table", "attention-index projects everything", lambda t: _index(t, "attention-index").update(
+        Projection={"ProjectionType": "ALL"}), S),
+    ("table", "attention-index projects a ciphertext", lambda t: _index(t, "attention-index")["Projection"][
+        "NonKeyAttributes"].append("refresh_ciphertext"), S),
+    ("table", "attention-index keyed on status", lambda t: _index(t, "attention-index")["KeySchema"][0].update(
+        AttributeName="status"), S),
+    ("table", "no attention-index", lambda t: _res(t, "TokensTable")["GlobalSecondaryIndexes"].remove(
+        _index(t, "attention-index")), S),
+    ("table", "transformed attention-index projects the lease", lambda t: _index(t, "attention-index")[
+        "Projection"]["NonKeyAttributes"].append("lease_owner"), T),
+    ("table", "transformed due-index projects everything", lambda t: _index(t, "due-index").update(
+        Projection={"ProjectionType": "ALL"}), TS),
     ("stage", "query string logged", lambda t: _res(t, "HttpApiStage")["AccessLogSettings"].update(
         Format='{"requestId":"$context.requestId","q":"$context.requestQueryString"}'), S),
     ("stage", "no throttling", lambda t: _res(t, "HttpApiStage").pop("DefaultRouteSettings"), S),
@@ -1094,6 +1352,10 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("log_groups", "function makes its own group", lambda t: _res(t, "CallbackFunction").pop("LoggingConfig"), S),
     ("log_groups", "transformed function makes its own group", lambda t: _res(t, "RefreshWorkerFunction").pop(
         "LoggingConfig"), T),
+    ("log_groups", "tokens function logs into the links group", lambda t: _res(t, "TokensFunction").update(
+        LoggingConfig={"LogGroup": {"Ref": "LinksLogGroup"}}), S),
+    ("log_groups", "transformed connection-state function makes its own group", lambda t: _res(
+        t, "ConnectionStateFunction").pop("LoggingConfig"), T),
     ("log_groups", "transformed group without retention", lambda t: _res(t, "SchedulerLogGroup").pop(
         "RetentionInDays"), TS),
     ("log_groups", "transformed new group without retention", lambda t: t["Resources"].update(
@@ -1110,13 +1372,108 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("reader_policy", "reader scans", lambda t: _managed(t, "TokenReaderPolicy").append(
         {"Effect": "Allow", "Action": "dynamodb:Scan", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]}}), S),
     ("reader_policy", "reader invokes anything", lambda t: _managed_statement(
-        t, "TokenReaderPolicy", "AskForRefresh").update(Resource={"Fn::Sub": "arn:aws:lambda:*:*:function:*"}), S),
+        t, "TokenReaderPolicy", "AskForFreshTokens").update(Resource={"Fn::Sub": "arn:aws:lambda:*:*:function:*"}), S),
+    ("reader_policy", "reader may disconnect", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "AskForFreshTokens").update(Resource={"Fn::GetAtt": ["ConnectionsFunction", "Arn"]}),
+     S),
+    ("reader_policy", "reader invokes the tokens and connections functions", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "AskForFreshTokens").update(Resource=[
+            {"Fn::GetAtt": ["TokensFunction", "Arn"]}, {"Fn::GetAtt": ["ConnectionsFunction", "Arn"]}]), S),
+    ("reader_policy", "reader policy on the connection-state function", lambda t: _attach(
+        t, "ConnectionStateFunction", "TokenReaderPolicy"), S),
+    ("reader_policy", "transformed reader may disconnect", lambda t: _managed_statement(
+        t, "TokenReaderPolicy", "AskForFreshTokens").update(Resource={"Fn::GetAtt": ["ConnectionsFunction", "Arn"]}),
+     TS),
     ("reader_policy", "transformed reader policy on the connect function", lambda t: _res(
         t, "ConnectFunctionRole")["ManagedPolicyArns"].append({"Ref": "TokenReaderPolicy"}), T),
     ("reader_policy", "transformed reader writes", lambda t: _managed_statement(
         t, "TokenReaderPolicy", "ReadConnections").update(Action=["dynamodb:GetItem", "dynamodb:PutItem"]), TS),
-    ("key_use", "reader decrypts without context", lambda t: _managed_statement(
-        t, "TokenReaderPolicy", "DecryptTokensOfOneConnection").pop("Condition"), S),
+    ("key_use", "reader decrypts without context", lambda t: _reader_decrypt(t).pop("Condition"), S),
+    ("key_use", "context of other keys too", lambda t: _managed_statement(
+        t, "TokenRefresherPolicy", "TokensOfOneConnection")["Condition"]["ForAllValues:StringEquals"].update(
+        {"kms:EncryptionContextKeys": ["connection_id", "token", "tenant_id"]}), S),
+    ("key_use", "token named but connection not required", lambda t: _reader_decrypt(t)["Condition"].update(
+        Null={"kms:EncryptionContext:token": "false"}), S),
+    ("key_use", "callback seals without naming the token", lambda t: _statement(
+        t, "CallbackFunction", "EncryptTokensForOneConnection")["Condition"]["Null"].pop(
+        "kms:EncryptionContext:token"), S),
+    ("key_use", "links function encrypts", lambda t: _inline(t, "LinksFunction", {
+        **_ANY_TOKEN_DECRYPT, "Action": "kms:Encrypt"}), S),
+    ("key_use", "transformed callback seals without naming the token", lambda t: _role_statement(
+        t, "CallbackFunction", "EncryptTokensForOneConnection")["Condition"]["Null"].pop(
+        "kms:EncryptionContext:token"), T),
+    ("key_use", "transformed reader context of other keys", lambda t: _reader_decrypt(t)["Condition"][
+        "ForAllValues:StringEquals"].update({"kms:EncryptionContextKeys": ["connection_id", "token", "purpose"]}),
+     TS),
+    ("refresh_tokens", "reader decrypts either token", lambda t: _reader_decrypt(t)["Condition"].pop(
+        "StringEquals"), S),
+    ("refresh_tokens", "reader decrypts refresh tokens", lambda t: _reader_decrypt(t)["Condition"].update(
+        StringEquals={"kms:EncryptionContext:token": "refresh"}), S),
+    ("refresh_tokens", "reader decrypts both tokens", lambda t: _reader_decrypt(t)["Condition"].update(
+        StringEquals={"kms:EncryptionContext:token": ["access", "refresh"]}), S),
+    ("refresh_tokens", "reader matches any token", lambda t: _reader_decrypt(t)["Condition"].update(
+        StringEquals={}, StringLike={"kms:EncryptionContext:token": "*"}), S),
+    ("refresh_tokens", "consumer given its own decrypt", lambda t: _inline(
+        t, "ListInvoicesFunction", _ANY_TOKEN_DECRYPT), S),
+    ("refresh_tokens", "consumer given the refresher's policy", lambda t: _attach(
+        t, "ListInvoicesFunction", "TokenRefresherPolicy"), S),
+    ("refresh_tokens", "transformed reader decrypts either token", lambda t: _reader_decrypt(t)["Condition"].pop(
+        "StringEquals"), T),
+    ("refresh_tokens", "transformed reader matches any token", lambda t: _reader_decrypt(t)["Condition"].update(
+        StringEquals={}, StringLike={"kms:EncryptionContext:token": "*"}), TS),
+    ("refresh_tokens", "transformed consumer role decrypts either token", lambda t: _inline(
+        t, "ListInvoicesFunction", _ANY_TOKEN_DECRYPT), T),
+    ("refresh_tokens", "transformed consumer given the refresher's policy", lambda t: _attach(
+        t, "ListInvoicesFunction", "TokenRefresherPolicy"), TS),
+    ("app_policies", "link issuer invokes the tokens function", lambda t: _managed_statement(
+        t, "LinkIssuerPolicy", "MakeConnectLinks").update(Resource={"Fn::GetAtt": ["TokensFunction", "Arn"]}), S),
+    ("app_policies", "token vending reads the function's configuration too", lambda t: _managed_statement(
+        t, "TokenVendingPolicy", "GetAccessTokens").update(
+        Action=["lambda:InvokeFunction", "lambda:GetFunctionConfiguration"]), S),
+    ("app_policies", "connection state on any qualifier", lambda t: _managed_statement(
+        t, "ConnectionStatePolicy", "ReadConnectionState").update(
+        Resource={"Fn::Sub": "${ConnectionStateFunction.Arn}:*"}), S),
+    ("app_policies", "operator invokes any function", lambda t: _managed_statement(
+        t, "ConnectionsOperatorPolicy", "RefreshAndDisconnect").update(
+        Resource="arn:aws:lambda:*:*:function:*"), S),
+    ("app_policies", "operator gets tokens too", lambda t: _managed(t, "ConnectionsOperatorPolicy").append(
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction",
+         "Resource": {"Fn::GetAtt": ["TokensFunction", "Arn"]}}), S),
+    ("app_policies", "token vending attached to the links function", lambda t: _attach(
+        t, "LinksFunction", "TokenVendingPolicy"), S),
+    ("app_policies", "no output for the link issuer", lambda t: t["Outputs"].pop("LinkIssuerPolicyArn"), S),
+    ("app_policies", "output names the reader policy", lambda t: t["Outputs"]["TokenVendingPolicyArn"].update(
+        Value={"Ref": "TokenReaderPolicy"}), S),
+    ("app_policies", "no connection-state policy", lambda t: _drop(t, "ConnectionStatePolicy"), S),
+    ("app_policies", "links function reads the table", lambda t: _inline(t, "LinksFunction", {
+        "Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]},
+        "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["link#*"]}}}), S),
+    ("app_policies", "links function reads the client secret", lambda t: _statement(
+        t, "LinksFunction", "ReadLinkSigningKey").update(Resource=[{"Ref": "LinkSigningSecret"},
+                                                                   {"Ref": "ClientSecret"}]), S),
+    ("app_policies", "connection state reads the link signing secret", lambda t: _inline(
+        t, "ConnectionStateFunction", {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                                       "Resource": {"Ref": "LinkSigningSecret"}}), S),
+    ("app_policies", "connection state decrypts access tokens", lambda t: _inline(
+        t, "ConnectionStateFunction", {**_ANY_TOKEN_DECRYPT, "Condition": {
+            **_ANY_TOKEN_DECRYPT["Condition"], "StringEquals": {"kms:EncryptionContext:token": "access"}}}), S),
+    ("app_policies", "transformed link issuer invokes the tokens function", lambda t: _managed_statement(
+        t, "LinkIssuerPolicy", "MakeConnectLinks").update(Resource={"Fn::GetAtt": ["TokensFunction", "Arn"]}), T),
+    ("app_policies", "transformed token vending reads configuration too", lambda t: _managed_statement(
+        t, "TokenVendingPolicy", "GetAccessTokens").update(
+        Action=["lambda:InvokeFunction", "lambda:GetFunctionConfiguration"]), TS),
+    ("app_policies", "transformed connection state on any qualifier", lambda t: _managed_statement(
+        t, "ConnectionStatePolicy", "ReadConnectionState").update(
+        Resource={"Fn::Sub": "${ConnectionStateFunction.Arn}:*"}), T),
+    ("app_policies", "transformed operator policy on the connection-state role", lambda t: _attach(
+        t, "ConnectionStateFunction", "ConnectionsOperatorPolicy"), T),
+    ("app_policies", "transformed no output for the operator policy", lambda t: t["Outputs"].pop(
+        "ConnectionsOperatorPolicyArn"), T),
+    ("app_policies", "transformed links role reads the table", lambda t: _inline(t, "LinksFunction", {
+        "Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": {"Fn::GetAtt": ["TokensTable", "Arn"]},
+        "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["link#*"]}}}), TS),
+    ("app_policies", "transformed connection-state role decrypts outside DynamoDB", lambda t: _role_statement(
+        t, "ConnectionStateFunction", "TableEncryptionViaDynamoDB").pop("Condition"), T),
     ("refresh_pipeline", "no dlq", lambda t: _res(t, "RefreshQueue").pop("RedrivePolicy"), S),
     ("refresh_pipeline", "unbounded worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"]["Queue"][
         "Properties"].pop("ScalingConfig"), S),
@@ -1130,6 +1487,13 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("refresh_pipeline", "transformed worker without its queue", lambda t: _drop(t, "RefreshWorkerFunctionQueue"), T),
     ("refresh_pipeline", "transformed worker reads another queue", lambda t: _res(
         t, "RefreshWorkerFunctionQueue").update(EventSourceArn={"Fn::GetAtt": ["RefreshDeadLetterQueue", "Arn"]}), T),
+    ("routes", "http event on the tokens function", lambda t: _res(t, "TokensFunction").update(
+        Events={"Api": {"Type": "HttpApi", "Properties": {"Path": "/tokens", "Method": "post"}}}), S),
+    ("routes", "tokens function on a url", lambda t: _res(t, "TokensFunction").update(
+        FunctionUrlConfig={"AuthType": "AWS_IAM"}), S),
+    ("routes", "transformed tokens function on a url", lambda t: t["Resources"].update(TokensFunctionUrl={
+        "Type": "AWS::Lambda::Url", "Properties": {"AuthType": "NONE", "TargetFunctionArn": {
+            "Fn::GetAtt": ["TokensFunction", "Arn"]}}}), T),
     ("routes", "http event on the worker", lambda t: _res(t, "RefreshWorkerFunction")["Events"].update(
         Api={"Type": "HttpApi", "Properties": {"Path": "/refresh", "Method": "post"}}), S),
     ("tracing", "tracing off", lambda t: t["Globals"]["Function"].pop("Tracing"), S),
@@ -1166,6 +1530,11 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("alarms", "no pointer to the runbook", lambda t: _res(t, "RefreshFailedAlarm").update(
         AlarmDescription="Refreshes failed."), S),
     ("alarms", "transformed function without errors alarm", lambda t: _drop(t, "RefreshWorkerErrorsAlarm"), T),
+    ("alarms", "no errors alarm on the tokens function", lambda t: _drop(t, "TokensErrorsAlarm"), S),
+    ("alarms", "connection-state throttles alarm on the links function", lambda t: _res(
+        t, "ConnectionStateThrottlesAlarm").update(
+        Dimensions=[{"Name": "FunctionName", "Value": {"Ref": "LinksFunction"}}]), S),
+    ("alarms", "transformed no throttles alarm on the links function", lambda t: _drop(t, "LinksThrottlesAlarm"), TS),
     ("alarms", "transformed unknown metric", lambda t: _res(t, "NeedsReauthAlarm").update(
         MetricName="ConnectionsNeedingReauth"), TS),
     ("snapstart", "on by default", lambda t: t["Parameters"]["SnapStart"].update(Default="Enabled"), S),
@@ -1199,6 +1568,14 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("contract", "renamed output", lambda t: t["Outputs"].update(ConnectLink=t["Outputs"].pop("ConnectUrl")), S),
     ("contract", "shared setting missing", lambda t: t["Globals"]["Function"]["Environment"]["Variables"].pop(
         "ACTIVE_USE_HOURS"), S),
+    ("contract", "no rejected-token window", lambda t: t["Globals"]["Function"]["Environment"]["Variables"].pop(
+        "REJECTED_TOKEN_WINDOW_SECONDS"), S),
+    ("contract", "the SDK sent to the connections function", lambda t: t["Globals"]["Function"]["Environment"][
+        "Variables"].update(TOKENS_FUNCTION_NAME={"Fn::Sub": "${AWS::StackName}-connections"}), S),
+    ("contract", "tokens function renamed", lambda t: _res(t, "TokensFunction").update(
+        FunctionName={"Fn::Sub": "${AWS::StackName}-token-vending"}), S),
+    ("contract", "no output for the connection-state function", lambda t: t["Outputs"].pop(
+        "ConnectionStateFunctionName"), S),
 ]
 
 

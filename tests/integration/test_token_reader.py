@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from invoiced_connect import operations
+from invoiced_connect.app_api import TokenVendor, answer
 from invoiced_connect.crypto import TokenCipher
 from invoiced_connect.disconnect import Disconnector
 from invoiced_connect.models import ConnectionStatus, InvalidConnectionId
@@ -38,18 +39,20 @@ class CountingKms:
         self.cipher = TokenCipher(stack.kms_key_arn)
         self.decrypts = 0
 
-    def decrypt(self, connection_id: str, blob: bytes):
+    def decrypt_access(self, connection_id: str, sealed):
         self.decrypts += 1
-        return self.cipher.decrypt(connection_id, blob)
+        return self.cipher.decrypt_access(connection_id, sealed)
 
 
 def direct_invoker(stack, calls: list | None = None):
-    """The connections function's logic, called in-process (the Lambda path is tested elsewhere)."""
+    """The tokens function's logic, called in-process (the Lambda path is tested elsewhere)."""
 
     def invoke(payload: dict) -> dict:
         if calls is not None:
             calls.append(payload)
-        return operations.handle(payload, remaining_seconds=60, refresher=refresher(stack))
+        vendor = TokenVendor(store=store(stack), cipher=TokenCipher(stack.kms_key_arn),
+                             refresher=lambda: refresher(stack))
+        return answer(lambda: vendor.get_token(payload, remaining_seconds=60))
 
     return invoke
 
@@ -97,7 +100,7 @@ def test_an_expiring_token_is_refreshed_through_the_locked_path(stack, cid):
     calls: list = []
     token = reader(stack, calls=calls).get_access_token(cid)
     assert token != old_access and stack.invoiced.is_access_token_valid(token)
-    assert calls == [{"action": "refresh", "connection_id": cid, "stale_version": 1, "wait_seconds": 20}]
+    assert calls == [{"connection_id": cid, "min_validity_seconds": 300}]
     assert row(stack, cid).version == 2
     assert row(stack, cid).active_until > time.time() + 23 * 3600  # a reader asked: in active use again
 
@@ -145,7 +148,7 @@ def test_after_a_401_a_newer_stored_token_is_used_without_a_refresh(stack, cid):
     make_due(stack, cid)
     refresher(stack).refresh(cid)  # the scheduler rotated: `stale` now gets 401
     assert not stack.invoiced.is_access_token_valid(stale)
-    fresh = tokens.token_rejected(cid, stale)
+    fresh = tokens.token_rejected(cid, stale).access_token
     assert fresh != stale and stack.invoiced.is_access_token_valid(fresh)
     assert calls == []
     assert tokens.get_access_token(cid) == fresh  # and the cache now holds it
@@ -156,9 +159,9 @@ def test_after_a_401_with_no_newer_token_one_locked_refresh_is_asked_for(stack, 
     calls: list = []
     tokens = reader(stack, calls=calls)
     token = tokens.get_access_token(cid)
-    fresh = tokens.token_rejected(cid, token)
+    fresh = tokens.token_rejected(cid, token).access_token
     assert fresh != token and stack.invoiced.is_access_token_valid(fresh)
-    assert [call["stale_version"] for call in calls] == [1]
+    assert calls == [{"connection_id": cid, "rejected_version": 1}]
 
 
 def test_typed_errors_for_unknown_reauth_and_revoked_connections(stack, cid):
@@ -196,14 +199,18 @@ def test_a_refresh_that_cannot_happen_now_is_token_unavailable_with_a_retry_time
 def test_disconnect_revokes_at_invoiced_and_erases_the_tokens(stack, cid):
     connect(stack, cid)
     access, refresh_token = stored_tokens(stack, cid)
-    answer = reader(stack).disconnect(cid)
+    def disconnect() -> dict:
+        return operations.handle({"action": "disconnect", "connection_id": cid}, remaining_seconds=60,
+                                 refresher=refresher(stack))
+
+    answer = disconnect()
     assert answer["outcome"] == "disconnected" and answer["status"] == "revoked"
     assert not stack.invoiced.is_access_token_valid(access)
     assert not stack.invoiced.is_refresh_token_valid(refresh_token)
     found = store(stack).get_connection(cid)
     assert found is not None and found[1] is None  # the row stays, the tokens are gone
     assert found[0].status is ConnectionStatus.REVOKED and found[0].version == 2
-    assert reader(stack).disconnect(cid)["outcome"] == "already_revoked"
+    assert disconnect()["outcome"] == "already_revoked"
 
 
 def test_disconnect_with_an_expiring_token_rotates_first_then_revokes_the_live_pair(stack, cid):
