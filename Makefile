@@ -11,6 +11,8 @@ REGION    ?= us-east-1
 # make deploy: which [ENV.deploy.parameters] table of samconfig.toml to use.
 ENV       ?= sandbox
 
+NODE_EXAMPLE := examples/node
+
 .PHONY: help install run test unit lint validate build bench clean deploy deploy-guided
 
 help: ## Show the targets
@@ -28,7 +30,12 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 	$(SAM_VENV)/bin/python -m pip install -q -r requirements-sam.txt
 	@touch $@
 
-install: $(VENV)/.installed $(SAM_VENV)/.installed ## Create the virtual environments (.venv, .venv-sam)
+# The Node.js example client of the app API (AWS SDK for JavaScript v3, from its lockfile).
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	npm ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(VENV)/.installed $(SAM_VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed ## Create the virtual environments (.venv, .venv-sam) and the Node example's node_modules
 
 run: $(VENV)/.installed ## Start the whole system on loopback and print a connect link (ARGS="--schedule-every 30")
 	$(PY) -m local.stack $(ARGS)
@@ -75,4 +82,4 @@ deploy-guided: $(VENV)/.installed $(SAM_VENV)/.installed ## The same with sam de
 	@$(call deploy_steps,--guided)
 
 clean: ## Remove build output and virtual environments
-	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache $(NODE_EXAMPLE)/node_modules

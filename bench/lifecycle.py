@@ -10,7 +10,9 @@ Prints a Markdown table (paste it into the README):
 * items the scheduler's queries read, against the number due, in a table
   that also holds many connections that are not due;
 * AWS calls per refresh, and per cold, warm and expired get_access_token;
-* warm get_access_token latency.
+* warm get_access_token latency;
+* the app API: a warm token through the Lambda Invoke API against the
+  in-process SDK, and the AWS calls of a warm token and a warm link.
 
 Timings on a shared machine are noisy: read the ratios, not the absolutes.
 """
@@ -168,7 +170,44 @@ def run(connections: int, latency_ms: float, not_due_factor: int) -> list[tuple[
             samples.append((time.perf_counter() - started) / 5000)
         rows.append(("Warm get_access_token latency (median of 20 x 5000 calls)",
                      f"{statistics.median(samples) * 1e6:.2f} µs"))
+        rows += _app_api(stack, counter, target, statistics.median(samples))
     return rows
+
+
+def _app_api(stack: Any, counter: CallCounter, target: str, in_process_seconds: float) -> list[tuple[str, str]]:
+    """The app API over the (local) Lambda Invoke API: what a caller in any language pays."""
+    import json
+
+    lam = stack.client("lambda")
+
+    def invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
+        answer = lam.invoke(FunctionName=f"{stack.stack_name}-{function}", Payload=json.dumps(payload).encode())
+        return json.loads(answer["Payload"].read())
+
+    invoke("tokens", {"connection_id": target})  # warm the function's cache
+    with counter.measure() as warm_token:
+        invoke("tokens", {"connection_id": target})
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(40):
+            invoke("tokens", {"connection_id": target})
+        samples.append((time.perf_counter() - started) / 40)
+    invoke_seconds = statistics.median(samples)
+    invoke("links", {"connection_id": target})  # the first reads the signing key
+    with counter.measure() as warm_link:
+        invoke("links", {"connection_id": target})
+    inside = Counter({k: v for k, v in warm_token.items() if k != "lambda:Invoke"})
+    link_inside = Counter({k: v for k, v in warm_link.items() if k != "lambda:Invoke"})
+    return [
+        ("Warm token through the Lambda Invoke API (tokens function) vs the in-process SDK, median latency",
+         f"{invoke_seconds * 1e3:.2f} ms vs {in_process_seconds * 1e6:.2f} µs (the Invoke round trip on loopback, "
+         "5 x 40 calls)"),
+        ("AWS calls per warm token through the Invoke API (the caller's Invoke; inside the function)",
+         f"{_fmt(warm_token)}; inside: {_fmt(inside)}"),
+        ("AWS calls per warm link (links function; inside the function)", f"{_fmt(warm_link)}; inside: "
+         f"{_fmt(link_inside)}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

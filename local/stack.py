@@ -38,6 +38,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -439,11 +440,12 @@ class LocalStack:
 
     def _write_env_file(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["# The running local stack's environment (python -m local.stack); removed when it stops."]
+        lines = ["# The running local stack's environment (python -m local.stack); removed when it stops.",
+                 "# For your own code and the examples: source it (set -a; . .local/stack.env; set +a works too)."]
         for name, value in sorted(self.consumer_env.items()):
             if "\n" in value:
                 raise ValueError(f"{name} has a line break; it cannot go into {path}")
-            lines.append(f"{name}={value}")
+            lines.append(f"export {name}={shlex.quote(value)}")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(descriptor, 0o600)  # also when the file already existed
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:

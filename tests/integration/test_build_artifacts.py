@@ -149,7 +149,7 @@ def test_every_handler_imports_from_the_artifacts_and_api_handlers_stay_light(co
     loaded = imports(compiled)
     assert set(loaded) == {
         "ConnectFunction", "CallbackFunction", "SchedulerFunction", "RefreshWorkerFunction",
-        "ConnectionsFunction", "ListInvoicesFunction",
+        "ConnectionsFunction", "ListInvoicesFunction", "LinksFunction", "TokensFunction", "ConnectionStateFunction",
     }
     # The connect handler never needs requests; the callback loads it on its
     # first token request. Neither loads boto3 or the X-Ray SDK at import.

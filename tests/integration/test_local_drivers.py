@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 import boto3
 import pytest
 
+from invoiced_connect.cli import read_env_file
 from local.aws import boto_client, dependency_order, provision
 from local.events import EventTap, event_summary
 from local.gateway import Activity, local_functions
@@ -862,8 +864,14 @@ def test_python_m_local_stack_serves_the_drivers_and_stops_cleanly_on_sigterm(tm
         assert re.search(r"Queue\s+\S+ -> \w+ \(batch \d+, at most \d+ at once[^)]*\); after \d+ receives to \S+",
                          banner), banner
         assert "Events           published on" in banner
-        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        settings = read_env_file(str(env_file))  # `export NAME=value` lines, as `source` reads them
         assert settings["AWS_ENDPOINT_URL_LAMBDA"] == lambda_url
+        assert settings["AWS_DEFAULT_REGION"] and settings["TOKENS_FUNCTION_NAME"].endswith("-tokens")
+        assert settings["LINKS_FUNCTION_NAME"].endswith("-links")
+        sourced = subprocess.run(["bash", "-c", f"source {shlex.quote(str(env_file))} && env"], capture_output=True,
+                                 text=True, check=True, env={"PATH": os.environ["PATH"]}).stdout
+        assert f"AWS_ENDPOINT_URL_LAMBDA={lambda_url}\n" in sourced  # exported for the examples and your code
+        assert f"CONNECTION_STATE_FUNCTION_NAME={settings['CONNECTION_STATE_FUNCTION_NAME']}\n" in sourced
         lambda_client = boto_client("lambda", lambda_url, REGION)
         response = lambda_client.invoke(FunctionName=settings["CONNECTIONS_FUNCTION_NAME"], InvocationType="DryRun")
         assert response["StatusCode"] == 204

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -63,10 +64,14 @@ def read_env_file(path: str) -> dict[str, str]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            key, sep, value = line.partition("=")
+            key, sep, value = line.removeprefix("export ").partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"{path}:{number}: expected KEY=VALUE")
-            values[key.strip()] = value.strip()
+            try:  # shell quoting, as `source` reads it
+                words = shlex.split(value.strip())
+            except ValueError:
+                raise ValueError(f"{path}:{number}: unbalanced quotes") from None
+            values[key.strip()] = " ".join(words)
     return values
 
 
