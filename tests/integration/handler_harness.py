@@ -30,6 +30,9 @@ FUNCTIONS = {
     "worker": "RefreshWorkerFunction",
     "connections": "ConnectionsFunction",
     "list_invoices": "ListInvoicesFunction",
+    "links": "LinksFunction",
+    "tokens": "TokensFunction",
+    "connection_state": "ConnectionStateFunction",
 }
 COOKIE_NAME = "__Host-invoiced-connect"
 RESULT_COOKIE_NAME = "__Host-invoiced-connect-result"

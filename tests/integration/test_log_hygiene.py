@@ -1,6 +1,6 @@
 """Log hygiene, across every handler: nothing secret is ever written.
 
-Each of the six functions' handlers (imported from ``functions/<name>/app.py``
+Each of the functions' handlers (imported from ``functions/<name>/app.py``
 as the Lambda runtime does) runs through its success and failure paths
 against the local stack, at DEBUG everywhere (``LOG_LEVEL`` and
 ``POWERTOOLS_LOG_LEVEL``, the root logger, the handlers' loggers), with
@@ -31,9 +31,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import boto3
 import pytest
 
+from invoiced_connect import app_api
 from invoiced_connect import flow as flow_module
 from local.seed import connect as seed_connection
-from local.seed import invoiced_client, make_due, stored_tokens
+from local.seed import expire, invoiced_client, make_due, stored_tokens
 from tests.integration.handler_harness import Canaries, Capture, Handlers, Written
 
 AUTH_HEADER_CANARY = "Bearer CANARYauthorizationHeader" + "a" * 16
@@ -363,6 +364,36 @@ def test_list_invoices_writes_no_secret(hygiene):
                              request_id=request_id)
     assert result["error"] == "not_found"
     hygiene.assert_structured(handlers.last, correlation_id=request_id, connection_id=f"{connection_id}-nobody")
+    hygiene.assert_clean()
+
+
+def test_the_app_api_functions_write_no_secret(hygiene):
+    stack, handlers = hygiene.stack, hygiene.handlers
+    connection_id = f"hyg-app-{uuid.uuid4().hex[:6]}"
+    seed_connection(stack, connection_id)
+
+    request_id = str(uuid.uuid4())
+    link = handlers.invoke("links", {"connection_id": connection_id}, request_id=request_id)
+    hygiene.canaries.add("link from the links function", link["url"])
+    hygiene.assert_structured(handlers.last, correlation_id=request_id, connection_id=connection_id)
+
+    for expiring in (False, True):
+        if expiring:  # a cold function and an expiring token: a refresh, so more tokens are issued
+            app_api.shared_vendor.cache_clear()
+            expire(stack, connection_id)
+        request_id = str(uuid.uuid4())
+        token = handlers.invoke("tokens", {"connection_id": connection_id}, request_id=request_id)
+        assert token["connection_id"] == connection_id and token["version"] == (2 if expiring else 1)
+        hygiene.assert_structured(handlers.last, correlation_id=request_id, connection_id=connection_id)
+    request_id = str(uuid.uuid4())
+    refused = handlers.invoke("tokens", {"connection_id": connection_id, "note": EVENT_CANARY}, request_id=request_id)
+    assert refused["error"] == "bad_request" and EVENT_CANARY not in refused["message"]
+
+    request_id = str(uuid.uuid4())
+    state = handlers.invoke("connection_state", {"action": "get", "connection_id": connection_id},
+                            request_id=request_id)
+    assert state["connection"]["version"] == 2
+    hygiene.assert_structured(handlers.last, correlation_id=request_id, connection_id=connection_id)
     hygiene.assert_clean()
 
 

@@ -606,8 +606,10 @@ def check_table_access(tpl: dict[str, Any]) -> list[str]:
 
 
 def _state_read_problems(sid: str, condition: dict[str, Any]) -> list[str]:
-    """DynamoDB refuses a read that names (or, without a projection, would
-    return) an attribute outside dynamodb:Attributes; Select keeps it so."""
+    """The read is held to the state attributes: dynamodb:Attributes lists
+    them (and no ciphertext or lease), and dynamodb:Select, when the request
+    has one, must be SPECIFIC_ATTRIBUTES (AWS's pattern for attribute-level
+    access: StringEquals or StringEqualsIfExists)."""
     problems = []
     attributes = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
     if not isinstance(attributes, list) or not attributes:

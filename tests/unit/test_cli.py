@@ -319,14 +319,15 @@ def test_the_snapstart_description_budget_matches_the_template():
     from invoiced_connect.deployment import VERSION_DESCRIPTION_FIXED
 
     template = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
-    formats = set(re.findall(r'- "(config [^"]+)"', template))
+    formats = set(re.findall(r'- "(\$\{Layer\}[^"]+)"', template))
     assert len(formats) == 1, formats
     (description,) = formats
     fields = re.findall(r"\$\{(\w+)\}", description)
     assert fields == ["Layer", "InvoicedEnvironment", "InvoicedClientId", "OAuthScope", "RefreshWindowMinutes",
-                      "KeepAliveDays", "ActiveUseHours", "PublicBaseUrl", "Returns"]
+                      "KeepAliveDays", "ActiveUseHours", "RejectedTokenWindowSeconds", "PublicBaseUrl", "Returns"]
     widest_fixed = {"Layer": 6, "InvoicedEnvironment": len("production"), "OAuthScope": len("read_write"),
-                    "RefreshWindowMinutes": 2, "KeepAliveDays": 3, "ActiveUseHours": 3}
+                    "RefreshWindowMinutes": 2, "KeepAliveDays": 3, "ActiveUseHours": 3,
+                    "RejectedTokenWindowSeconds": 4}
     literal = len(re.sub(r"\$\{\w+\}", "", description))
     assert literal + sum(widest_fixed.values()) == VERSION_DESCRIPTION_FIXED
 

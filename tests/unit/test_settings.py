@@ -84,3 +84,35 @@ def test_client_id_is_required_only_where_used():
         settings.require_client_id()
     with pytest.raises(SettingsError, match="CLIENT_SECRET_ARN"):
         settings.require("client_secret_arn")
+
+
+# ------------------------------------------------------------------ Invoiced's two environments
+def test_the_api_url_follows_the_environment_of_the_base_url_when_unset():
+    settings = load_settings({**BASE, "INVOICED_BASE_URL": "https://sandbox.invoiced.com"})
+    assert settings.invoiced_api_url == "https://api.sandbox.invoiced.com"
+    assert settings.configured_api_url is None
+
+
+def test_an_api_url_of_the_other_environment_is_refused_naming_both():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "INVOICED_BASE_URL": "https://sandbox.invoiced.com",
+                       "INVOICED_API_URL": "https://api.invoiced.com"})
+    assert "https://api.invoiced.com" in str(caught.value) and "https://api.sandbox.invoiced.com" in str(caught.value)
+
+
+def test_a_reader_needs_no_invoiced_settings_and_pins_nothing():
+    settings = load_settings({"TABLE_NAME": "t", "KMS_KEY_ID": "k", "TOKENS_FUNCTION_NAME": "stack-tokens"})
+    assert settings.configured_api_url is None and settings.tokens_function_name == "stack-tokens"
+    assert settings.rejected_token_window_seconds == 300
+
+
+def test_a_connection_knows_its_api_from_its_issuer_or_what_the_callback_recorded():
+    from invoiced_connect.models import Connection, ConnectionStatus
+
+    def connection(issuer: str, api_url: str | None = None) -> Connection:
+        return Connection("c", "1", None, (), issuer, ConnectionStatus.ACTIVE, 0, 1, 0, 0, api_url=api_url)
+
+    assert connection("https://sandbox.invoiced.com").api_base_url == "https://api.sandbox.invoiced.com"
+    assert connection("https://invoiced.com").api_base_url == "https://api.invoiced.com"
+    assert connection("http://127.0.0.1:9000", "http://127.0.0.1:9001").api_base_url == "http://127.0.0.1:9001"
+    assert connection("https://invoiced.example").api_base_url is None

@@ -168,12 +168,13 @@ def pinned_client_id_conflict(env: DeployEnvironment, stack: StackInfo | None, p
 
 
 #: With SnapStart on, the API functions' version description (template.yaml)
-#: is "config <layer>|<environment>|<client id>|<scope>|<window>|<keep-alive>|
-#: <active use>|<public base URL>|<allowlist>"; Lambda takes 256 characters.
+#: is "<layer>|<environment>|<client id>|<scope>|<window>|<keep-alive>|
+#: <active use>|<rejected-token window>|<public base URL>|<allowlist>"; Lambda
+#: takes 256 characters.
 VERSION_DESCRIPTION_LIMIT = 256
-#: Its longest fixed part: "config ", 8 separators, a 6-digit layer version,
-#: "production", "read_write" and the three numbers at their maxima.
-VERSION_DESCRIPTION_FIXED = len("config ") + 8 + 6 + len("production") + len("read_write") + len("50300720")
+#: Its longest fixed part: 9 separators, a 6-digit layer version,
+#: "production", "read_write" and the four numbers at their maxima.
+VERSION_DESCRIPTION_FIXED = 9 + 6 + len("production") + len("read_write") + len("503007203600")
 _DESCRIBED = (CLIENT_ID_PARAMETER, "PublicBaseUrl", "ReturnUrlAllowlist")
 
 
