@@ -390,3 +390,26 @@ def test_a_row_from_before_the_split_is_rewritten_by_its_next_scheduled_refresh(
     assert stack.invoiced.is_refresh_token_valid(stored_tokens(stack, cid)[1])
     # Its issuer is unknown to the known environments and its API URL was dropped: the state says so.
     assert invoke(stack, "connection-state", {"action": "get", "connection_id": cid})["connection"]["api_url"] is None
+
+
+class CountingStore(TokenStore):
+    def __init__(self, table_name: str) -> None:
+        super().__init__(table_name)
+        self.reads = 0
+
+    def get_connection(self, connection_id, *, consistent=True):
+        self.reads += 1
+        return super().get_connection(connection_id, consistent=consistent)
+
+
+def test_a_warm_tokens_function_answers_from_its_cache_with_no_aws_call(stack, cid):
+    connect(stack, cid)
+    store = CountingStore(stack.table_name)
+    kms = RecordingKms()
+    vendor = TokenVendor(store=store, cipher=TokenCipher(stack.kms_key_arn, client_factory=lambda: kms),
+                         refresher=lambda: pytest.fail("a valid token needs no refresher"))
+    first = vendor.get_token({"connection_id": cid})
+    assert (store.reads, len(kms.decrypts)) == (1, 1)
+    for _ in range(20):
+        assert vendor.get_token({"connection_id": cid, "min_validity_seconds": 600}) == first
+    assert (store.reads, len(kms.decrypts)) == (1, 1)
