@@ -184,7 +184,11 @@ def _app_api(stack: Any, counter: CallCounter, target: str, in_process_seconds: 
         answer = lam.invoke(FunctionName=f"{stack.stack_name}-{function}", Payload=json.dumps(payload).encode())
         return json.loads(answer["Payload"].read())
 
-    invoke("tokens", {"connection_id": target})  # warm the function's cache
+    from invoiced_connect import app_api
+
+    app_api.shared_vendor.cache_clear()  # a cold tokens function: what the counter sees inside it
+    with counter.measure() as cold_token:
+        invoke("tokens", {"connection_id": target})
     with counter.measure() as warm_token:
         invoke("tokens", {"connection_id": target})
     samples = []
@@ -197,16 +201,15 @@ def _app_api(stack: Any, counter: CallCounter, target: str, in_process_seconds: 
     invoke("links", {"connection_id": target})  # the first reads the signing key
     with counter.measure() as warm_link:
         invoke("links", {"connection_id": target})
-    inside = Counter({k: v for k, v in warm_token.items() if k != "lambda:Invoke"})
-    link_inside = Counter({k: v for k, v in warm_link.items() if k != "lambda:Invoke"})
+    # The counter sees the functions' own clients (the caller's Invoke goes through another one).
     return [
         ("Warm token through the Lambda Invoke API (tokens function) vs the in-process SDK, median latency",
-         f"{invoke_seconds * 1e3:.2f} ms vs {in_process_seconds * 1e6:.2f} µs (the Invoke round trip on loopback, "
-         "5 x 40 calls)"),
-        ("AWS calls per warm token through the Invoke API (the caller's Invoke; inside the function)",
-         f"{_fmt(warm_token)}; inside: {_fmt(inside)}"),
-        ("AWS calls per warm link (links function; inside the function)", f"{_fmt(warm_link)}; inside: "
-         f"{_fmt(link_inside)}"),
+         f"{invoke_seconds * 1e3:.2f} ms vs {in_process_seconds * 1e6:.2f} µs (the local Invoke round trip on "
+         "loopback, 5 x 40 calls)"),
+        ("AWS calls per token through the Invoke API, inside the function (besides the caller's one Invoke): "
+         "cold; warm", f"{_fmt(cold_token)}; **{_fmt(warm_token)}**"),
+        ("AWS calls per warm link (links function), inside the function (besides the caller's one Invoke)",
+         _fmt(warm_link)),
     ]
 
 
