@@ -15,13 +15,14 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
+from invoiced_connect import aws
 from invoiced_connect import tokens as token_sdk
 from invoiced_connect.api import ApiAuthError, ApiEnvironmentError, InvoicedApi
 from invoiced_connect.app_api import TokenVendor
 from invoiced_connect.app_api import answer as typed_answer
-from invoiced_connect.crypto import TokenCipher, encryption_context
+from invoiced_connect.crypto import SealedTokens, TokenCipher, encryption_context
 from invoiced_connect.models import Attention, ConnectionStatus
-from invoiced_connect.store import TokenStore
+from invoiced_connect.store import Rescue, TokenStore
 from invoiced_connect.tokens import TokenReader, TokenRejected, lambda_invoker
 from local.contracts import validator_for
 from tests.integration.lifecycle import connect, expire, invoiced_client, make_due, refresher, row, stored_tokens
@@ -170,10 +171,15 @@ def test_connections_needing_attention_are_listed_from_the_index_page_by_page(st
         refresher(stack).refresh(failing)
     assert row(stack, failing).attention is Attention.FAILING and row(stack, dead).attention is Attention.NEEDS_REAUTH
 
+    kept = f"att-kept-{tag}"
+    connect(stack, kept)
+    store.put_rescue(Rescue(kept, SealedTokens(access=b"a", refresh=b"r"), row(stack, kept).version,
+                            int(time.time()) + 3600, int(time.time()), "test"))
     seen: dict[str, str] = {}
-    scans: list[str] = []
-    client = stack.client("dynamodb")
-    client.meta.events.register("before-call.dynamodb.Scan", lambda **_: scans.append("scan"))
+    calls: list[str] = []
+    # The functions' own client (they run in this process): what the listing asks DynamoDB.
+    aws.client("dynamodb").meta.events.register("before-call.dynamodb.*",
+                                                lambda model, **_: calls.append(model.name))
     next_token = None
     pages = 0
     while True:  # one entry a page: the token carries the listing across the index's partitions
@@ -185,8 +191,9 @@ def test_connections_needing_attention_are_listed_from_the_index_page_by_page(st
         if next_token is None:
             break
         assert pages < 500
-    assert seen[dead] == "needs_reauth" and seen[failing] == "failing" and healthy not in seen
-    assert scans == []
+    assert seen[dead] == "needs_reauth" and seen[failing] == "failing" and seen[kept] == "kept_aside"
+    assert healthy not in seen
+    assert calls and set(calls) == {"Query"}  # the attention-index, never a Scan
     state = invoke(stack, "connection-state", {"action": "get", "connection_id": failing})["connection"]
     assert state["attention"] == "failing" and state["failure_count"] == 3 and state["reason"]
 
