@@ -17,11 +17,5 @@ use_handler_logger(logger)
 @logger.inject_lambda_context(clear_state=True, log_event=False)
 @metrics.log_metrics
 def handler(event, context):
-    observability.correlate(logger, context)
-    connection_id = observability.event_connection_id(event)
-    if connection_id:
-        logger.append_keys(connection_id=connection_id)
-    answer = app_api.handle_create_link(event)
-    observability.add_counts(metrics, observability.app_api_counts("Link", answer))
-    logger.info("link request handled", extra={"outcome": answer.get("error", "ok")})
-    return answer
+    return observability.serve_app_api("Link", event, context, logger=logger, metrics=metrics,
+                                       call=app_api.handle_create_link)

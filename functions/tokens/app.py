@@ -18,14 +18,8 @@ use_handler_logger(logger)
 @logger.inject_lambda_context(clear_state=True, log_event=False)
 @metrics.log_metrics
 def handler(event, context):
-    observability.correlate(logger, context)
-    connection_id = observability.event_connection_id(event)
-    if connection_id:
-        logger.append_keys(connection_id=connection_id)
-    try:
-        answer = app_api.handle_get_token(event, context.get_remaining_time_in_millis() / 1000)
-    finally:
-        observability.add_token_metrics(metrics)  # TokenReads, TokenCacheMisses: counters, no I/O
-    observability.add_counts(metrics, observability.app_api_counts("Token", answer))
-    logger.info("token request handled", extra={"outcome": answer.get("error", "ok")})
-    return answer
+    def get_token(request):
+        return app_api.handle_get_token(request, context.get_remaining_time_in_millis() / 1000)
+
+    return observability.serve_app_api("Token", event, context, logger=logger, metrics=metrics, call=get_token,
+                                       token_metrics=True)

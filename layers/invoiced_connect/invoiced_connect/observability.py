@@ -161,6 +161,25 @@ def app_api_counts(kind: str, answer: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
+def serve_app_api(kind: str, event: Any, context: Any, *, logger: Logger, metrics: Metrics,
+                  call: Callable[[Any], dict[str, Any]], token_metrics: bool = False) -> dict[str, Any]:
+    """What every app API handler does around ``call(event)``: correlate the log
+    lines, key them by the (valid) connection id, count the answer, log its
+    outcome. The answer may hold a token or a link: it is never logged."""
+    correlate(logger, context)
+    connection_id = event_connection_id(event)
+    if connection_id:
+        logger.append_keys(connection_id=connection_id)
+    try:
+        answer = call(event)
+    finally:
+        if token_metrics:
+            add_token_metrics(metrics)  # TokenReads, TokenCacheMisses: counters, no I/O
+    add_counts(metrics, app_api_counts(kind, answer))
+    logger.info("app API request handled", extra={"kind": kind, "outcome": answer.get("error", "ok")})
+    return answer
+
+
 # ---------------------------------------------------------------------- logs and traces
 def loggable_connection_id(value: object) -> str | None:
     """``value`` if it is a valid connection id (safe to log and annotate), else ``None``."""
