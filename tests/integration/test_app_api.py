@@ -21,7 +21,7 @@ from invoiced_connect.api import ApiAuthError, ApiEnvironmentError, InvoicedApi
 from invoiced_connect.app_api import TokenVendor
 from invoiced_connect.app_api import answer as typed_answer
 from invoiced_connect.crypto import SealedTokens, TokenCipher, encryption_context
-from invoiced_connect.models import Attention, ConnectionStatus
+from invoiced_connect.models import Attention, ConnectionStatus, TokenSet
 from invoiced_connect.store import Rescue, TokenStore
 from invoiced_connect.tokens import TokenReader, TokenRejected, lambda_invoker
 from local.contracts import validator_for
@@ -420,3 +420,50 @@ def test_a_warm_tokens_function_answers_from_its_cache_with_no_aws_call(stack, c
     for _ in range(20):
         assert vendor.get_token({"connection_id": cid, "min_validity_seconds": 600}) == first
     assert (store.reads, len(kms.decrypts)) == (1, 1)
+
+
+class RecordingApi(BaseAdapter):
+    """Stands in for an Invoiced REST API host: answers 200, records what reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def send(self, request, **kwargs):
+        self.seen.append((request.url, request.headers.get("Authorization", "")))
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b'{"id": 167, "name": "Sandbox Co"}'
+        response.headers["Content-Type"] = "application/json"
+        response.url = request.url
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("recorded_api_url", ["https://api.sandbox.invoiced.com", None])
+def test_a_sandbox_connection_read_with_only_the_outputs_goes_to_the_sandbox_api(stack, cid, monkeypatch,
+                                                                                  restore_settings, recorded_api_url):
+    """A connection made on a sandbox stack (issuer sandbox.invoiced.com; its API URL recorded, or
+    not, as on rows from before it was), read by a consumer configured with nothing but the
+    outputs: its token goes to api.sandbox.invoiced.com."""
+    now = int(time.time())
+    sealed = TokenCipher(stack.kms_key_arn).encrypt(cid, "sandbox-access-token", "sandbox-refresh-token")
+    TokenStore(stack.table_name).save_connection(
+        connection_id=cid, tokens=TokenSet("sandbox-access-token", "sandbox-refresh-token", now + 3600, "167"),
+        ciphertext=sealed, company_name=None, issuer="https://sandbox.invoiced.com", now=now,
+        api_url=recorded_api_url)
+    consumer_environment(stack, monkeypatch)
+    production, sandbox = RecordingApi(), RecordingApi()
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://api.invoiced.com", production)
+    session.mount("https://api.sandbox.invoiced.com", sandbox)
+    with InvoicedApi(cid, session=session) as api:
+        assert api.get("/companies/current")["name"] == "Sandbox Co"
+    assert production.seen == []
+    assert sandbox.seen == [("https://api.sandbox.invoiced.com/companies/current", "Bearer sandbox-access-token")]
+    state = invoke(stack, "connection-state", {"action": "get", "connection_id": cid})["connection"]
+    assert state["api_url"] == "https://api.sandbox.invoiced.com"
