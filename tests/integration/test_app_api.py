@@ -467,3 +467,45 @@ def test_a_sandbox_connection_read_with_only_the_outputs_goes_to_the_sandbox_api
     assert sandbox.seen == [("https://api.sandbox.invoiced.com/companies/current", "Bearer sandbox-access-token")]
     state = invoke(stack, "connection-state", {"action": "get", "connection_id": cid})["connection"]
     assert state["api_url"] == "https://api.sandbox.invoiced.com"
+
+
+def test_a_warm_tokens_function_learns_of_a_forced_refresh_and_a_disconnect_within_a_minute(stack, cid):
+    connect(stack, cid)
+    offset = [0.0]
+    vendor = TokenVendor(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
+                         refresher=lambda: refresher(stack), clock=lambda: time.time() + offset[0])
+    first = vendor.get_token({"connection_id": cid})
+    operator = {"action": "refresh", "connection_id": cid, "force": True}
+    assert invoke(stack, "connections", operator)["outcome"] == "refreshed"  # an operator's refresh elsewhere
+    assert vendor.get_token({"connection_id": cid})["version"] == first["version"]  # still cached...
+    offset[0] = token_sdk.RECHECK_SECONDS + 1
+    replaced = vendor.get_token({"connection_id": cid})  # ...but for at most a minute
+    assert replaced["version"] == first["version"] + 1
+    assert stack.invoiced.is_access_token_valid(replaced["access_token"])
+    invoke(stack, "connections", {"action": "disconnect", "connection_id": cid})
+    offset[0] += token_sdk.RECHECK_SECONDS + 1
+    assert typed_answer(lambda: vendor.get_token({"connection_id": cid}))["error"] == "revoked"
+
+
+def test_many_callers_reporting_one_dead_token_share_one_replacement(stack, cid):
+    """Many callers report the stored token rejected at once: every one gets the one new
+    pair (they wait for its refresher), none is refused as a repeated rejection."""
+    connect(stack, cid)
+    before = stack.invoiced.token_request_count("refresh_token")
+    barrier = threading.Barrier(6)
+    answers: list[dict[str, Any]] = []
+
+    def report() -> None:
+        vendor = TokenVendor(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
+                             refresher=lambda: refresher(stack))
+        barrier.wait()
+        answers.append(typed_answer(lambda: vendor.get_token({"connection_id": cid, "rejected_version": 1})))
+
+    threads = [threading.Thread(target=report) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [answer.get("error") for answer in answers] == [None] * 6
+    assert {answer["version"] for answer in answers} == {2}
+    assert stack.invoiced.token_request_count("refresh_token") - before == 1

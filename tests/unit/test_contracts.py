@@ -161,7 +161,8 @@ VALID = [
     ("links.request", {"connection_id": "user@example.com:42_x.y-z", "ttl_seconds": 2592000}),
     ("links.answer", LINKS_ANSWER),
     ("tokens.request", TOKENS_REQUEST),
-    ("tokens.request", {"connection_id": "acme-7", "min_validity_seconds": 0, "rejected_version": 0}),
+    ("tokens.request", {"connection_id": "acme-7", "min_validity_seconds": 0}),
+    ("tokens.request", {"connection_id": "acme-7", "rejected_version": 0}),
     ("tokens.request", {"connection_id": "acme-7", "min_validity_seconds": 1800, "api_version": 1}),
     ("tokens.answer", TOKENS_ANSWER),
     ("connection-state.request", GET_REQUEST),
@@ -205,7 +206,8 @@ INVALID = [
     # tokens request
     ("tokens.request", changed(TOKENS_REQUEST, min_validity_seconds=-1), "min_validity_seconds below 0"),
     ("tokens.request", changed(TOKENS_REQUEST, min_validity_seconds=1801), "min_validity_seconds above 1800"),
-    ("tokens.request", changed(TOKENS_REQUEST, rejected_version=-1), "a negative rejected_version"),
+    ("tokens.request", {"connection_id": "acme-7", "rejected_version": -1}, "a negative rejected_version"),
+    ("tokens.request", changed(TOKENS_REQUEST, rejected_version=1), "min_validity_seconds with rejected_version"),
     ("tokens.request", changed(TOKENS_REQUEST, ttl_seconds=3600), "a property of another call"),
     # tokens answer
     ("tokens.answer", changed(TOKENS_ANSWER, api_url=DROP), "a tokens answer without api_url"),

@@ -245,13 +245,13 @@ class Refresher:
                 return self._result(row, Outcome.RACE_RECOVERED if raced else Outcome.ALREADY_FRESH)
             if row.next_attempt_at > now:
                 return self._result(row, Outcome.COOLING_DOWN, retry_at=row.next_attempt_at)
-            if after_rejection and row.rejected_refresh_at > now - self.policy.rejected_token_window_seconds:
-                return self._rejected_again(row, now)
             if row.leased_by_other(None, now):
                 if self.clock() >= deadline:
                     return self._result(row, Outcome.BUSY, retry_at=row.lease_until)
                 self._wait_for_change(row, deadline)
-                continue
+                continue  # another refresher's new pair answers a rejection too
+            if after_rejection and row.rejected_refresh_at > now - self.policy.rejected_token_window_seconds:
+                return self._rejected_again(row, now)
             owner = new_owner()
             try:
                 leased, sealed = self.store.take_lease(

@@ -11,10 +11,12 @@ reader decrypt access tokens only: refresh tokens stay with the refresher.
 
 How it stays correct when Invoiced revokes the old pair on every refresh:
 
-* A token is cached in memory only while no refresher can have replaced it:
-  until shortly before the scheduler may rotate it, and never past
-  ``expires_at`` minus a margin. A cache miss is one consistent ``GetItem``;
-  KMS is called only when the stored version changed.
+* A token is cached in memory only while the scheduler cannot have replaced
+  it (until shortly before it may rotate it, never past ``expires_at`` minus
+  a margin), and for at most :data:`RECHECK_SECONDS` before the row is read
+  again: an operator's refresh, a disconnect or a reconnect reach a warm
+  reader within a minute. A cache miss is one consistent ``GetItem``; KMS is
+  called only when the stored version changed.
 * When the stored token is expired or about to be (or the row is in the
   format from before the tokens were encrypted apart), the reader does not
   refresh it itself (it holds no client secret and cannot decrypt a refresh
@@ -60,6 +62,10 @@ MAX_MIN_VALIDITY_SECONDS = 1800
 #: The scheduler may rotate a token this long before its ``refresh_at`` (its
 #: window), plus the schedule's interval and queueing; the cache ends earlier.
 ROTATION_MARGIN_SECONDS = 600
+#: A cached token is checked against the table (one consistent read; no KMS
+#: call while the version is the same) at least this often, so a warm reader
+#: learns of an operator's refresh, a disconnect or a reconnect this soon.
+RECHECK_SECONDS = 60
 
 
 class TokenError(Exception):
@@ -175,6 +181,8 @@ FreshTokens = Callable[[FreshTokenRequest], "AccessToken"]
 class _Cached:
     token: AccessToken
     good_until: float
+    #: When the row was last read (or the token handed out by a refresh).
+    checked_at: float
 
 
 Invoker = Callable[[dict[str, Any]], dict[str, Any]]
@@ -250,7 +258,9 @@ class TokenReader:
         clock: Callable[[], float] = time.time,
         coalesce: bool = True,
         counts: ReadCounts | None = None,
+        recheck_seconds: float = RECHECK_SECONDS,
     ) -> None:
+        self.recheck_seconds = recheck_seconds
         self.store = store
         self.cipher = cipher
         if (invoke is None) == (fresh is None):
@@ -338,7 +348,8 @@ class TokenReader:
     def _cached(self, connection_id: str, min_validity_seconds: int) -> AccessToken | None:
         cached = self._cache.get(connection_id)
         now = self.clock()
-        if cached and now < cached.good_until and cached.token.expires_at - now >= min_validity_seconds:
+        if (cached and now < cached.good_until and now - cached.checked_at < self.recheck_seconds
+                and cached.token.expires_at - now >= min_validity_seconds):
             return cached.token
         return None
 
@@ -385,7 +396,7 @@ class TokenReader:
         return token
 
     def _remember(self, token: AccessToken, *, refresh_at: int | None) -> None:
-        self._cache[token.connection_id] = _Cached(token, self._horizon(token.expires_at, refresh_at))
+        self._cache[token.connection_id] = _Cached(token, self._horizon(token.expires_at, refresh_at), self.clock())
 
     def _good_until(self, row: Connection) -> float:
         """Until when the row's token may be served from memory."""
