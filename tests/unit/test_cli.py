@@ -289,6 +289,20 @@ def test_next_steps_text_before_and_after_configure():
     assert "Client id Abc123 and client secret: configured" in after and "client secret: stored" in after
     unknown = next_steps(_stack(client_id="Abc123"), (None, "AccessDeniedException"))
     assert "unknown (could not read the secret: AccessDeniedException)" in unknown and "configured" not in unknown
+    assert "Wire your app" not in unknown  # a stack without the app API's outputs
+
+
+def test_next_steps_name_the_app_apis_functions_and_policies():
+    from invoiced_connect.deployment import next_steps
+
+    text = next_steps(_stack(client_id="Abc123", LinksFunctionName="ic-sandbox-links",
+                             LinkIssuerPolicyArn="arn:aws:iam::123456789012:policy/links",
+                             TokensFunctionName="ic-sandbox-tokens",
+                             TokenVendingPolicyArn="arn:aws:iam::123456789012:policy/tokens"), (True, ""))
+    assert "4. Wire your app" in text and "docs/app-api.md" in text
+    assert "ic-sandbox-links  (policy arn:aws:iam::123456789012:policy/links)" in text
+    assert "ic-sandbox-tokens  (policy arn:aws:iam::123456789012:policy/tokens)" in text
+    assert "connection state       -  (policy -)" in text
 
 
 def test_next_steps_needs_the_outputs_of_a_finished_deploy():

@@ -705,7 +705,20 @@ def next_steps(stack: StackInfo, secret_state: tuple[bool | None, str], program:
         "",
         f"       {program} --stack {stack.name} link create my-customer-42",
     ]
+    app_api = [(what, stack.outputs.get(name), stack.outputs.get(policy)) for what, name, policy in APP_API_OUTPUTS]
+    if any(name for _, name, _ in app_api):
+        lines += ["", "4. Wire your app (any language, Lambda Invoke with IAM; docs/app-api.md): invoke",
+                  "   the function, with the managed policy on the caller's role:", ""]
+        lines += [f"       {what:<22} {name or '-'}  (policy {policy or '-'})" for what, name, policy in app_api]
     return "\n".join(lines)
+
+
+#: What the app calls, by output: (what, function name output, policy output).
+APP_API_OUTPUTS = (
+    ("connect links", "LinksFunctionName", "LinkIssuerPolicyArn"),
+    ("access tokens", "TokensFunctionName", "TokenVendingPolicyArn"),
+    ("connection state", "ConnectionStateFunctionName", "ConnectionStatePolicyArn"),
+)
 
 
 def stack_next_steps(stack_name: str, cloudformation: Any, secretsmanager: Any, program: str = PROGRAM) -> str:
