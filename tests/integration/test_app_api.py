@@ -252,20 +252,22 @@ def test_a_configured_api_url_of_another_environment_fails_naming_both(stack, ci
 
 
 # ------------------------------------------------------------------ no rotation storm
-class RejectEverything(BaseAdapter):
-    """An API that answers 401 to every token (a consumer pointed at the wrong place)."""
+class FakeApi(BaseAdapter):
+    """Stands in for an Invoiced REST API host: one fixed answer to everything; records what
+    reached it (URL and Authorization)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__()
-        self.sent = 0
+        self.status, self.body = status, body
+        self.seen: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def send(self, request, **kwargs):
         with self._lock:
-            self.sent += 1
+            self.seen.append((request.url, request.headers.get("Authorization", "")))
         response = requests.Response()
-        response.status_code = 401
-        response._content = json.dumps({"type": "invalid_request", "message": "denied"}).encode()
+        response.status_code = self.status
+        response._content = json.dumps(self.body).encode()
         response.headers["Content-Type"] = "application/json"
         response.url = request.url
         response.request = request
@@ -275,11 +277,16 @@ class RejectEverything(BaseAdapter):
         return None
 
 
+def reject_everything() -> FakeApi:
+    """An API that answers 401 to every token (a consumer pointed at the wrong place)."""
+    return FakeApi(401, {"type": "invalid_request", "message": "denied"})
+
+
 def test_many_consumers_rejected_everywhere_cause_at_most_one_rotation_and_the_connection_stays(stack, cid):
     connect(stack, cid)
     before = stack.invoiced.token_request_count("refresh_token")
     api_root = stack.invoiced.api_url
-    adapter = RejectEverything()
+    adapter = reject_everything()
     outcomes: list[str] = []
     barrier = threading.Barrier(8)
 
@@ -422,27 +429,6 @@ def test_a_warm_tokens_function_answers_from_its_cache_with_no_aws_call(stack, c
     assert (store.reads, len(kms.decrypts)) == (1, 1)
 
 
-class RecordingApi(BaseAdapter):
-    """Stands in for an Invoiced REST API host: answers 200, records what reached it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, str]] = []
-
-    def send(self, request, **kwargs):
-        self.seen.append((request.url, request.headers.get("Authorization", "")))
-        response = requests.Response()
-        response.status_code = 200
-        response._content = b'{"id": 167, "name": "Sandbox Co"}'
-        response.headers["Content-Type"] = "application/json"
-        response.url = request.url
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("recorded_api_url", ["https://api.sandbox.invoiced.com", None])
 def test_a_sandbox_connection_read_with_only_the_outputs_goes_to_the_sandbox_api(stack, cid, monkeypatch,
                                                                                   restore_settings, recorded_api_url):
@@ -456,7 +442,7 @@ def test_a_sandbox_connection_read_with_only_the_outputs_goes_to_the_sandbox_api
         ciphertext=sealed, company_name=None, issuer="https://sandbox.invoiced.com", now=now,
         api_url=recorded_api_url)
     consumer_environment(stack, monkeypatch)
-    production, sandbox = RecordingApi(), RecordingApi()
+    production, sandbox = (FakeApi(200, {"id": 167, "name": "Sandbox Co"}) for _ in range(2))
     session = requests.Session()
     session.trust_env = False
     session.mount("https://api.invoiced.com", production)
