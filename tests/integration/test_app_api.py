@@ -495,3 +495,11 @@ def test_many_callers_reporting_one_dead_token_share_one_replacement(stack, cid)
     assert [answer.get("error") for answer in answers] == [None] * 6
     assert {answer["version"] for answer in answers} == {2}
     assert stack.invoiced.token_request_count("refresh_token") - before == 1
+
+
+def test_a_row_from_before_the_split_can_be_disconnected(stack, cid):
+    connect(stack, cid)
+    access, refresh = legacy_row(stack, cid)
+    answer = invoke(stack, "connections", {"action": "disconnect", "connection_id": cid})
+    assert answer["outcome"] == "disconnected"
+    assert not stack.invoiced.is_access_token_valid(access) and not stack.invoiced.is_refresh_token_valid(refresh)

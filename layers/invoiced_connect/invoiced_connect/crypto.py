@@ -100,6 +100,13 @@ class TokenCipher:
             raise LegacyTokenFormat(f"tokens of {connection_id} are stored in the pre-split format")
         return self._decrypt(connection_id, ACCESS, sealed.access).decode("utf-8")
 
+    def decrypt_access_any_format(self, connection_id: str, sealed: SealedTokens) -> str:
+        """The access token in either format (refreshers only: a pre-split pair holds
+        the refresh token too); one KMS call either way."""
+        if sealed.access is not None:
+            return self.decrypt_access(connection_id, sealed)
+        return self._open_pair(connection_id, sealed)[0]
+
     def decrypt_refresh(self, connection_id: str, sealed: SealedTokens) -> str:
         """The refresh token (refreshers only); opens a pre-split row too."""
         if sealed.refresh is not None:

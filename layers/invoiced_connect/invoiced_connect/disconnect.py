@@ -105,7 +105,7 @@ class Disconnector:
         r = self.r
         if row.status is ConnectionStatus.NEEDS_REAUTH or blob is None:
             return "disconnected_dead_grant"
-        access_token, _ = r.cipher.decrypt(row.connection_id, blob)  # either format
+        access_token = r.cipher.decrypt_access_any_format(row.connection_id, blob)  # revoke takes an access token
         try:
             r._invoiced().revoke(access_token)
         except TransientError:

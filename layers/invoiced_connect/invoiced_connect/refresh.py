@@ -298,7 +298,7 @@ class Refresher:
         # The connection moved on (reconnected, disconnected, gone): the kept
         # tokens belong to a grant nobody uses. Revoke it rather than leave
         # a live grant behind, then forget it.
-        access_token, _ = self.cipher.decrypt(connection_id, rescue.sealed)
+        access_token = self.cipher.decrypt_access_any_format(connection_id, rescue.sealed)
         try:
             self._invoiced().revoke(access_token)
         except TransientError:
