@@ -83,7 +83,14 @@ class Faults:
       JSON body is cut in half.
     - ``commit_then_drop_next``: process and commit the grant, then close the
       connection without any response.
-    - ``api_server_error_next``: a 500 ``api_error`` on the REST API host.
+    - ``commit_then_hold_next``: process and commit the grant, then hold the
+      answer ``timeout_seconds`` (a client with a shorter timeout gives up
+      after Invoiced acted).
+    - ``revoke_error_next``: a 503 on ``POST /oauth/revoke``; nothing revoked.
+    - ``api_server_error_next``: a 500 ``api_error`` on the REST API host
+      (for an authenticated request).
+    - ``api_gateway_error_next``: a 502 HTML page from the load balancer in
+      front of the REST API host, before any authentication.
     """
 
     __slots__ = ("_lock", "_values")
@@ -97,7 +104,10 @@ class Faults:
     truncate_next = _Switch[int](0, _count)
     html_next = _Switch[int](0, _count)
     commit_then_drop_next = _Switch[int](0, _count)
+    commit_then_hold_next = _Switch[int](0, _count)
+    revoke_error_next = _Switch[int](0, _count)
     api_server_error_next = _Switch[int](0, _count)
+    api_gateway_error_next = _Switch[int](0, _count)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -342,6 +342,10 @@ class LocalInvoiced:
         if self.faults.consume("commit_then_drop_next"):
             self._record(grant_type, response.status_code, received, "commit_then_drop", error)
             return self._drop_connection(request)
+        if self.faults.consume("commit_then_hold_next"):
+            self._record(grant_type, response.status_code, received, "commit_then_hold", error)
+            self._hold(self.faults.timeout_seconds)
+            return response
         if self.faults.consume("truncate_next"):
             self._record(grant_type, response.status_code, received, "truncate", error)
             body = response.get_data()
@@ -391,6 +395,8 @@ class LocalInvoiced:
         token = request.form.get("token")
         if not token:
             return _api_error(400, INVALID_REQUEST_MESSAGE, param="token")
+        if self.faults.consume("revoke_error_next"):
+            return _html(gateway_page(503, "Service Unavailable"), 503)
         self._oauth.revoke(token)
         return Response(status=204)
 
@@ -414,6 +420,8 @@ class LocalInvoiced:
     # -- API host ------------------------------------------------------------------
 
     def _api_request(self, request: Request) -> Response:
+        if self.faults.consume("api_gateway_error_next"):
+            return _html(gateway_page(502, "Bad Gateway"), 502)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         grant = self._oauth.authenticate_bearer(token) if scheme.lower() == "bearer" and token else None

@@ -10,14 +10,21 @@ import threading
 import time
 import uuid
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from invoiced_connect import events as lifecycle
 from invoiced_connect.crypto import TokenCipher
 from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.refresh import UNKNOWN_OUTCOME_COOLDOWN_SECONDS, Mode, Outcome, RefreshPolicy
-from invoiced_connect.store import Rescue, TokenStore
+from invoiced_connect.refresh import (
+    ROTATED_ANSWER_LOST,
+    UNKNOWN_OUTCOME_COOLDOWN_SECONDS,
+    Mode,
+    Outcome,
+    RefreshPolicy,
+)
+from invoiced_connect.store import LeaseLost, Rescue, TokenStore
 from tests.integration.lifecycle import (
     CountingClient,
     connect,
@@ -160,8 +167,38 @@ def test_a_refresh_that_lost_the_race_is_success_not_failure(stack, cid):
     assert result.outcome is Outcome.RACE_RECOVERED
     current = row(stack, cid)
     assert current.status is ConnectionStatus.ACTIVE and current.lease_owner is None
+    # The result is the row as re-read, the winner's version, not the one leased.
+    assert current.version == 2
+    assert (result.version, result.status) == (current.version, current.status.value)
     assert_live(stack, cid)
     assert lifecycle.CONNECTION_NEEDS_REAUTH not in events.types_for(cid)
+
+
+def test_a_commit_is_refused_once_the_version_moved_even_with_the_lease_still_held(stack, cid):
+    """The commit is conditioned on the version read, not only on the lease:
+    a write that raises the version but leaves the lease in place (none of
+    today's writers does; a future one might) still refuses it."""
+    connect(stack, cid)
+    leased = row(stack, cid)
+    now = int(time.time())
+    store(stack).take_lease(cid, owner="our-refresher", version=leased.version, now=now, until=now + 60)
+    tokens_before = stored_tokens(stack, cid)
+    boto3.client("dynamodb").update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": f"conn#{cid}"}},
+        UpdateExpression="ADD version :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    moved = row(stack, cid)
+    assert moved.version == leased.version + 1 and moved.lease_owner == "our-refresher"
+
+    blob = TokenCipher(stack.kms_key_arn).encrypt(cid, "access-from-a-stale-read", "refresh-from-a-stale-read")
+    with pytest.raises(LeaseLost):
+        store(stack).commit_tokens(cid, owner="our-refresher", version=leased.version, ciphertext=blob,
+                                   expires_at=now + 3600, now=now, refresh_at=now + 3600)
+    after = row(stack, cid)
+    assert (after.version, after.lease_owner) == (moved.version, "our-refresher")
+    assert stored_tokens(stack, cid) == tokens_before
 
 
 # ------------------------------------------------------------------ faults
@@ -211,42 +248,105 @@ def test_repeated_failures_grow_the_backoff_publish_failing_once_and_recover(sta
     assert_live(stack, cid)
 
 
-@pytest.mark.parametrize("fault", ["commit_then_drop_next", "truncate_next"])
-def test_a_lost_answer_is_flagged_and_never_retried_in_a_tight_loop(stack, cid, fault):
+#: The faults after which Invoiced has rotated but the answer is lost: the
+#: connection dropped, the answer held past the client's timeout, a cut body.
+ROTATED_BUT_LOST = {
+    "commit then drop": {"commit_then_drop_next": 1},
+    "timeout after processing": {"commit_then_hold_next": 1, "timeout_seconds": 3},
+    "truncated body": {"truncate_next": 1},
+}
+
+
+def lose_an_answer(stack, cid: str, faults: dict, events=None):
+    """Connect, make due, and refresh once under ``faults``: the answer is lost."""
     connect(stack, cid)
     make_due(stack, cid)
-    stack.invoiced.faults.set(**{fault: 1})
-    events = refresher(stack).events
+    stack.invoiced.faults.set(**faults)
     result = refresher(stack, events=events).refresh(cid)
     assert result.outcome is Outcome.UNKNOWN_OUTCOME
+    return result
+
+
+def after_settling(stack, extra: float = 0.0, **kwargs):
+    """A refresher whose clock is past the settle time of a loss that just happened."""
+    return refresher(stack, clock=lambda: time.time() + RefreshPolicy().settle_seconds + 1 + extra, **kwargs)
+
+
+@pytest.mark.parametrize("faults", ROTATED_BUT_LOST.values(), ids=ROTATED_BUT_LOST.keys())
+def test_a_lost_answer_is_settled_by_a_probe_in_seconds_and_a_dead_pair_is_needs_reauth(stack, cid, faults):
+    events = refresher(stack).events
+    result = lose_an_answer(stack, cid, faults, events)
     current = row(stack, cid)
+    settle = RefreshPolicy().settle_seconds
     assert current.outcome_unknown_at > 0 and current.status is ConnectionStatus.ACTIVE
-    assert current.next_attempt_at >= int(time.time()) + UNKNOWN_OUTCOME_COOLDOWN_SECONDS - 5
+    assert settle < UNKNOWN_OUTCOME_COOLDOWN_SECONDS
+    assert time.time() + settle - 5 <= current.next_attempt_at == result.retry_at <= time.time() + settle + 5
     assert events.types_for(cid) == [lifecycle.CONNECTION_REFRESH_FAILING]
+    # Until nothing can be in flight, nobody tries again.
     before = refresh_calls(stack)
     make_due(stack, cid)
     for mode, stale in ((Mode.SCHEDULED, None), (Mode.ON_DEMAND, 1), (Mode.FORCED, None)):
         assert refresher(stack).refresh(cid, mode=mode, stale_version=stale).outcome is Outcome.COOLING_DOWN
-    assert refresh_calls(stack) == before
-    # Invoiced committed the rotation we never saw: after the cooldown the old
-    # token is tried once, rejected, and the connection honestly needs re-authorization.
-    later = refresher(stack, events=events, clock=lambda: time.time() + UNKNOWN_OUTCOME_COOLDOWN_SECONDS + 60)
-    assert later.refresh(cid).outcome is Outcome.NEEDS_REAUTH
-    assert refresh_calls(stack) == before + 1
-    assert row(stack, cid).status is ConnectionStatus.NEEDS_REAUTH
-
-
-def test_a_timeout_before_invoiced_acted_recovers_after_the_cooldown(stack, cid):
-    connect(stack, cid)
-    make_due(stack, cid)
-    stack.invoiced.faults.set(timeout_next=1, timeout_seconds=3)
-    result = refresher(stack).refresh(cid)
-    assert result.outcome is Outcome.UNKNOWN_OUTCOME
-    later = refresher(stack, clock=lambda: time.time() + UNKNOWN_OUTCOME_COOLDOWN_SECONDS + 60)
-    assert later.refresh(cid).outcome is Outcome.REFRESHED
+    # Then the old access token answers: Invoiced revoked it when it rotated.
+    settled = after_settling(stack, events=events).refresh(cid)
+    assert settled.outcome is Outcome.NEEDS_REAUTH
+    assert refresh_calls(stack) == before  # settled without spending a token request
     current = row(stack, cid)
-    assert current.outcome_unknown_at == 0 and current.failure_count == 0
+    assert current.status is ConnectionStatus.NEEDS_REAUTH and current.status_reason == ROTATED_ANSWER_LOST
+    assert events.types_for(cid) == [lifecycle.CONNECTION_REFRESH_FAILING, lifecycle.CONNECTION_NEEDS_REAUTH]
+
+
+def test_a_timeout_before_invoiced_acted_is_settled_alive_and_refreshed_at_once(stack, cid):
+    lose_an_answer(stack, cid, {"timeout_next": 1, "timeout_seconds": 3})
+    before = refresh_calls(stack)
+    assert after_settling(stack).refresh(cid).outcome is Outcome.REFRESHED
+    assert refresh_calls(stack) == before + 1
+    current = row(stack, cid)
+    assert current.outcome_unknown_at == 0 and current.failure_count == 0 and current.attention is None
+    assert current.version == 2
     assert_live(stack, cid)
+
+
+def test_a_probe_found_alive_then_a_failed_refresh_clears_the_flag_and_backs_off_normally(stack, cid):
+    lose_an_answer(stack, cid, {"timeout_next": 1, "timeout_seconds": 3})
+    stack.invoiced.faults.set(server_error_next=1)
+    result = after_settling(stack).refresh(cid)
+    assert result.outcome is Outcome.TRANSIENT
+    current = row(stack, cid)
+    assert current.outcome_unknown_at == 0 and current.status is ConnectionStatus.ACTIVE
+    assert current.failure_count == 2 and current.attention is None
+    # The normal backoff (second failure: 30-60 s), not the long cooldown.
+    now = time.time() + RefreshPolicy().settle_seconds + 1
+    assert now + 15 <= current.next_attempt_at <= now + 61
+    assert_live(stack, cid)
+
+
+def test_a_probe_without_an_answer_keeps_the_flag_and_the_long_cooldown(stack, cid):
+    lose_an_answer(stack, cid, {"commit_then_drop_next": 1})
+    stack.invoiced.faults.set(api_gateway_error_next=1)
+    before = refresh_calls(stack)
+    result = after_settling(stack).refresh(cid)
+    assert result.outcome is Outcome.UNKNOWN_OUTCOME
+    current = row(stack, cid)
+    assert current.outcome_unknown_at > 0 and current.status is ConnectionStatus.ACTIVE
+    assert current.next_attempt_at >= time.time() + RefreshPolicy().settle_seconds + UNKNOWN_OUTCOME_COOLDOWN_SECONDS - 5
+    assert refresh_calls(stack) == before
+    # The next probe, after the cooldown, settles it.
+    later = after_settling(stack, extra=UNKNOWN_OUTCOME_COOLDOWN_SECONDS + 60)
+    assert later.refresh(cid).outcome is Outcome.NEEDS_REAUTH
+    assert refresh_calls(stack) == before
+
+
+@pytest.mark.parametrize(("faults", "outcome"), [
+    ({"commit_then_drop_next": 1}, Outcome.NEEDS_REAUTH),
+    ({"timeout_next": 1, "timeout_seconds": 3}, Outcome.REFRESHED),
+], ids=["rotated", "not rotated"])
+def test_when_the_old_access_token_expired_anyway_the_old_refresh_token_tells(stack, cid, faults, outcome):
+    lose_an_answer(stack, cid, faults)
+    before = refresh_calls(stack)
+    expired = refresher(stack, clock=lambda: time.time() + 3700)  # past the stored token's expiry
+    assert expired.refresh(cid).outcome is outcome
+    assert refresh_calls(stack) == before + 1  # no probe: the refresh itself answered
 
 
 def test_a_revoked_refresh_token_means_needs_reauth_with_an_event(stack, cid):

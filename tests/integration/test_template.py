@@ -69,6 +69,9 @@ FUNCTION_NAME_SETTINGS = {"CONNECTIONS_FUNCTION_NAME": "ConnectionsFunction", "T
 #: The functions that call Invoiced's token endpoint: the only readers of the
 #: client secret, and the only ones that may decrypt a refresh token.
 TOKEN_ENDPOINT_CALLERS = {"CallbackFunction", "RefreshWorkerFunction", "ConnectionsFunction", "TokensFunction"}
+#: Who may decrypt a refresh token: the refreshers (the callback only ever seals
+#: new ones, and opens a replaced grant's access token to revoke it).
+REFRESH_TOKEN_OPENERS = {"RefreshWorkerFunction", "ConnectionsFunction", "TokensFunction", "TokenRefresherPolicy"}
 #: The functions that sign or check connect links: the only readers of the link signing secret.
 LINK_SIGNERS = {"ConnectFunction", "LinksFunction"}
 #: The app API's managed policies, each for the app's roles and allowing the
@@ -674,7 +677,7 @@ def check_refresh_tokens(tpl: dict[str, Any]) -> list[str]:
     for owner, statement in statements_for(tpl, "kms"):
         if not _decrypts(statement) or _via_dynamodb(statement):
             continue
-        if owner in TOKEN_ENDPOINT_CALLERS | {"TokenRefresherPolicy"}:
+        if owner in REFRESH_TOKEN_OPENERS:
             continue
         token = statement.get("Condition", {}).get("StringEquals", {}).get("kms:EncryptionContext:token")
         if as_list(token) != ["access"]:
@@ -1407,6 +1410,11 @@ REGRESSIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[str, .
     ("key_use", "transformed reader context of other keys", lambda t: _reader_decrypt(t)["Condition"][
         "ForAllValues:StringEquals"].update({"kms:EncryptionContextKeys": ["connection_id", "token", "purpose"]}),
      TS),
+    ("refresh_tokens", "callback decrypts the replaced grant's refresh token", lambda t: _statement(
+        t, "CallbackFunction", "DecryptReplacedAccessTokens")["Condition"]["StringEquals"].update(
+        {"kms:EncryptionContext:token": "refresh"}), S),
+    ("refresh_tokens", "transformed callback decrypts either token", lambda t: _role_statement(
+        t, "CallbackFunction", "DecryptReplacedAccessTokens")["Condition"].pop("StringEquals"), T),
     ("refresh_tokens", "reader decrypts either token", lambda t: _reader_decrypt(t)["Condition"].pop(
         "StringEquals"), S),
     ("refresh_tokens", "reader decrypts refresh tokens", lambda t: _reader_decrypt(t)["Condition"].update(

@@ -35,7 +35,6 @@ from invoiced_connect import b64url
 from invoiced_connect.models import Attention, Connection, InvalidConnectionId, validate_connection_id
 from invoiced_connect.tokens import (
     MAX_MIN_VALIDITY_SECONDS,
-    MIN_VALIDITY_SECONDS,
     AccessToken,
     ConnectionNotFound,
     ConnectionRevoked,
@@ -189,14 +188,12 @@ class TokenVendor:
         connection_id = connection_id_of(request)
         if "min_validity_seconds" in request and "rejected_version" in request:
             raise AppApiError("bad_request", "give min_validity_seconds or rejected_version, not both")
-        min_validity = integer(request, "min_validity_seconds", low=0, high=MAX_MIN_VALIDITY_SECONDS,
-                               default=MIN_VALIDITY_SECONDS)
+        min_validity = integer(request, "min_validity_seconds", low=0, high=MAX_MIN_VALIDITY_SECONDS, default=None)
         rejected = integer(request, "rejected_version", low=0, high=2**53, default=None)
         self.wait_seconds = max(0.0, min(float(REFRESH_WAIT_SECONDS), remaining_seconds - RESERVE_SECONDS))
         if rejected is not None:
             token = self.reader.replace_rejected(connection_id, rejected)
         else:
-            assert min_validity is not None
             token = self.reader.get_token(connection_id, min_validity_seconds=min_validity)
         return token.as_answer()
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from invoiced_connect import events as lifecycle
 from invoiced_connect.crypto import SealedTokens
 from invoiced_connect.invoiced import InvoicedError, TransientError
+from invoiced_connect.lifetimes import min_validity
 from invoiced_connect.models import Connection, ConnectionStatus
-from invoiced_connect.refresh import MIN_VALIDITY_SECONDS, Mode, Outcome, Refresher, new_owner
+from invoiced_connect.refresh import Mode, Outcome, Refresher, new_owner
 from invoiced_connect.store import LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Disconnector:
                     return self._result(row, "busy")
                 r._wait_for_change(row, deadline)
                 continue
-            if row.status is ConnectionStatus.ACTIVE and row.expires_at - now < MIN_VALIDITY_SECONDS:
+            if row.status is ConnectionStatus.ACTIVE and row.expires_at - now < min_validity(row.token_lifetime):
                 # Revoke takes an access token, and an expired one may no
                 # longer be found: rotate first, through the normal (leased,
                 # committed) refresh, then look again.

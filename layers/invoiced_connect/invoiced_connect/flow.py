@@ -8,7 +8,9 @@ of a value kept in a ``__Host-`` cookie) and sends the browser to Invoiced.
 the cookie and the expiry, so a replayed, foreign or double-submitted
 callback never reaches the token endpoint. The link is claimed (one
 connection per link), the code is exchanged exactly once, and the tokens are
-encrypted and stored before anything else. The browser is then sent to the
+encrypted and stored before anything else. A reconnect then revokes the
+grant it replaced at Invoiced (nobody holds its tokens any more; a failure
+there is logged and counted, never the connect's). The browser is then sent to the
 allowlisted return URL, or to the bare ``/callback``, which shows the outcome
 without the code and state in the address bar. Every failure is a plain page
 with a reference.
@@ -31,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from invoiced_connect import b64url, pages
 from invoiced_connect import events as lifecycle
-from invoiced_connect.crypto import TokenCipher
+from invoiced_connect.crypto import SealedTokens, TokenCipher
 from invoiced_connect.events import EventPublisher
 from invoiced_connect.invoiced import (
     ClientAuthError,
@@ -59,6 +61,10 @@ MAX_PARAM_LENGTH = 4096
 _COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
 CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
 COMPANY_LOOKUP_TIMEOUT = 3.0
+#: Revoking the grant a reconnect replaced: best effort, so it never holds the page up long.
+REPLACED_GRANT_REVOKE_TIMEOUT = 3.0
+REPLACED_GRANT_REVOKED = "revoked"
+REPLACED_GRANT_REVOKE_FAILED = "revoke_failed"
 DENIED_MESSAGE = (
     "You declined access to your Invoiced account, so nothing was connected. "
     "To connect after all, open a new connect link from the application."
@@ -123,6 +129,8 @@ class FlowReport:
     outcome: str | None = None
     reason: str | None = None
     connection_id: str | None = None
+    #: A reconnect's replaced grant: ``revoked`` at Invoiced, or ``revoke_failed``.
+    replaced_grant: str | None = None
 
     def identify(self, connection_id: str) -> None:
         self.connection_id = connection_id
@@ -365,7 +373,7 @@ class ConnectFlow:
             ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
             # Just connected: the app is about to use it, so keep it fresh for a while.
             active_until = now + self._policy.active_use_seconds
-            connection = self.store.save_connection(
+            saved = self.store.save_replacing(
                 connection_id=flow.connection_id,
                 tokens=tokens,
                 ciphertext=ciphertext,
@@ -380,11 +388,14 @@ class ConnectFlow:
         except Exception:
             report.fail("store_failed")  # the 500 page and its log line come from the handler
             raise
+        connection = saved.connection
         report.succeed(CONNECTED if connection.version == 1 else RECONNECTED)
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
         )
+        if saved.replaced is not None:
+            report.replaced_grant = self._revoke_replaced(client, connection.connection_id, saved.replaced)
         company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
         if self.events is not None:
             kind = lifecycle.CONNECTION_CREATED if connection.version == 1 else lifecycle.CONNECTION_RECONNECTED
@@ -432,6 +443,24 @@ class ConnectFlow:
             message = "Invoiced did not answer in time. Start again from your connect link."
         logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
         return pages.Outcome(502, "Could not connect", message, reference)
+
+    def _revoke_replaced(self, client: InvoicedClient, connection_id: str, replaced: SealedTokens) -> str:
+        """Revoke the grant a reconnect replaced (nobody holds its tokens any more).
+
+        After the new tokens are stored, and best effort: a failure is logged
+        and counted (``ReplacedGrantRevokeFailed``), and the connect stands.
+        """
+        try:
+            if not replaced.split:
+                raise ValueError("the replaced tokens are in the pre-split format, which this role cannot open")
+            client.revoke(self.cipher.decrypt_access(connection_id, replaced), timeout=REPLACED_GRANT_REVOKE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - never at the new connection's expense
+            logger.warning("the replaced grant could not be revoked at Invoiced; it stays valid there until it "
+                           "expires", extra={"connection_id": connection_id, "error_type": type(exc).__name__,
+                                             "reason": getattr(exc, "reason", None) or None})
+            return REPLACED_GRANT_REVOKE_FAILED
+        logger.info("the replaced grant was revoked at Invoiced", extra={"connection_id": connection_id})
+        return REPLACED_GRANT_REVOKED
 
     def _label(self, client: InvoicedClient, access_token: str, connection_id: str, version: int) -> str | None:
         """Name the connection after its company; best effort, never at the tokens' expense."""

@@ -254,6 +254,7 @@ class InvoicedClient:
         client_secret: Callable[[bool], str] | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_url = api_url.rstrip("/")
@@ -261,6 +262,8 @@ class InvoicedClient:
         self._client_secret = client_secret
         self._timeout = (min(3.05, timeout), timeout)
         self._own_session = session
+        #: When a token response arrived: its ``expires_in`` counts from then.
+        self._clock = clock
 
     @property
     def _session(self) -> requests.Session:
@@ -330,7 +333,7 @@ class InvoicedClient:
         if response.status_code != 200:
             raise classify_token_error(response, form["grant_type"])
         try:
-            return parse_token_response(response)
+            return parse_token_response(response, now=self._clock())
         except InvalidTokenResponseError as exc:
             if exc.reason == "not_json":
                 # A 200 whose body is cut off: Invoiced has committed the
@@ -339,13 +342,14 @@ class InvoicedClient:
             raise
 
     # ---------------------------------------------------------------- revoke
-    def revoke(self, access_token: str) -> None:
+    def revoke(self, access_token: str, *, timeout: float | None = None) -> None:
         """Revoke an access token (and with it its refresh token)."""
         import requests
 
         try:
             response = self._session.post(
-                f"{self.base_url}/oauth/revoke", data={"token": access_token}, timeout=self._timeout
+                f"{self.base_url}/oauth/revoke", data={"token": access_token},
+                timeout=self._timeout if timeout is None else (min(3.05, timeout), timeout),
             )
         except requests.RequestException as exc:
             raise TransientError("could not reach Invoiced", reason=type(exc).__name__) from None
@@ -355,6 +359,29 @@ class InvoicedClient:
             raise RequestRejectedError(f"revoke answered {response.status_code}", status=response.status_code)
 
     # ---------------------------------------------------------------- REST API
+    def token_accepted(self, access_token: str, *, api_url: str | None = None) -> bool:
+        """Whether the API accepts ``access_token`` now: one ``GET /companies/current``.
+
+        ``True`` on 2xx, ``False`` on 401; anything else (no answer, 429,
+        5xx, another status) cannot tell and raises :class:`TransientError`.
+        """
+        import requests
+
+        try:
+            response = self._session.get(
+                f"{(api_url or self.api_url).rstrip('/')}/companies/current",
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            raise TransientError("could not reach the Invoiced API", reason=type(exc).__name__) from None
+        if 200 <= response.status_code < 300:
+            return True
+        if response.status_code == 401:
+            return False
+        raise TransientError(f"companies/current answered {response.status_code}", status=response.status_code,
+                             reason=f"status_{response.status_code}")
+
     def current_company(self, access_token: str, *, timeout: float | None = None) -> Company:
         """``GET /companies/current``: the company the token is for."""
         import requests

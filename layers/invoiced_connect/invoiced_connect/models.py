@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from invoiced_connect.environments import api_url_for_issuer
+from invoiced_connect.lifetimes import lifetime_of
 
 _CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
@@ -98,6 +99,11 @@ class Connection:
     rejected_refresh_at: int = 0
     #: When a rejection after that rotation was last reported (one event per rotation).
     rejected_notice_at: int = 0
+
+    @property
+    def token_lifetime(self) -> int:
+        """Seconds the stored access token was granted for (see :mod:`invoiced_connect.lifetimes`)."""
+        return lifetime_of(self.expires_at, self.refreshed_at)
 
     @property
     def api_base_url(self) -> str | None:

@@ -44,6 +44,8 @@ CONNECTED = "Connected"
 RECONNECTED = "Reconnected"
 REFRESH_FAILED = "RefreshFailed"
 REFRESH_PERMANENT_FAILURE = "RefreshPermanentFailure"
+REPLACED_GRANT_REVOKED = "ReplacedGrantRevoked"
+REPLACED_GRANT_REVOKE_FAILED = "ReplacedGrantRevokeFailed"
 TOKEN_READS = "TokenReads"  # noqa: S105 - a metric name
 TOKEN_CACHE_MISSES = "TokenCacheMisses"  # noqa: S105 - a metric name
 #: The extra dimension of ``ConnectFailed`` (and of no other metric).
@@ -102,6 +104,8 @@ def add_counts(metrics: Metrics, counts: Mapping[str, int]) -> None:
 
 # ---------------------------------------------------------------------- the connect flow
 _FLOW_METRICS = {"started": CONNECT_STARTED, "connected": CONNECTED, "reconnected": RECONNECTED}
+#: ``FlowReport.replaced_grant`` -> its metric (a reconnect's old grant at Invoiced).
+_REPLACED_GRANT_METRICS = {"revoked": REPLACED_GRANT_REVOKED, "revoke_failed": REPLACED_GRANT_REVOKE_FAILED}
 
 
 def count_flow(metrics: Metrics, report: FlowReport) -> None:
@@ -122,6 +126,8 @@ def count_flow(metrics: Metrics, report: FlowReport) -> None:
             metric.add_dimension(name=REASON_DIMENSION, value=reason)
     elif report.outcome in _FLOW_METRICS:
         metrics.add_metric(name=_FLOW_METRICS[report.outcome], unit="Count", value=1)
+    if report.replaced_grant in _REPLACED_GRANT_METRICS:
+        metrics.add_metric(name=_REPLACED_GRANT_METRICS[report.replaced_grant], unit="Count", value=1)
 
 
 # ---------------------------------------------------------------------- the token SDK

@@ -19,9 +19,22 @@ access and refresh token at once, with no grace period. So:
   (the client already re-read its secret once): alarm, connection untouched.
   Transient (5xx, 429, timeouts, resets, HTML): retry later with
   exponential backoff and jitter; the cooldown is stored on the row so no
-  refresher (scheduled or on demand) can hammer Invoiced. Unknown outcome
-  (sent, answer lost): flagged, alarmed, and the old token is tried again
-  only after a long cooldown.
+  refresher (scheduled or on demand) can hammer Invoiced.
+* **Unknown outcome settled by a probe.** The token request was sent and its
+  answer lost: Invoiced may have rotated (and revoked the stored pair) or
+  not. The row is flagged (readers get ``TokenUnavailable`` meanwhile) and,
+  once no request of ours can still be in flight at Invoiced
+  (:attr:`RefreshPolicy.settle_seconds`), the next refresher asks the old
+  access token, which Invoiced revokes at the moment it rotates:
+  ``GET /companies/current`` accepted means no rotation happened (the flag
+  is cleared and the refresh goes ahead), 401 means the rotation happened
+  and its tokens are lost (``needs_reauth`` at once, with its event), no
+  answer keeps the flag and the long cooldown. An access token that has
+  expired anyway cannot tell, so then the old refresh token is tried:
+  refused means the same as the 401.
+* **Margins scale with the lifetime** Invoiced granted (see
+  :mod:`invoiced_connect.lifetimes`): one-hour tokens get the values below,
+  shorter ones a share of them.
 
 Nothing here deletes a connection or decrypts a token without a lease.
 """
@@ -48,6 +61,7 @@ from invoiced_connect.invoiced import (
     TransientError,
     UnknownOutcomeError,
 )
+from invoiced_connect.lifetimes import lifetime_of, min_validity, scaled
 from invoiced_connect.models import Connection, ConnectionStatus
 from invoiced_connect.observability import outcome_metric_name
 from invoiced_connect.store import LeaseLost, Rescue
@@ -65,12 +79,18 @@ T = TypeVar("T")
 #: Backoff after a transient failure: base * 2^(n-1), at most the cap, with jitter.
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 1800
-#: After an answer was lost, the old refresh token is tried again only this much later.
+#: After an answer was lost, the probe is asked this much later at the earliest:
+#: longer than a load balancer in front of Invoiced holds a request (60 s), plus
+#: our own read timeout, so no request of ours can still be in flight.
+UNKNOWN_OUTCOME_SETTLE_SECONDS = 90
+#: When the probe itself got no answer, it is asked again only this much later.
 UNKNOWN_OUTCOME_COOLDOWN_SECONDS = 900
+#: The probe needs the old access token to have at least this left, or it cannot tell.
+PROBE_MIN_VALIDITY_SECONDS = 5
+#: ``status_reason`` of a connection whose rotation happened but whose answer was lost.
+ROTATED_ANSWER_LOST = "rotated_answer_lost"
 #: A "refresh failing" event is published when the failure count reaches this.
 FAILING_EVENT_AFTER = 3
-#: On-demand refreshes happen when the access token has less than this left.
-MIN_VALIDITY_SECONDS = 300
 #: Attempts to store new tokens (encrypt, commit, rescue) before giving up on one step.
 WRITE_ATTEMPTS = 4
 _RETRYABLE_WRITE_ERRORS = frozenset({
@@ -141,27 +161,38 @@ class RefreshPolicy:
     lease_seconds: int = 60
     #: At most one rotation per connection in this time because Invoiced rejected its token.
     rejected_token_window_seconds: int = 300
+    #: After a lost answer, the probe waits this long (see UNKNOWN_OUTCOME_SETTLE_SECONDS).
+    settle_seconds: int = UNKNOWN_OUTCOME_SETTLE_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshPolicy:
         # A token request may take two attempts (the secret re-read), each
         # bounded by the connect and read timeouts; then KMS and the commit.
         lease = max(60, int(4 * settings.http_timeout) + 20)
+        settle = max(UNKNOWN_OUTCOME_SETTLE_SECONDS, 60 + int(2 * settings.http_timeout))
         return cls(settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds, lease,
-                   settings.rejected_token_window_seconds)
+                   settings.rejected_token_window_seconds, settle)
 
     def next_refresh_at(self, *, expires_at: int, now: int, active_until: int) -> int:
-        """When the scheduler should refresh next.
+        """When the scheduler should refresh next, for tokens received at ``now``.
 
+        The scheduler refreshes a row from ``refresh_at - window_seconds`` on.
         In active use the access token is kept fresh ahead of expiry, so
-        readers never wait; otherwise only the keep-alive is scheduled
+        readers never wait: a one-hour token from ``window_seconds`` before
+        it expires, a shorter one from its share of that (``refresh_at`` is
+        then past ``expires_at``). Otherwise only the keep-alive is scheduled
         (refresh tokens die a year after their last rotation) and readers
         refresh on demand: every rotation is a moment a connection can be
         lost, so there are no more of them than needed.
         """
-        if active_until >= expires_at - self.window_seconds:
-            return expires_at
+        lead = self.lead_seconds(lifetime_of(expires_at, now))
+        if active_until >= expires_at - lead:
+            return expires_at - lead + self.window_seconds
         return now + self.keepalive_seconds
+
+    def lead_seconds(self, lifetime: int) -> int:
+        """How long before expiry the scheduler rotates a token of ``lifetime`` seconds."""
+        return scaled(self.window_seconds, lifetime)
 
     def backoff(self, failures: int, rng: Callable[[], float] = random.random) -> int:
         ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
@@ -222,16 +253,18 @@ class Refresher:
         # The common case in one write: lease the row if it needs refreshing
         # now; the update returns what a read would have. Only if that is
         # refused is the row read, to say why.
-        owner = new_owner()
-        try:
-            leased, sealed = self.store.take_lease(
-                connection_id, owner=owner, now=now, until=now + self.policy.lease_seconds,
-                rejected_since=rejected_since, **self._requirement(mode, stale_version, now),
-            )
-        except LeaseLost:
-            pass
-        else:
-            return self._refresh_under_lease(leased, sealed, owner, mode)
+        requirement = self._requirement(mode, stale_version, now)
+        if requirement is not None:
+            owner = new_owner()
+            try:
+                leased, sealed = self.store.take_lease(
+                    connection_id, owner=owner, now=now, until=now + self.policy.lease_seconds,
+                    rejected_since=rejected_since, **requirement,
+                )
+            except LeaseLost:
+                pass
+            else:
+                return self._refresh_under_lease(leased, sealed, owner, mode)
         while True:
             found = self.store.get_connection(connection_id)
             if found is None:
@@ -311,14 +344,15 @@ class Refresher:
             connection_id, Outcome.RESCUE_DISCARDED)
 
     # ---------------------------------------------------------------- the decision
-    def _requirement(self, mode: Mode, stale_version: int | None, now: int) -> dict[str, int]:
-        """What :meth:`_needed` checks, as conditions of the lease (see ``TokenStore.take_lease``)."""
+    def _requirement(self, mode: Mode, stale_version: int | None, now: int) -> dict[str, int] | None:
+        """What :meth:`_needed` checks, as conditions of the lease (see ``TokenStore.take_lease``);
+        ``None`` when the row must be read to decide (the token's own lifetime decides)."""
         if stale_version is not None:
             return {"stale_version": stale_version}
         if mode is Mode.SCHEDULED:
             return {"due_by": now + self.policy.window_seconds}
         if mode is Mode.ON_DEMAND:
-            return {"expiring_before": now + MIN_VALIDITY_SECONDS}
+            return None
         return {}
 
     def _rejected_again(self, row: Connection, now: int) -> RefreshResult:
@@ -334,10 +368,12 @@ class Refresher:
     def _needed(self, row: Connection, mode: Mode, stale_version: int | None, now: int) -> bool:
         if stale_version is not None:
             return row.version <= stale_version
+        if row.outcome_unknown_at:
+            return True  # a lost answer to settle, whatever the mode
         if mode is Mode.SCHEDULED:
             return row.refresh_at is not None and row.refresh_at <= now + self.policy.window_seconds
         if mode is Mode.ON_DEMAND:
-            return row.expires_at - now < MIN_VALIDITY_SECONDS
+            return row.expires_at - now < min_validity(row.token_lifetime)
         return True
 
     def _wait_for_change(self, row: Connection, deadline: float) -> None:
@@ -357,9 +393,15 @@ class Refresher:
     def _refresh_under_lease(self, row: Connection, sealed: SealedTokens | None, owner: str,
                              mode: Mode) -> RefreshResult:
         connection_id = row.connection_id
+        settled = False
         try:
             if sealed is None:
                 raise LeaseLost(f"{connection_id} has no tokens")
+            if row.outcome_unknown_at:
+                probed = self._probe(row, sealed, owner)
+                if isinstance(probed, RefreshResult):
+                    return probed
+                settled = probed
             refresh_token = self.cipher.decrypt_refresh(connection_id, sealed)
             tokens = self._invoiced().refresh(refresh_token)
         except InvalidGrantError as exc:
@@ -374,7 +416,7 @@ class Refresher:
             # and try the old token again only after a long cooldown.
             return self._failed(row, owner, exc.reason, outcome_unknown=True)
         except InvoicedError as exc:
-            return self._failed(row, owner, exc.reason)
+            return self._failed(row, owner, exc.reason, settled=settled)
         except BaseException:
             self.store.release_lease(connection_id, owner=owner)
             raise
@@ -390,6 +432,30 @@ class Refresher:
         if row.outcome_unknown_at:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
         return self._result(committed, Outcome.REFRESHED)
+
+    def _probe(self, row: Connection, sealed: SealedTokens, owner: str) -> RefreshResult | bool:
+        """Settle a lost answer with the old access token (see the module doc).
+
+        ``True``: no rotation happened, refresh now. ``False``: the access
+        token had expired anyway, so only the refresh itself can tell.
+        A :class:`RefreshResult`: settled otherwise (``needs_reauth``, or no
+        answer and the long cooldown).
+        """
+        now = int(self.clock())
+        if row.expires_at <= now + PROBE_MIN_VALIDITY_SECONDS:
+            return False
+        access_token = self.cipher.decrypt_access_any_format(row.connection_id, sealed)
+        try:
+            accepted = self._invoiced().token_accepted(access_token, api_url=row.api_base_url)
+        except InvoicedError as exc:
+            logger.warning("the probe after a lost answer got no answer either",
+                           extra={"connection_id": row.connection_id, "reason": exc.reason})
+            return self._failed(row, owner, "probe_" + (exc.reason or "no_answer"), probe_failed=True)
+        if accepted:
+            logger.info("lost answer settled: Invoiced had not rotated, refreshing again",
+                        extra={"connection_id": row.connection_id})
+            return True
+        return self._reauth(row, owner, ROTATED_ANSWER_LOST)
 
     def _commit(self, row: Connection, owner: str, ciphertext: SealedTokens, expires_at: int,
                 active_until: int | None = None) -> Connection:
@@ -448,38 +514,56 @@ class Refresher:
         if rescue is not None and rescue.base_version == row.version:
             self.store.release_lease(row.connection_id, owner=owner)
             return self.recover(row.connection_id)
+        return self._reauth(row, owner, exc.reason)
+
+    def _reauth(self, row: Connection, owner: str, reason: str) -> RefreshResult:
+        """The stored pair is dead: ``needs_reauth``, with its event."""
         now = int(self.clock())
         try:
             marked = self.store.mark_needs_reauth(row.connection_id, owner=owner, version=row.version, now=now,
-                                                  reason=exc.reason)
+                                                  reason=reason)
         except LeaseLost:
             return self._result(row, Outcome.RACE_RECOVERED)
         logger.warning("refresh token rejected: the connection needs re-authorization",
-                       extra={"connection_id": row.connection_id, "reason": exc.reason})
-        self.events.publish(lifecycle.CONNECTION_NEEDS_REAUTH, marked, reason=exc.reason)
+                       extra={"connection_id": row.connection_id, "reason": reason})
+        self.events.publish(lifecycle.CONNECTION_NEEDS_REAUTH, marked, reason=reason)
         return self._result(marked, Outcome.NEEDS_REAUTH)
 
-    def _failed(self, row: Connection, owner: str, reason: str, *, outcome_unknown: bool = False) -> RefreshResult:
+    def _failed(self, row: Connection, owner: str, reason: str, *, outcome_unknown: bool = False,
+                probe_failed: bool = False, settled: bool = False) -> RefreshResult:
+        """Count a failure and set the cooldown.
+
+        ``outcome_unknown``: the answer was just lost; the probe comes after
+        :attr:`RefreshPolicy.settle_seconds`. ``probe_failed``: the probe got
+        no answer; the flag stays and the next one comes after the long
+        cooldown. ``settled``: the probe found the pair alive, so the flag
+        goes even though this refresh failed (before it was sent, or refused).
+        """
         now = int(self.clock())
         failures = row.failure_count + 1
         delay = self.policy.backoff(failures, self.rng)
         if outcome_unknown:
+            delay = max(delay, self.policy.settle_seconds)
+        elif probe_failed:
             delay = max(delay, UNKNOWN_OUTCOME_COOLDOWN_SECONDS)
+        unknown = True if outcome_unknown else (False if settled else None)
         try:
             marked = self.store.record_failure(row.connection_id, owner=owner, version=row.version, now=now,
                                                reason=reason, next_attempt_at=now + delay,
-                                               outcome_unknown=outcome_unknown,
+                                               outcome_unknown=unknown,
                                                failing=failures >= FAILING_EVENT_AFTER)
         except LeaseLost:
             return self._result(row, Outcome.RACE_RECOVERED)
         extra = {"connection_id": row.connection_id, "reason": reason, "failures": failures, "retry_in": delay}
         if outcome_unknown:
-            logger.error("refresh outcome unknown: the answer was lost", extra={**extra, "alarm": "unknown_outcome"})
+            logger.error("refresh outcome unknown: the answer was lost; probing once nothing can be in flight",
+                         extra={**extra, "alarm": "unknown_outcome"})
         else:
             logger.warning("refresh failed, will retry", extra=extra)
         if outcome_unknown or failures == FAILING_EVENT_AFTER:
             self.events.publish(lifecycle.CONNECTION_REFRESH_FAILING, marked, reason=reason)
-        outcome = Outcome.UNKNOWN_OUTCOME if outcome_unknown else Outcome.TRANSIENT
+        flagged = outcome_unknown or probe_failed or (bool(row.outcome_unknown_at) and not settled)
+        outcome = Outcome.UNKNOWN_OUTCOME if flagged else Outcome.TRANSIENT
         return self._result(marked, outcome, retry_at=now + delay)
 
     @staticmethod

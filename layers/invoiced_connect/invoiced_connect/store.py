@@ -85,6 +85,15 @@ class Rescue:
 
 
 @dataclass(frozen=True)
+class Saved:
+    """A connection as saved by the callback, and the grant it replaced, if any."""
+
+    connection: Connection
+    #: The ciphertexts of the live grant this save replaced (a reconnect), else ``None``.
+    replaced: SealedTokens | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class DueKey:
     """One entry of the due-index: a connection to refresh, or a rescue to recover."""
 
@@ -268,60 +277,80 @@ class TokenStore:
         """Create the connection or replace its tokens (reconnect); version grows.
 
         A reconnect wins over a refresh in flight: the lease is cleared, so
-        that refresher's commit fails and its tokens are kept aside.
+        that refresher's commit fails and its tokens are kept aside. See
+        :meth:`save_replacing` for the grant it replaces.
         """
-        names = {"#status": "status"}
-        values: dict[str, Any] = {
-            ":cid": _s(connection_id),
-            ":tenant": _s(tokens.tenant_id),
-            ":scopes": {"L": [_s(s) for s in tokens.scopes]},
-            ":issuer": _s(issuer),
-            ":active": _s(ConnectionStatus.ACTIVE.value),
-            ":exp": _n(tokens.expires_at),
-            **_sealed_values(ciphertext),
-            ":now": _n(now),
-            ":shard": _n(due_shard(connection_id)),
-            ":one": _n(1),
-            ":refresh_at": _n(tokens.expires_at if refresh_at is None else refresh_at),
-            ":active_until": _n(active_until),
+        return self.save_replacing(
+            connection_id=connection_id, tokens=tokens, ciphertext=ciphertext, company_name=company_name,
+            issuer=issuer, now=now, api_url=api_url, refresh_at=refresh_at, active_until=active_until,
+        ).connection
+
+    def save_replacing(
+        self,
+        *,
+        connection_id: str,
+        tokens: TokenSet,
+        ciphertext: SealedTokens,
+        company_name: str | None,
+        issuer: str,
+        now: int,
+        api_url: str | None = None,
+        refresh_at: int | None = None,
+        active_until: int = 0,
+    ) -> Saved:
+        """:meth:`save_connection`, also returning the ciphertexts of the grant it
+        replaced (a reconnect of a live connection), read in the same write."""
+        attributes: dict[str, Any] = {
+            "connection_id": _s(connection_id),
+            "tenant_id": _s(tokens.tenant_id),
+            "scopes": {"L": [_s(scope) for scope in tokens.scopes]},
+            "issuer": _s(issuer),
+            "status": _s(ConnectionStatus.ACTIVE.value),
+            "expires_at": _n(tokens.expires_at),
+            "access_ciphertext": {"B": ciphertext.access},
+            "refresh_ciphertext": {"B": ciphertext.refresh},
+            "connected_at": _n(now),
+            "refreshed_at": _n(now),
+            "updated_at": _n(now),
+            "due_shard": _n(due_shard(connection_id)),
+            "refresh_at": _n(tokens.expires_at if refresh_at is None else refresh_at),
+            "active_until": _n(active_until),
         }
-        assignments = [
-            "connection_id = :cid",
-            "tenant_id = :tenant",
-            "scopes = :scopes",
-            "issuer = :issuer",
-            "#status = :active",
-            "expires_at = :exp",
-            *_SEALED_ASSIGNMENTS,
-            "created_at = if_not_exists(created_at, :now)",
-            "connected_at = :now",
-            "refreshed_at = :now",
-            "updated_at = :now",
-            "due_shard = :shard",
-            "refresh_at = :refresh_at",
-            "active_until = :active_until",
-        ]
+        if not ciphertext.split:
+            raise ValueError("new tokens are always written in the split format")
         removals = [*_LEASE_FIELDS, *_FAILURE_FIELDS, "status_reason", "revoked_at", "token_ciphertext",
                     "rejected_refresh_at", "rejected_notice_at"]
         if api_url is not None:
-            assignments.append("api_url = :api_url")
-            values[":api_url"] = _s(api_url)
+            attributes["api_url"] = _s(api_url)
         else:
             removals.append("api_url")
         if company_name is not None:
-            assignments.append("company_name = :company")
-            values[":company"] = _s(company_name)
+            attributes["company_name"] = _s(company_name)
         else:
             removals.append("company_name")  # a reconnect may be to another company
+        names = {f"#a{number}": name for number, name in enumerate(attributes)}
+        values = {f":a{number}": value for number, value in enumerate(attributes.values())}
+        values.update({":now": _n(now), ":one": _n(1)})
+        expression = ("SET " + ", ".join(f"#a{number} = :a{number}" for number in range(len(attributes)))
+                      + ", created_at = if_not_exists(created_at, :now) ADD version :one REMOVE "
+                      + ", ".join(removals))
         response = self._db.update_item(
             TableName=self.table_name,
             Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
-            UpdateExpression="SET " + ", ".join(assignments) + " ADD version :one REMOVE " + ", ".join(removals),
+            UpdateExpression=expression,
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
-            ReturnValues="ALL_NEW",
+            ReturnValues="ALL_OLD",
         )
-        return connection_from_item(response["Attributes"])
+        old = response.get("Attributes") or {}
+        # The row as written: what it kept, what was set, the grown version.
+        item = {name: value for name, value in old.items() if name not in removals}
+        item.update(attributes)
+        item["pk"] = _s(CONNECTION_PREFIX + connection_id)
+        item["created_at"] = old.get("created_at", _n(now))
+        item["version"] = _n(int(old.get("version", {}).get("N", "0")) + 1)
+        live = old.get("status", {}).get("S") != ConnectionStatus.REVOKED.value
+        return Saved(connection_from_item(item), sealed_from_item(old) if old and live else None)
 
     def set_company_name(self, connection_id: str, company_name: str, *, version: int) -> bool:
         """Label a connection, unless a newer write has replaced it meanwhile."""
@@ -544,11 +573,13 @@ class TokenStore:
         now: int,
         reason: str,
         next_attempt_at: int,
-        outcome_unknown: bool = False,
+        outcome_unknown: bool | None = None,
         failing: bool = False,
     ) -> Connection:
         """Count a failed refresh, set the cooldown, release the lease; tokens untouched.
 
+        ``outcome_unknown``: ``True`` flags a lost answer (now), ``False``
+        clears the flag (a probe found the pair alive), ``None`` leaves it.
         ``failing``: it has failed often enough (or its outcome is unknown) to
         be listed as needing attention.
         """
@@ -560,14 +591,19 @@ class TokenStore:
             "failure_count = if_not_exists(failure_count, :zero) + :one", "next_attempt_at = :next",
             "refresh_at = :next", "last_error = :reason", "updated_at = :now",
         ]
+        removals = ["lease_owner", "lease_until"]
         if outcome_unknown:
             assignments.append("outcome_unknown_at = :now")
+        elif outcome_unknown is False:
+            removals.append("outcome_unknown_at")
         if failing or outcome_unknown:
             assignments.append("attention = :attention")
             values[":attention"] = _s(Attention.FAILING.value)
+        elif outcome_unknown is False:
+            removals.append("attention")
         return self._update(
             connection_id,
-            "SET " + ", ".join(assignments) + " REMOVE lease_owner, lease_until",
+            "SET " + ", ".join(assignments) + " REMOVE " + ", ".join(removals),
             "version = :v AND lease_owner = :owner",
             values,
         )

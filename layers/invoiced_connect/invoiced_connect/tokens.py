@@ -28,6 +28,18 @@ How it stays correct when Invoiced revokes the old pair on every refresh:
   asked for that version. Replacements for that reason are limited per
   connection (one per ``REJECTED_TOKEN_WINDOW_SECONDS``): beyond that,
   :class:`TokenRejected`, and the stored pair stays as it is.
+* While a refresh's answer is lost (the row is flagged ``outcome_unknown``:
+  Invoiced may have revoked the stored pair), no reader hands out the stored
+  token: it raises :class:`TokenUnavailable` with ``retry_at`` (when the
+  refresher will settle it, about 90 s after the loss), and once it is due
+  the tokens function settles it (see :mod:`invoiced_connect.refresh`):
+  a fresh token, or :class:`NeedsReauthorization`. A warm cache learns of
+  the flag within :data:`RECHECK_SECONDS`, and at once on a 401.
+* The margins scale with the lifetime Invoiced granted (see
+  :mod:`invoiced_connect.lifetimes`): for one-hour tokens a reader never
+  takes one with less than 5 minutes left unless asked otherwise, and never
+  promises more than 30; for a 90-second token 8 s and 45 s. A larger
+  ``min_validity_seconds`` than a connection's tokens can give is capped.
 * Each token says which Invoiced API it belongs to (``api_url``: sandbox or
   production, from the connection's own issuer), so it is never sent to the
   other environment.
@@ -52,16 +64,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoiced_connect.lifetimes import (
+    MAX_MIN_VALIDITY_SECONDS,
+    MIN_VALIDITY_SECONDS,
+    ROTATION_MARGIN_SECONDS,
+    lifetime_of,
+    max_min_validity,
+    min_validity,
+    rotation_margin,
+)
 from invoiced_connect.models import Connection, ConnectionStatus, validate_connection_id
 
-#: Never hand out a token with less than this left (by default); get a fresh one instead.
-MIN_VALIDITY_SECONDS = 300
-#: The most a caller may ask to be left on a token: a fresh one lives about an hour,
-#: and the cache must still be able to answer.
-MAX_MIN_VALIDITY_SECONDS = 1800
-#: The scheduler may rotate a token this long before its ``refresh_at`` (its
-#: window), plus the schedule's interval and queueing; the cache ends earlier.
-ROTATION_MARGIN_SECONDS = 600
+__all__ = [
+    "ERRORS_BY_CODE", "MAX_MIN_VALIDITY_SECONDS", "MIN_VALIDITY_SECONDS", "READ_COUNTS", "RECHECK_SECONDS",
+    "ROTATION_MARGIN_SECONDS", "AccessToken", "ConnectionNotFound", "ConnectionRevoked", "FreshTokenRequest",
+    "NeedsReauthorization", "ReadCounts", "TokenError", "TokenReader", "TokenRejected", "TokenUnavailable",
+    "default_reader", "disconnect", "get_access_token", "get_token", "lambda_invoker", "token_from_answer",
+]
+
 #: A cached token is checked against the table (one consistent read; no KMS
 #: call while the version is the same) at least this often, so a warm reader
 #: learns of an operator's refresh, a disconnect or a reconnect this soon.
@@ -99,7 +119,8 @@ class ConnectionRevoked(TokenError):
 
 
 class TokenUnavailable(TokenError):
-    """No valid token right now (Invoiced unreachable, refresh cooling down); try again later."""
+    """No valid token right now (Invoiced unreachable, refresh cooling down, a lost
+    answer being settled); try again at ``retry_at``."""
 
     code = "unavailable"
 
@@ -160,8 +181,9 @@ class FreshTokenRequest:
     """What a reader asks for when its stored token will not do."""
 
     connection_id: str
-    min_validity_seconds: int = MIN_VALIDITY_SECONDS
-    #: The version found expiring, in the pre-split format, or rejected.
+    #: What the caller asked for (``None``: the default for the token's lifetime).
+    min_validity_seconds: int | None = None
+    #: The version found expiring, in the pre-split format, flagged, or rejected.
     stale_version: int | None = None
     #: Invoiced answered 401 to the token of ``stale_version``.
     rejected: bool = False
@@ -170,6 +192,8 @@ class FreshTokenRequest:
         """The ``tokens.request`` sent to the tokens function (which reads the version itself)."""
         if self.rejected:
             return {"connection_id": self.connection_id, "rejected_version": self.stale_version}
+        if self.min_validity_seconds is None:
+            return {"connection_id": self.connection_id}
         return {"connection_id": self.connection_id, "min_validity_seconds": self.min_validity_seconds}
 
 
@@ -183,6 +207,8 @@ class _Cached:
     good_until: float
     #: When the row was last read (or the token handed out by a refresh).
     checked_at: float
+    #: The token's lifetime (for a token from the tokens function: what it had left).
+    lifetime: int
 
 
 Invoker = Callable[[dict[str, Any]], dict[str, Any]]
@@ -279,11 +305,14 @@ class TokenReader:
         self.counts = READ_COUNTS if counts is None else counts
 
     # ---------------------------------------------------------------- public
-    def get_token(self, connection_id: str, *, min_validity_seconds: int = MIN_VALIDITY_SECONDS) -> AccessToken:
-        """A token valid at least ``min_validity_seconds`` more (see the module doc)."""
+    def get_token(self, connection_id: str, *, min_validity_seconds: int | None = None) -> AccessToken:
+        """A token valid at least ``min_validity_seconds`` more (default: 300 s for
+        one-hour tokens, a share of that for shorter ones; capped at half the
+        token's lifetime); see the module doc."""
         validate_connection_id(connection_id)
-        if isinstance(min_validity_seconds, bool) or not isinstance(min_validity_seconds, int) or not (
-                0 <= min_validity_seconds <= MAX_MIN_VALIDITY_SECONDS):
+        if min_validity_seconds is not None and (
+                isinstance(min_validity_seconds, bool) or not isinstance(min_validity_seconds, int)
+                or not 0 <= min_validity_seconds <= MAX_MIN_VALIDITY_SECONDS):
             raise ValueError(f"min_validity_seconds must be an integer from 0 to {MAX_MIN_VALIDITY_SECONDS}")
         hit = self._cached(connection_id, min_validity_seconds)
         if hit is not None:
@@ -310,7 +339,7 @@ class TokenReader:
             if cached and cached.token.access_token == access_token:
                 del self._cache[connection_id]
             row, sealed = self._row(connection_id)
-            if sealed.split:
+            if self._servable(row, sealed):
                 current = self._decrypted(row, sealed)
                 if current.access_token != access_token:
                     return current  # already replaced by a refresh
@@ -333,7 +362,7 @@ class TokenReader:
         (the newer stored one if there is one already)."""
         validate_connection_id(connection_id)
         row, sealed = self._row(connection_id)
-        if row.version > version and sealed.split:
+        if row.version > version and self._servable(row, sealed):
             return self._decrypted(row, sealed)
         return self._fetch(FreshTokenRequest(connection_id, stale_version=version, rejected=True))
 
@@ -345,11 +374,11 @@ class TokenReader:
             self._cache.pop(connection_id, None)
 
     # ---------------------------------------------------------------- internals
-    def _cached(self, connection_id: str, min_validity_seconds: int) -> AccessToken | None:
+    def _cached(self, connection_id: str, min_validity_seconds: int | None) -> AccessToken | None:
         cached = self._cache.get(connection_id)
         now = self.clock()
         if (cached and now < cached.good_until and now - cached.checked_at < self.recheck_seconds
-                and cached.token.expires_at - now >= min_validity_seconds):
+                and cached.token.expires_at - now >= _needed(min_validity_seconds, cached.lifetime)):
             return cached.token
         return None
 
@@ -359,15 +388,33 @@ class TokenReader:
         with self._guard:
             return self._locks.setdefault(connection_id, threading.Lock())
 
-    def _load(self, connection_id: str, min_validity_seconds: int) -> AccessToken:
+    def _load(self, connection_id: str, min_validity_seconds: int | None) -> AccessToken:
         row, sealed = self._row(connection_id)
-        if sealed.split and row.expires_at - self.clock() >= max(min_validity_seconds, 1):
+        needed = _needed(min_validity_seconds, row.token_lifetime)
+        if self._servable(row, sealed) and row.expires_at - self.clock() >= max(needed, 1):
             return self._decrypted(row, sealed)
-        # Expiring, or stored in the pre-split format that only a refresher may open.
+        # Expiring, flagged (a lost answer to settle), or stored in the
+        # pre-split format that only a refresher may open.
         fresh = self._fetch(FreshTokenRequest(connection_id, min_validity_seconds, stale_version=row.version))
-        if fresh.expires_at - self.clock() < min_validity_seconds:
+        if fresh.expires_at - self.clock() < _needed(min_validity_seconds, self._lifetime_of(fresh)):
             raise TokenUnavailable(connection_id, "the access token has expired and was not refreshed")
         return fresh
+
+    def _servable(self, row: Connection, sealed: Any) -> bool:
+        """Whether the stored access token may be handed out as it is.
+
+        Not while a lost answer is unsettled: then :class:`TokenUnavailable`
+        until the refresher may settle it, and after that only the tokens
+        function's answer. Not in the pre-split format either (a refresher
+        must open it).
+        """
+        if row.outcome_unknown_at:
+            if row.next_attempt_at > self.clock():
+                raise TokenUnavailable(
+                    row.connection_id, f"connection {row.connection_id!r} is being checked after a lost "
+                    "answer from Invoiced; its stored token may be dead", retry_at=row.next_attempt_at)
+            return False
+        return bool(sealed.split)
 
     def _row(self, connection_id: str) -> tuple[Connection, Any]:
         """The current row and its ciphertexts, or the error that its status means."""
@@ -392,36 +439,53 @@ class TokenReader:
             access_token = self.cipher.decrypt_access(row.connection_id, sealed)
         token = AccessToken(row.connection_id, access_token, row.expires_at, row.api_base_url, row.tenant_id,
                             row.version)
-        self._remember(token, refresh_at=row.refresh_at)
+        self._remember(token, refresh_at=row.refresh_at, lifetime=row.token_lifetime)
         return token
 
-    def _remember(self, token: AccessToken, *, refresh_at: int | None) -> None:
-        self._cache[token.connection_id] = _Cached(token, self._horizon(token.expires_at, refresh_at), self.clock())
+    def _remember(self, token: AccessToken, *, refresh_at: int | None, lifetime: int) -> None:
+        self._cache[token.connection_id] = _Cached(token, self._horizon(token.expires_at, refresh_at, lifetime),
+                                                   self.clock(), lifetime)
 
     def _good_until(self, row: Connection) -> float:
         """Until when the row's token may be served from memory."""
-        return self._horizon(row.expires_at, row.refresh_at)
+        return self._horizon(row.expires_at, row.refresh_at, row.token_lifetime)
 
-    def _horizon(self, expires_at: int, refresh_at: int | None) -> float:
-        until = expires_at - MIN_VALIDITY_SECONDS
+    def _horizon(self, expires_at: int, refresh_at: int | None, lifetime: int) -> float:
+        until = expires_at - min_validity(lifetime)
         if refresh_at is not None:
             # The scheduler may rotate it from refresh_at - window on.
-            until = min(until, refresh_at - self.window_seconds - ROTATION_MARGIN_SECONDS)
+            until = min(until, refresh_at - self.window_seconds - rotation_margin(lifetime))
         return until
+
+    def _lifetime_of(self, token: AccessToken) -> int:
+        """A token from the tokens function: its lifetime is at least what it has left."""
+        return lifetime_of(token.expires_at, int(self.clock()))
 
     def _fetch(self, request: FreshTokenRequest) -> AccessToken:
         """A fresh token (a locked refresh if needed), cached."""
         self.calls["refresh_requests"] += 1
         token = self._fresh(request)
-        self._remember(token, refresh_at=None)
+        self._remember(token, refresh_at=None, lifetime=self._lifetime_of(token))
         return token
 
     def read_stored(self, connection_id: str) -> AccessToken:
-        """The stored token as it is now (one consistent read), whatever its validity."""
+        """The stored token as it is now (one consistent read), whatever its validity,
+        unless it may be dead (a lost answer) or is in the pre-split format."""
         row, sealed = self._row(connection_id)
-        if not sealed.split:
+        if not self._servable(row, sealed):
+            if row.outcome_unknown_at:
+                raise TokenUnavailable(connection_id, "the stored token may be dead (a lost answer is being "
+                                       "settled)", retry_at=max(row.next_attempt_at, int(self.clock()) + 1))
             raise TokenUnavailable(connection_id, "the stored tokens are in the pre-split format")
         return self._decrypted(row, sealed)
+
+
+def _needed(min_validity_seconds: int | None, lifetime: int) -> int:
+    """The least time left a token must have: what was asked (capped at what a
+    token of ``lifetime`` can give), or the default for that lifetime."""
+    if min_validity_seconds is None:
+        return min_validity(lifetime)
+    return min(min_validity_seconds, max_min_validity(lifetime))
 
 
 class _NoLock:
@@ -451,7 +515,7 @@ def default_reader() -> TokenReader:
     )
 
 
-def get_token(connection_id: str, *, min_validity_seconds: int = MIN_VALIDITY_SECONDS) -> AccessToken:
+def get_token(connection_id: str, *, min_validity_seconds: int | None = None) -> AccessToken:
     """A valid access token for ``connection_id`` and its API URL; see :class:`TokenReader`."""
     return default_reader().get_token(connection_id, min_validity_seconds=min_validity_seconds)
 
