@@ -9,6 +9,7 @@ table is a real, live connection. Used by the lifecycle tests and by
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -22,26 +23,32 @@ from invoiced_connect.refresh import RefreshPolicy
 from invoiced_connect.store import TokenStore
 
 
-def invoiced_client(stack: Any) -> InvoicedClient:
+def invoiced_client(stack: Any, *, invoiced: Any = None, clock: Callable[[], float] = time.time) -> InvoicedClient:
+    """A client of the stack's local Invoiced (or of ``invoiced``, another one)."""
+    server = invoiced or stack.invoiced
     return InvoicedClient(
-        base_url=stack.invoiced.base_url,
-        api_url=stack.invoiced.api_url,
+        base_url=server.base_url,
+        api_url=server.api_url,
         client_id=stack.client_id,
         client_secret=lambda force: stack.client_secret,
         timeout=float(stack.env.get("HTTP_TIMEOUT_SECONDS", 2)),
+        clock=clock,
     )
 
 
-def connect(stack: Any, connection_id: str, *, active_use: bool = True) -> Connection:
-    """Authorize, exchange the code and store the tokens, as the callback does."""
-    client = invoiced_client(stack)
+def connect(stack: Any, connection_id: str, *, active_use: bool = True, invoiced: Any = None,
+            clock: Callable[[], float] = time.time) -> Connection:
+    """Authorize, exchange the code and store the tokens, as the callback does
+    (at the stack's local Invoiced, or at ``invoiced``, on ``clock``)."""
+    server = invoiced or stack.invoiced
+    client = invoiced_client(stack, invoiced=server, clock=clock)
     verifier = new_verifier()
     url = client.authorize_url(redirect_uri=stack.callback_url, scope="read_write", state=random_token(),
                                code_challenge=s256_challenge(verifier))
-    location = stack.invoiced.consent(url)
+    location = server.consent(url)
     code = location.split("code=", 1)[1].split("&", 1)[0]
     tokens = client.exchange_code(code=unquote(code), redirect_uri=stack.callback_url, code_verifier=verifier)
-    now = int(time.time())
+    now = int(clock())
     policy = RefreshPolicy()
     active_until = now + policy.active_use_seconds if active_use else 0
     return store(stack).save_connection(
@@ -49,8 +56,8 @@ def connect(stack: Any, connection_id: str, *, active_use: bool = True) -> Conne
         tokens=tokens,
         ciphertext=TokenCipher(stack.kms_key_arn).encrypt(connection_id, tokens.access_token, tokens.refresh_token),
         company_name=None,
-        issuer=stack.invoiced.base_url,
-        api_url=stack.invoiced.api_url,
+        issuer=server.base_url,
+        api_url=server.api_url,
         now=now,
         refresh_at=policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until),
         active_until=active_until,
