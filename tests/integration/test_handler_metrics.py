@@ -162,7 +162,18 @@ def test_callback_counts_connected_reconnected_and_nothing_for_the_outcome_page(
 
     again = handlers.start(connection_id)
     handlers.callback(consent(stack, again.location, company_id=168), again.cookie)
-    assert counts(handlers) == {"Reconnected": 1}
+    assert counts(handlers) == {"Reconnected": 1, "ReplacedGrantRevoked": 1}
+
+
+def test_a_reconnect_whose_old_grant_cannot_be_revoked_counts_it_and_still_connects(stack, handlers, invoiced):
+    connection_id = new_id("m-rv")
+    started = handlers.start(connection_id)
+    handlers.callback(consent(stack, started.location), started.cookie)
+    counts(handlers)
+    again = handlers.start(connection_id)
+    invoiced.faults.set(revoke_error_next=1)
+    handlers.callback(consent(stack, again.location), again.cookie)
+    assert counts(handlers) == {"Reconnected": 1, "ReplacedGrantRevokeFailed": 1}
 
 
 def test_callback_counts_each_failure_by_reason(stack, handlers, invoiced, monkeypatch):
