@@ -59,7 +59,8 @@ def connect(stack: Any, connection_id: str, *, active_use: bool = True, invoiced
         issuer=server.base_url,
         api_url=server.api_url,
         now=now,
-        refresh_at=policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until),
+        refresh_at=policy.next_refresh_at(expires_at=tokens.expires_at, now=now, active_until=active_until,
+                                          lifetime=tokens.lifetime),
         active_until=active_until,
     )
 

@@ -54,7 +54,8 @@ def test_the_margins_of_a_90_second_token_are_a_share_of_the_one_hour_ones():
     assert min_validity(3600) == min_validity(7200) == 300
     policy = RefreshPolicy()
     # The scheduler rotates a 90-second token 23 s before expiry (its share of the window) ...
-    assert policy.next_refresh_at(expires_at=1090, now=1000, active_until=5000) - policy.window_seconds == 1090 - 23
+    assert policy.next_refresh_at(expires_at=1090, now=1000, active_until=5000,
+                                  lifetime=LIFETIME) - policy.window_seconds == 1090 - 23
     # ... and a one-hour token 15 minutes before, as before.
     assert policy.next_refresh_at(expires_at=4600, now=1000, active_until=9000) == 4600
 

@@ -382,7 +382,7 @@ class ConnectFlow:
                 api_url=self.settings.invoiced_api_url,
                 now=now,
                 refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
-                                                        active_until=active_until),
+                                                        active_until=active_until, lifetime=tokens.lifetime),
                 active_until=active_until,
             )
         except Exception:

@@ -204,6 +204,7 @@ def parse_token_response(response: requests.Response, *, now: float | None = Non
         expires_at=int(issued + expires_in),
         tenant_id=tenant_id,
         scopes=scopes,
+        lifetime=expires_in,
     )
 
 

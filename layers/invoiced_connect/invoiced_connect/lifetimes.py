@@ -9,8 +9,10 @@ lives less than an hour gets the same margins scaled by its lifetime
 served by a fresh token, and N readers still cause at most one rotation per
 lifetime. Longer tokens keep the one-hour values.
 
-The lifetime of a stored token is what Invoiced granted: its ``expires_at``
-minus the moment it was received (``refreshed_at``).
+The lifetime of a stored token is what Invoiced granted (``expires_in``,
+recorded on the row as ``token_lifetime``; one hour on rows from before it
+was). A token from the tokens function counts as living at least what it
+has left.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def scaled(seconds: int, lifetime: int) -> int:
 
 
 def lifetime_of(expires_at: int, issued_at: int) -> int:
-    """The lifetime granted to a token received at ``issued_at`` (one hour if unknown)."""
+    """The lifetime of a token that expires at ``expires_at``, counted from
+    ``issued_at`` (one hour if that says nothing)."""
     if issued_at <= 0 or expires_at <= issued_at:
         return REFERENCE_LIFETIME_SECONDS
     return expires_at - issued_at

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from invoiced_connect.environments import api_url_for_issuer
-from invoiced_connect.lifetimes import lifetime_of
+from invoiced_connect.lifetimes import REFERENCE_LIFETIME_SECONDS
 
 _CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
@@ -57,6 +57,8 @@ class TokenSet:
     expires_at: int
     tenant_id: str
     scopes: tuple[str, ...] = ()
+    #: Seconds the access token was granted for (``expires_in``).
+    lifetime: int = REFERENCE_LIFETIME_SECONDS
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,8 @@ class Connection:
     rejected_refresh_at: int = 0
     #: When a rejection after that rotation was last reported (one event per rotation).
     rejected_notice_at: int = 0
-
-    @property
-    def token_lifetime(self) -> int:
-        """Seconds the stored access token was granted for (see :mod:`invoiced_connect.lifetimes`)."""
-        return lifetime_of(self.expires_at, self.refreshed_at)
+    #: Seconds the stored access token was granted for (one hour on rows from before it was recorded).
+    token_lifetime: int = REFERENCE_LIFETIME_SECONDS
 
     @property
     def api_base_url(self) -> str | None:

@@ -61,7 +61,7 @@ from invoiced_connect.invoiced import (
     TransientError,
     UnknownOutcomeError,
 )
-from invoiced_connect.lifetimes import lifetime_of, min_validity, scaled
+from invoiced_connect.lifetimes import REFERENCE_LIFETIME_SECONDS, min_validity, scaled
 from invoiced_connect.models import Connection, ConnectionStatus
 from invoiced_connect.observability import outcome_metric_name
 from invoiced_connect.store import LeaseLost, Rescue
@@ -173,8 +173,9 @@ class RefreshPolicy:
         return cls(settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds, lease,
                    settings.rejected_token_window_seconds, settle)
 
-    def next_refresh_at(self, *, expires_at: int, now: int, active_until: int) -> int:
-        """When the scheduler should refresh next, for tokens received at ``now``.
+    def next_refresh_at(self, *, expires_at: int, now: int, active_until: int,
+                        lifetime: int = REFERENCE_LIFETIME_SECONDS) -> int:
+        """When the scheduler should refresh next, for tokens of ``lifetime`` seconds.
 
         The scheduler refreshes a row from ``refresh_at - window_seconds`` on.
         In active use the access token is kept fresh ahead of expiry, so
@@ -185,7 +186,7 @@ class RefreshPolicy:
         refresh on demand: every rotation is a moment a connection can be
         lost, so there are no more of them than needed.
         """
-        lead = self.lead_seconds(lifetime_of(expires_at, now))
+        lead = self.lead_seconds(lifetime)
         if active_until >= expires_at - lead:
             return expires_at - lead + self.window_seconds
         return now + self.keepalive_seconds
@@ -318,7 +319,7 @@ class Refresher:
             except LeaseLost:
                 return self._result(row, Outcome.BUSY)
             try:
-                committed = self._commit(leased, owner, rescue.sealed, rescue.expires_at)
+                committed = self._commit(leased, owner, rescue.sealed, rescue.expires_at, lifetime=rescue.lifetime)
             except LeaseLost:
                 return self._result(row, Outcome.BUSY)
             except BaseException:
@@ -426,9 +427,10 @@ class Refresher:
         ciphertext = self._retry_write(
             lambda: self.cipher.encrypt(connection_id, tokens.access_token, tokens.refresh_token))
         try:
-            committed = self._commit(row, owner, ciphertext, tokens.expires_at, active_until=active_until)
+            committed = self._commit(row, owner, ciphertext, tokens.expires_at, active_until=active_until,
+                                     lifetime=tokens.lifetime)
         except (LeaseLost, ClientError, BotoCoreError) as exc:
-            return self._keep_aside(row, owner, ciphertext, tokens.expires_at, type(exc).__name__)
+            return self._keep_aside(row, owner, ciphertext, tokens.expires_at, type(exc).__name__, tokens.lifetime)
         if row.outcome_unknown_at:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
         return self._result(committed, Outcome.REFRESHED)
@@ -458,14 +460,15 @@ class Refresher:
         return self._reauth(row, owner, ROTATED_ANSWER_LOST)
 
     def _commit(self, row: Connection, owner: str, ciphertext: SealedTokens, expires_at: int,
-                active_until: int | None = None) -> Connection:
+                active_until: int | None = None, lifetime: int = REFERENCE_LIFETIME_SECONDS) -> Connection:
         """The versioned commit, retried on throttling; :class:`LeaseLost` is final."""
         now = int(self.clock())
         until = row.active_until if active_until is None else active_until
-        refresh_at = self.policy.next_refresh_at(expires_at=expires_at, now=now, active_until=until)
+        refresh_at = self.policy.next_refresh_at(expires_at=expires_at, now=now, active_until=until,
+                                                 lifetime=lifetime)
         return self._retry_write(lambda: self.store.commit_tokens(
             row.connection_id, owner=owner, version=row.version, ciphertext=ciphertext,
-            expires_at=expires_at, now=now, refresh_at=refresh_at, active_until=active_until,
+            expires_at=expires_at, now=now, refresh_at=refresh_at, active_until=active_until, lifetime=lifetime,
         ))
 
     def _retry_write(self, write: Callable[[], T]) -> T:
@@ -483,9 +486,9 @@ class Refresher:
         raise AssertionError("unreachable")
 
     def _keep_aside(self, row: Connection, owner: str, ciphertext: SealedTokens, expires_at: int,
-                    reason: str) -> RefreshResult:
+                    reason: str, lifetime: int) -> RefreshResult:
         now = int(self.clock())
-        rescue = Rescue(row.connection_id, ciphertext, row.version, expires_at, now, reason)
+        rescue = Rescue(row.connection_id, ciphertext, row.version, expires_at, now, reason, lifetime)
         self._retry_write(lambda: self.store.put_rescue(rescue))
         logger.error("new tokens could not be committed; kept aside for recovery",
                      extra={"connection_id": row.connection_id, "reason": reason, "alarm": "tokens_kept_aside"})

@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 
 from invoiced_connect import aws
 from invoiced_connect.crypto import SealedTokens
+from invoiced_connect.lifetimes import REFERENCE_LIFETIME_SECONDS
 from invoiced_connect.models import Attention, Connection, ConnectionStatus, TokenSet
 
 CONNECTION_PREFIX = "conn#"
@@ -82,6 +83,8 @@ class Rescue:
     expires_at: int
     rescued_at: int
     reason: str
+    #: Seconds the kept access token was granted for.
+    lifetime: int = REFERENCE_LIFETIME_SECONDS
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,7 @@ class TokenStore:
             "issuer": _s(issuer),
             "status": _s(ConnectionStatus.ACTIVE.value),
             "expires_at": _n(tokens.expires_at),
+            "token_lifetime": _n(tokens.lifetime),
             "access_ciphertext": {"B": ciphertext.access},
             "refresh_ciphertext": {"B": ciphertext.refresh},
             "connected_at": _n(now),
@@ -535,11 +539,13 @@ class TokenStore:
         now: int,
         refresh_at: int,
         active_until: int | None = None,
+        lifetime: int = REFERENCE_LIFETIME_SECONDS,
     ) -> Connection:
         """Store rotated tokens, if the row is still at ``version`` and the lease ours."""
         values: dict[str, Any] = {
             **_sealed_values(ciphertext),
             ":exp": _n(expires_at),
+            ":lifetime": _n(lifetime),
             ":now": _n(now),
             ":refresh_at": _n(refresh_at),
             ":shard": _n(due_shard(connection_id)),
@@ -549,7 +555,8 @@ class TokenStore:
             ":owner": _s(owner),
         }
         assignments = [
-            *_SEALED_ASSIGNMENTS, "expires_at = :exp", "refreshed_at = :now", "updated_at = :now",
+            *_SEALED_ASSIGNMENTS, "expires_at = :exp", "token_lifetime = :lifetime", "refreshed_at = :now",
+            "updated_at = :now",
             "refresh_at = :refresh_at", "due_shard = :shard", "#status = :active",
         ]
         if active_until is not None:
@@ -645,6 +652,7 @@ class TokenStore:
                    if rescue.sealed.split else {"token_ciphertext": {"B": rescue.sealed.pair}}),
                 "base_version": _n(rescue.base_version),
                 "expires_at": _n(rescue.expires_at),
+                "token_lifetime": _n(rescue.lifetime),
                 "rescued_at": _n(rescue.rescued_at),
                 "reason": _s(rescue.reason),
                 "due_shard": _n(due_shard(rescue.connection_id)),
@@ -668,6 +676,7 @@ class TokenStore:
             expires_at=int(item["expires_at"]["N"]),
             rescued_at=int(item["rescued_at"]["N"]),
             reason=item["reason"]["S"],
+            lifetime=_int(item, "token_lifetime") or REFERENCE_LIFETIME_SECONDS,
         )
 
     def delete_rescue(self, rescue: Rescue) -> None:
@@ -747,6 +756,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         attention=Attention(item["attention"]["S"]) if "attention" in item else None,
         rejected_refresh_at=_int(item, "rejected_refresh_at"),
         rejected_notice_at=_int(item, "rejected_notice_at"),
+        token_lifetime=_int(item, "token_lifetime") or REFERENCE_LIFETIME_SECONDS,
     )
 
 
