@@ -94,3 +94,19 @@ def test_ninety_second_tokens_serve_every_reader_with_about_one_rotation_per_lif
     most = math.ceil(LIFETIMES * LIFETIME / (LIFETIME - scaled(900, LIFETIME)))
     assert all(LIFETIMES - 1 <= count <= most for count in rotations), rotations
     assert server.token_request_count("refresh_token") == sum(rotations)
+
+
+def test_a_larger_validity_than_a_short_token_can_give_is_capped_not_a_refresh_storm(stack, short_lived):
+    server, clock = short_lived
+    client = invoiced_client(stack, invoiced=server, clock=clock)
+    vendor = TokenVendor(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
+                         refresher=lambda: refresher(stack, client=client, clock=clock), clock=clock)
+    connection_id = f"short-{uuid.uuid4().hex[:8]}"
+    connect(stack, connection_id, invoiced=server, clock=clock)
+    clock.now += 50  # 40 s left: less than the cap (45 s), so one rotation
+    for _ in range(5):
+        body = answer(lambda: vendor.get_token({"connection_id": connection_id, "min_validity_seconds": 1800},
+                                               remaining_seconds=60))
+        assert "error" not in body, body
+        assert body["expires_at"] - clock.now >= scaled(1800, LIFETIME) == 45
+    assert row(stack, connection_id).version == 2  # one rotation for five asks
