@@ -189,3 +189,34 @@ def test_authorize_url_carries_pkce_and_exact_redirect_uri():
     assert "redirect_uri=https%3A%2F%2Fx.test%2Fcallback" in url
     assert "code_challenge=ch&code_challenge_method=S256" in url
     assert "state=st" in url and "scope=read_write" in url
+
+
+# ------------------------------------------------------------------ the probe after a lost answer
+@pytest.mark.parametrize(("status", "accepted"), [(200, True), (204, True), (401, False)])
+def test_the_probe_says_whether_the_api_accepts_the_token(status, accepted):
+    session = ScriptedSession(http_response(status, {"id": 167} if status == 200 else ""))
+    client, _ = client_with(session)
+    assert client.token_accepted("old-access", api_url="https://api.sandbox.invoiced.test/") is accepted
+    (sent,) = session.posts
+    assert sent["url"] == "https://api.sandbox.invoiced.test/companies/current"
+    assert sent["headers"]["Authorization"] == "Bearer old-access"
+
+
+@pytest.mark.parametrize("answer", [
+    http_response(500, {"type": "api_error"}), http_response(429, {"type": "rate_limit_error"}),
+    http_response(403, {"type": "invalid_request"}), http_response(502, "<html>Bad Gateway</html>", "text/html"),
+    requests.ReadTimeout("read timed out"), requests.ConnectionError("reset"),
+], ids=["500", "429", "403", "502 html", "timeout", "reset"])
+def test_a_probe_that_cannot_tell_raises_transient(answer):
+    client, _ = client_with(ScriptedSession(answer))
+    with pytest.raises(TransientError):
+        client.token_accepted("old-access")
+
+
+def test_a_token_response_counts_its_lifetime_from_the_client_clock():
+    client = InvoicedClient(base_url="https://invoiced.test", api_url="https://api.invoiced.test",
+                            client_id="c" * 24, client_secret=lambda force: "s",
+                            session=ScriptedSession(http_response(200, token_body(expires_in=90))),
+                            clock=lambda: NOW)
+    tokens = client.refresh("def50200old")
+    assert (tokens.expires_at, tokens.lifetime) == (NOW + 90, 90)

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from invoiced_connect import events, operations
+from invoiced_connect.lifetimes import max_min_validity, min_validity, rotation_margin, scaled
 from invoiced_connect.models import Connection, ConnectionStatus
 from invoiced_connect.refresh import BACKOFF_CAP_SECONDS, Outcome, RefreshPolicy
 from invoiced_connect.tokens import MIN_VALIDITY_SECONDS, ROTATION_MARGIN_SECONDS, TokenReader
@@ -178,3 +179,13 @@ def test_the_lambda_client_waits_as_long_as_a_locked_refresh_may_take(monkeypatc
         assert aws.client("dynamodb").meta.config.read_timeout == 10
     finally:
         aws.reset_clients()
+
+
+# ------------------------------------------------------------------ margins by lifetime
+@pytest.mark.parametrize(("lifetime", "expected"), [
+    (3600, (300, 1800, 600, 900)), (7200, (300, 1800, 600, 900)), (3599, (300, 1800, 600, 900)),
+    (1800, (150, 900, 300, 450)), (90, (8, 45, 15, 23)), (1, (1, 1, 1, 1)), (0, (1, 1, 1, 1)),
+])
+def test_margins_are_the_one_hour_values_scaled_down_for_shorter_tokens(lifetime, expected):
+    assert (min_validity(lifetime), max_min_validity(lifetime), rotation_margin(lifetime),
+            scaled(900, lifetime)) == expected
