@@ -56,9 +56,11 @@ test: install lint validate ## Install everything, lint, check the template, run
 	  export CHROMIUM_PATH SAM_CLI="$(CURDIR)/$(SAM)"; \
 	  $(PY) -m pytest
 
-bench: $(VENV)/.installed build ## Measure cold start and size of the build, then the token lifecycle (not part of test)
+bench: $(VENV)/.installed build ## Measure cold start, size, first responses, the token lifecycle and the monthly cost (not part of test)
 	$(PY) -m bench.coldstart
-	$(PY) -m bench.lifecycle $(ARGS)
+	$(PY) -m bench.firstresponse
+	$(PY) -m bench.lifecycle --counts-out .local/bench/counts.json $(ARGS)
+	$(PY) -m bench.cost --counts .local/bench/counts.json
 
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
