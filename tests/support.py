@@ -41,3 +41,41 @@ def token_body(**overrides) -> dict:
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
+
+
+#: What every page and redirect of ``/connect`` and ``/callback`` promises to
+#: carry (``pages.SECURITY_HEADERS``; README, "Connect links and the flow").
+#: Spelled out here, not read from the code, so dropping one there fails.
+PROMISED_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+#: Directives the pages' CSP must hold exactly ('none': no scripts, frames, forms or bases).
+PROMISED_CSP = {"default-src": "'none'", "base-uri": "'none'", "form-action": "'none'", "frame-ancestors": "'none'"}
+HSTS_MIN_MAX_AGE = 365 * 86400
+
+
+def security_header_problems(headers: object) -> list[str]:
+    """What a response's headers (any mapping, any case) lack of the promised security headers."""
+    found = {str(name).lower(): str(value) for name, value in dict(headers).items()}
+    problems = [
+        f"{name}: {found.get(name.lower())!r}, not {value!r}"
+        for name, value in PROMISED_PAGE_HEADERS.items()
+        if found.get(name.lower()) != value
+    ]
+    hsts = [part.strip().lower() for part in found.get("strict-transport-security", "").split(";")]
+    max_age = next((part.split("=", 1)[1] for part in hsts if part.startswith("max-age=")), "")
+    if not max_age.isdigit() or int(max_age) < HSTS_MIN_MAX_AGE or "includesubdomains" not in hsts:
+        problems.append(f"Strict-Transport-Security: {found.get('strict-transport-security')!r}")
+    csp = found.get("content-security-policy", "")
+    directives = dict((part.strip().split(" ", 1) + [""])[:2] for part in csp.split(";") if part.strip())
+    for directive, value in PROMISED_CSP.items():
+        if directives.get(directive) != value:
+            problems.append(f"Content-Security-Policy {directive}: {directives.get(directive)!r} in {csp!r}")
+    style = directives.get("style-src", "")
+    if "unsafe" in csp or "script-src" in directives or not all(s.startswith("'sha256-") for s in style.split()):
+        problems.append(f"Content-Security-Policy allows more than hashed styles: {csp!r}")
+    return problems

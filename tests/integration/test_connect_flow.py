@@ -3,21 +3,33 @@ local Invoiced: what succeeds, and every way it must refuse safely."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
 import threading
 import time
 from datetime import timedelta
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlencode, urlsplit
 
 import boto3
 import pytest
 import requests
 
 from invoiced_connect.crypto import TokenCipher
+from invoiced_connect.flow import LINK_USED_MESSAGE
 from invoiced_connect.links import LinkClaims, sign_link_token
 from invoiced_connect.models import ConnectionStatus
 from invoiced_connect.pkce import fingerprint, new_verifier, random_token
-from invoiced_connect.store import FlowState, TokenStore
-from tests.integration.conftest import CLIENT_SECRET_CANARY, RETURN_BASE, callback, start_flow
+from invoiced_connect.store import FlowState, StateRejected, TokenStore
+from tests.integration.conftest import (
+    CLIENT_SECRET_CANARY,
+    COOKIE_RE,
+    RESULT_COOKIE_RE,
+    RETURN_BASE,
+    callback,
+    start_flow,
+)
+from tests.support import b64url, security_header_problems
 
 
 # ------------------------------------------------------------------ helpers
@@ -64,6 +76,7 @@ def plant_state(stack, *, connection_id="acme-42", expires_in=600, issuer=None, 
 
 def assert_safe_page(response: requests.Response, status: int) -> None:
     assert response.status_code == status, response.text
+    assert security_header_problems(response.headers) == []
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert response.headers["X-Frame-Options"] == "DENY"
@@ -115,6 +128,47 @@ def test_full_flow_stores_encrypted_tokens_and_shows_the_company(stack, invoiced
     for blob in (ciphertext.access, ciphertext.refresh):
         assert refresh.encode() not in blob and access.encode() not in blob
     assert flow.state not in response.text
+
+
+def test_the_pkce_verifier_stays_server_side_and_the_challenge_is_its_s256(stack, invoiced):
+    """The authorize URL carries S256(verifier); the verifier itself lives
+    only in the state row and goes to Invoiced's token endpoint, never
+    through the browser: no URL, header, cookie or page body shows it."""
+    browser = requests.Session()
+    seen: list[requests.Response] = []  # every response the browser gets, and its request
+    browser.hooks["response"].append(lambda response, *args, **kwargs: seen.append(response))
+
+    started = browser.get(stack.make_link("acme-pkce"), allow_redirects=False, timeout=10)
+    assert started.status_code == 302
+    authorize_url = started.headers["Location"]
+    query = parse_qs(urlsplit(authorize_url).query)
+    state, cookie = query["state"][0], COOKIE_RE.search(started.headers["Set-Cookie"]).group(1)
+    (row,) = table_items(stack, f"state#{fingerprint(state)}")
+    verifier = row["code_verifier"]["S"]  # stored as is, not encrypted
+
+    assert 43 <= len(verifier) <= 128 and re.fullmatch(r"[A-Za-z0-9._~-]+", verifier)  # RFC 7636 s4.1
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["code_challenge"] == [b64url(hashlib.sha256(verifier.encode("ascii")).digest())]
+    assert verifier != state, "the verifier is the state: it travels in the authorize URL"
+    assert verifier != cookie, "the verifier is the browser's cookie"
+
+    location = invoiced.consent(authorize_url, session=browser)
+    finished = browser.get(location, headers={"Cookie": f"__Host-invoiced-connect={cookie}"},
+                           allow_redirects=False, timeout=30)
+    assert finished.status_code == 303
+    result = RESULT_COOKIE_RE.search(finished.headers["Set-Cookie"]).group(1)
+    page = browser.get(finished.headers["Location"], headers={"Cookie": f"__Host-invoiced-connect-result={result}"},
+                       allow_redirects=False, timeout=30)
+    assert "Connected to Acme Corporation" in page.text  # Invoiced accepted this verifier for that challenge
+
+    assert len(seen) >= 5  # /connect, the consent page and its answer, /callback, the outcome page
+    spellings = {verifier, quote(verifier, safe=""), quote_plus(verifier)}
+    for response in seen:
+        shown = [response.url, response.request.url, response.text,
+                 *response.headers.values(), *response.request.headers.values()]
+        leaks = [text for text in shown for spelling in spellings if spelling in text]
+        assert leaks == [], f"the verifier reached the browser in {response.request.method} {response.url}"
+    assert state not in repr(row) and cookie not in repr(row)  # the row holds only their hashes
 
 
 def test_ciphertext_copied_to_another_connection_does_not_decrypt(stack, invoiced):
@@ -260,20 +314,87 @@ def test_double_submitted_callback_exchanges_exactly_once(stack, invoiced):
     invoiced.faults.set(latency_ms=200)  # widen the window in which both are in flight
     before = invoiced.token_request_count()
     barrier = threading.Barrier(4)
-    results: list[int] = []
+    results: list[requests.Response] = []
 
     def submit() -> None:
         barrier.wait()
-        results.append(callback(location, flow.cookie).status_code)
+        results.append(callback(location, flow.cookie))
 
     threads = [threading.Thread(target=submit) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results) == [200, 400, 400, 400]
+    assert sorted(response.status_code for response in results) == [200, 400, 400, 400]
     assert invoiced.token_request_count() == before + 1
     assert stored(stack, "acme-double")[0].version == 1
+    # The losers lost at the state, in its one conditional delete, not later
+    # (say, at the link claim): each is the page of a state already used.
+    for loser in (response for response in results if response.status_code != 200):
+        assert_replayed_state_page(loser)
+
+
+def assert_replayed_state_page(response: requests.Response) -> None:
+    """The page of a callback whose state was already consumed (``StateRejected``), nothing else."""
+    assert_safe_page(response, 400)
+    heading = re.search(r"<h1>(.*?)</h1><p>(.*?)</p>", response.text)
+    assert heading is not None, response.text
+    assert heading.group(1) == "Link expired", f"refused, but not as a replayed state: {heading.groups()}"
+    assert "was already used" in heading.group(2) and LINK_USED_MESSAGE not in response.text
+
+
+class Lockstep:
+    """A DynamoDB client whose callers send each request together: every
+    caller waits for all the others before each call, so a read-then-write
+    done as two requests has all its reads answered before any write."""
+
+    def __init__(self, client, parties: int) -> None:
+        self._client = client
+        self._barrier = threading.Barrier(parties, timeout=10)
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with contextlib.suppress(threading.BrokenBarrierError):  # callers made different numbers of calls
+                self._barrier.wait()
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_consuming_one_state_from_many_threads_has_exactly_one_winner(stack):
+    """``consume_state`` itself is the single use: of many consumers of one
+    state at once, one gets the flow and every other one ``StateRejected``."""
+    state, binding = plant_state(stack, connection_id="acme-race")
+    parties = 8
+    db = Lockstep(boto3.client("dynamodb"), parties)
+    racing = TokenStore(stack.table_name, client_factory=lambda: db)
+    won: list[FlowState] = []
+    refused: list[StateRejected] = []
+    failed: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            won.append(racing.consume_state(fingerprint(state), fingerprint(binding), int(time.time())))
+        except StateRejected as exc:
+            refused.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=consume) for _ in range(parties)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    assert len(won) == 1 and len(refused) == parties - 1, (len(won), len(refused))
+    assert won[0].connection_id == "acme-race" and won[0].binding_hash == fingerprint(binding)
+    assert table_items(stack, f"state#{fingerprint(state)}") == []
+    with pytest.raises(StateRejected):
+        TokenStore(stack.table_name).consume_state(fingerprint(state), fingerprint(binding), int(time.time()))
 
 
 # ------------------------------------------------------------------ links
@@ -483,7 +604,7 @@ def test_forged_outcome_cookie_is_escaped_or_ignored(stack):
 def test_bad_input_never_gets_a_5xx(stack, invoiced, path):
     response = callback(stack.gateway_url + path, "x")
     assert 400 <= response.status_code < 500, (path, response.status_code)
-    assert "Cache-Control" in response.headers
+    assert security_header_problems(response.headers) == []
 
 
 # ------------------------------------------------------------------ log hygiene

@@ -13,12 +13,15 @@ from invoiced_connect import operations
 from invoiced_connect.app_api import TokenVendor, answer
 from invoiced_connect.crypto import TokenCipher
 from invoiced_connect.disconnect import Disconnector
+from invoiced_connect.lifetimes import MIN_VALIDITY_SECONDS, REFERENCE_LIFETIME_SECONDS, ROTATION_MARGIN_SECONDS
 from invoiced_connect.models import ConnectionStatus, InvalidConnectionId
 from invoiced_connect.refresh import Mode
 from invoiced_connect.tokens import (
+    RECHECK_SECONDS,
     ConnectionNotFound,
     ConnectionRevoked,
     NeedsReauthorization,
+    ReadCounts,
     TokenReader,
     TokenUnavailable,
 )
@@ -93,6 +96,44 @@ def test_the_cache_ends_before_the_scheduler_may_rotate_and_an_unchanged_version
     assert tokens.calls["reads"] == 2 and kms.decrypts == 1  # re-read the row, same version: no KMS call
 
 
+@pytest.mark.parametrize("active_use", [False, True], ids=["expiry-margin", "rotation-margin"])
+def test_a_cached_token_near_its_margin_is_read_again_and_one_well_inside_is_served_from_memory(
+        stack, cid, active_use):
+    """The cache's own end, through the SDK, for a one-hour token (what
+    Invoiced grants, and what the margins were chosen for): idle, it
+    ends MIN_VALIDITY_SECONDS before expiry; kept fresh by the scheduler, it
+    ends ROTATION_MARGIN_SECONDS before the scheduler's window opens. The
+    caller asks for no validity at all, so only the cache's margin decides,
+    and each pair of reads is closer than a recheck, which would re-read anyway."""
+    connect(stack, cid, active_use=active_use)
+    current = row(stack, cid)
+    assert abs(current.expires_at - current.refreshed_at - REFERENCE_LIFETIME_SECONDS) <= 5
+    offset = [0.0]
+    counts, kms, calls = ReadCounts(), CountingKms(stack), []
+    tokens = TokenReader(store=store(stack), cipher=kms, invoke=direct_invoker(stack, calls),
+                         clock=lambda: time.time() + offset[0], counts=counts)
+    if active_use:
+        assert current.refresh_at is not None and current.refresh_at <= current.expires_at
+        margin_at = current.refresh_at - tokens.window_seconds - ROTATION_MARGIN_SECONDS
+    else:
+        assert current.refresh_at is not None and current.refresh_at > current.expires_at  # keep-alive only
+        margin_at = current.expires_at - MIN_VALIDITY_SECONDS
+    step = RECHECK_SECONDS / 3
+
+    def read_at(moment: float):
+        offset[0] = moment - time.time()
+        return tokens.get_token(cid, min_validity_seconds=0)
+
+    token = read_at(margin_at - 20 * 60)  # comfortably inside: 20 minutes before the margin
+    assert read_at(margin_at - 20 * 60 + 2 * step) == token
+    assert counts.take() == (2, 1), "a token well inside the margin is served from memory"
+
+    assert read_at(margin_at - step) == token  # read again: longer than a recheck since the last read
+    assert read_at(margin_at + step) == token  # past the margin, sooner than a recheck
+    assert counts.take() == (2, 2), "a token past the cache's margin must not be served from memory"
+    assert tokens.calls["reads"] == 3 and kms.decrypts == 1 and calls == []  # same version: no KMS, no refresh
+
+
 def test_an_expiring_token_is_refreshed_through_the_locked_path(stack, cid):
     connect(stack, cid)
     old_access, _ = stored_tokens(stack, cid)
@@ -100,7 +141,7 @@ def test_an_expiring_token_is_refreshed_through_the_locked_path(stack, cid):
     calls: list = []
     token = reader(stack, calls=calls).get_access_token(cid)
     assert token != old_access and stack.invoiced.is_access_token_valid(token)
-    assert calls == [{"connection_id": cid, "min_validity_seconds": 300}]
+    assert calls == [{"connection_id": cid}]  # the default validity: the tokens function knows the lifetime
     assert row(stack, cid).version == 2
     assert row(stack, cid).active_until > time.time() + 23 * 3600  # a reader asked: in active use again
 
