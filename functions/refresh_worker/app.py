@@ -2,15 +2,17 @@
 
 Log lines carry the invocation's request id as their correlation id, and
 ``message_id`` / ``connection_id`` while a record is handled; each record is
-a trace subsegment annotated with its connection id and outcome.
+a trace subsegment annotated with its connection id and outcome. A lost
+answer is queued again for its probe (delayed; sqs:SendMessage on its own queue).
 """
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from invoiced_connect import observability
+from invoiced_connect import aws, observability
 from invoiced_connect.logs import use_handler_logger
 from invoiced_connect.operations import shared_refresher
-from invoiced_connect.worker import process_batch
+from invoiced_connect.settings import get_settings
+from invoiced_connect.worker import process_batch, queue_settle_checks
 
 logger = Logger()
 metrics = Metrics()
@@ -31,5 +33,8 @@ def handler(event, context):
         reserve_seconds=shared.policy.lease_seconds / 2,
         record_scope=observability.record_scope(logger, tracer),
     )
+    queue_url = get_settings().refresh_queue_url
+    if report.settle_checks and queue_url:  # lost answers: back for their probe when it is due
+        queue_settle_checks(aws.client("sqs"), queue_url, report.settle_checks)
     observability.add_counts(metrics, {**report.metrics(), **report.aggregates()})
     return report.response()

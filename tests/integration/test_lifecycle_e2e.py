@@ -99,6 +99,28 @@ def test_a_dead_refresh_token_found_by_the_worker_means_needs_reauth_and_an_even
     assert events_for(stack, cid)[-1] == "Connection Needs Reauthorization"
 
 
+@pytest.mark.parametrize(("faults", "status"), [
+    ({"commit_then_drop_next": 1}, ConnectionStatus.NEEDS_REAUTH),
+    ({"timeout_next": 1, "timeout_seconds": 3}, ConnectionStatus.ACTIVE),
+], ids=["rotated", "not rotated"])
+def test_a_lost_answer_in_the_worker_is_settled_by_its_probe_without_another_schedule(stack, cid, faults, status):
+    connect_in_browser(stack, cid)
+    make_due(stack, cid)
+    stack.invoiced.faults.set(**faults)
+    before = stack.invoiced.token_request_count("refresh_token")
+    stack.fire_schedule("SchedulerFunction")  # once: the worker queues the lost answer again itself
+    assert stack.wait_for_queues(timeout=60)
+    current = row(stack, cid)
+    assert current.status is status and current.outcome_unknown_at == 0
+    if status is ConnectionStatus.ACTIVE:
+        assert current.version == 2 and stack.invoiced.is_access_token_valid(stored_tokens(stack, cid)[0])
+        assert stack.invoiced.token_request_count("refresh_token") == before + 2  # lost, then after the probe
+    else:
+        assert current.status_reason == "rotated_answer_lost"
+        assert stack.invoiced.token_request_count("refresh_token") == before + 1  # the probe needed none
+        assert events_for(stack, cid)[-1] == "Connection Needs Reauthorization"
+
+
 def test_a_reader_gets_a_refreshed_token_through_the_invoke_api(stack, cid, reader, capsys):
     connect_in_browser(stack, cid)
     old_access, _ = stored_tokens(stack, cid)

@@ -15,7 +15,7 @@ from invoiced_connect.models import TokenSet
 from invoiced_connect.refresh import Outcome
 from invoiced_connect.scheduler import Scheduler
 from invoiced_connect.store import DUE_SHARDS, Rescue, TokenStore
-from invoiced_connect.worker import process_batch
+from invoiced_connect.worker import process_batch, queue_settle_checks
 from tests.integration.lifecycle import connect, invoiced_client, make_due, refresher, row, stored_tokens
 
 
@@ -203,3 +203,44 @@ def test_a_recover_message_applies_kept_aside_tokens(stack, invoiced):
     report = process_batch([record(body)], refresher(stack), lambda: 100.0, reserve_seconds=30)
     assert report.outcomes == {Outcome.RESCUE_APPLIED.value: 1}
     assert stored_tokens(stack, connection_id) == (rotated.access_token, rotated.refresh_token)
+
+
+def test_a_lost_answer_is_queued_again_delayed_until_its_probe(stack, invoiced, queue):
+    lost, fine = (f"wk-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("lost", "fine"))
+    for connection_id in (lost, fine):
+        connect(stack, connection_id)
+        make_due(stack, connection_id)
+    invoiced.faults.set(commit_then_drop_next=1)
+    report = process_batch([record(refresh_message(lost)), record(refresh_message(fine))], refresher(stack),
+                           lambda: 100.0, reserve_seconds=30)
+    assert report.outcomes == {"unknown_outcome": 1, "refreshed": 1}
+    ((connection_id, retry_at),) = report.settle_checks
+    assert connection_id == lost and retry_at == row(stack, lost).next_attempt_at
+
+    sqs = RecordingClient(boto3.client("sqs"))
+    assert queue_settle_checks(sqs, queue, report.settle_checks, now=retry_at - 90) == 1
+    assert sqs.operations == ["send_message_batch"]
+    assert drain(queue) == []  # not before its probe is due
+    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=queue,
+                                                          AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
+
+
+def test_queueing_lost_answers_again_caps_the_delay_and_never_raises(stack):
+    class Failing:
+        def send_message_batch(self, **kwargs):
+            raise RuntimeError("SQS is down")
+
+    assert queue_settle_checks(Failing(), "https://sqs.invalid/q", [("a", 10**10)], now=0) == 0
+    sent = []
+
+    class Recording:
+        def send_message_batch(self, **kwargs):
+            sent.extend(kwargs["Entries"])
+            return {"Successful": kwargs["Entries"]}
+
+    checks = [(f"c{n}", 1000 + n) for n in range(12)] + [("far", 10**10), ("past", 0)]
+    assert queue_settle_checks(Recording(), "https://sqs.invalid/q", checks, now=1000) == 14
+    delays = {json.loads(entry["MessageBody"])["connection_id"]: entry["DelaySeconds"] for entry in sent}
+    assert delays["c0"] == 1 and delays["c11"] == 12 and delays["far"] == 900 and delays["past"] == 0
+    assert {json.loads(entry["MessageBody"])["kind"] for entry in sent} == {"refresh"}

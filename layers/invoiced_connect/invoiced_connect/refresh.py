@@ -169,7 +169,8 @@ class RefreshPolicy:
         # A token request may take two attempts (the secret re-read), each
         # bounded by the connect and read timeouts; then KMS and the commit.
         lease = max(60, int(4 * settings.http_timeout) + 20)
-        settle = max(UNKNOWN_OUTCOME_SETTLE_SECONDS, 60 + int(2 * settings.http_timeout))
+        settle = settings.unknown_outcome_settle_seconds or max(UNKNOWN_OUTCOME_SETTLE_SECONDS,
+                                                                60 + int(2 * settings.http_timeout))
         return cls(settings.refresh_window_seconds, settings.keepalive_seconds, settings.active_use_seconds, lease,
                    settings.rejected_token_window_seconds, settle)
 

@@ -48,6 +48,9 @@ class Settings:
     active_use_seconds: int = 24 * 3600
     #: At most one rotation per connection in this time when Invoiced rejects its stored token.
     rejected_token_window_seconds: int = 300
+    #: How long after a lost answer a request of ours may still be in flight at
+    #: Invoiced (``None``: derived from the HTTP timeout, at least 90 s).
+    unknown_outcome_settle_seconds: int | None = None
     #: ``INVOICED_API_URL`` as set (``None`` when unset): a reader checks it against the
     #: connection's own environment instead of defaulting to production.
     configured_api_url: str | None = None
@@ -192,6 +195,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keepalive_seconds=86400 * _whole_number(env, "KEEPALIVE_DAYS", 30, 1, 300),
         active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
         rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),
+        unknown_outcome_settle_seconds=(_whole_number(env, "UNKNOWN_OUTCOME_SETTLE_SECONDS", 90, 1, 900)
+                                        if env.get("UNKNOWN_OUTCOME_SETTLE_SECONDS", "").strip() else None),
     )
 
 

@@ -616,11 +616,12 @@ class TokenStore:
         )
 
     def mark_needs_reauth(self, connection_id: str, *, owner: str, version: int, now: int, reason: str) -> Connection:
-        """The refresh token is dead: stop refreshing (leave the due-index), keep the row."""
+        """The refresh token is dead: stop refreshing (leave the due-index), keep the row;
+        a lost answer, if there was one, is settled."""
         return self._update(
             connection_id,
             "SET #status = :needs, status_reason = :reason, updated_at = :now, attention = :attention "
-            "REMOVE lease_owner, lease_until, due_shard, refresh_at, next_attempt_at",
+            "REMOVE lease_owner, lease_until, due_shard, refresh_at, next_attempt_at, outcome_unknown_at",
             "version = :v AND lease_owner = :owner",
             {":needs": _s(ConnectionStatus.NEEDS_REAUTH.value), ":reason": _s(reason), ":now": _n(now),
              ":v": _n(version), ":owner": _s(owner), ":attention": _s(Attention.NEEDS_REAUTH.value)},

@@ -8,6 +8,11 @@ unexpected error (AWS unavailable, a bug) fails a message, which SQS then
 redelivers and, after five receipts, moves to the dead-letter queue. When
 the invocation's remaining time is short, no new provider call is started
 and the rest of the batch is handed back for redelivery.
+
+One exception to "the due-index decides": a refresh whose answer was lost is
+queued again, delayed until its probe is due (about 90 s, see
+:mod:`invoiced_connect.refresh`), so it is settled then rather than at the
+next scheduler run. If that send fails, the next run finds it anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +38,17 @@ def _no_scope(message_id: str, connection_id: str | None) -> Iterator[dict[str, 
     yield {}
 
 
+#: SQS delays a message by at most this much.
+MAX_DELAY_SECONDS = 900
+
+
 @dataclass
 class BatchReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     failed_ids: list[str] = field(default_factory=list)
     deferred: int = 0
+    #: ``(connection_id, retry_at)`` of lost answers: queue them again for their probe.
+    settle_checks: list[tuple[str, int]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, int]:
         """Counts by CloudWatch metric name (``RefreshRefreshed``, ``RefreshUnknownOutcome``, ...)."""
@@ -101,7 +113,9 @@ def process_batch(
             elif stop_client_calls and kind == "refresh":
                 outcome = "skipped_client_auth"  # the next schedule run finds it again
             else:
-                outcome = _handle(refresher, connection_id, kind)
+                outcome, retry_at = _handle(refresher, connection_id, kind)
+                if outcome == Outcome.UNKNOWN_OUTCOME and retry_at is not None:
+                    report.settle_checks.append((connection_id, retry_at))
                 if outcome == "error":
                     report.failed_ids.append(message_id)
                 elif outcome == Outcome.CLIENT_AUTH_FAILED:
@@ -113,8 +127,9 @@ def process_batch(
     return report
 
 
-def _handle(refresher: Refresher, connection_id: str, kind: str) -> str:
-    """One message's outcome: the refresher's, or ``error`` (the message is then redelivered)."""
+def _handle(refresher: Refresher, connection_id: str, kind: str) -> tuple[str, int | None]:
+    """One message's outcome (the refresher's, or ``error``: the message is then
+    redelivered) and when to try again, if the refresher said."""
     try:
         if kind == "recover":
             result = refresher.recover(connection_id)
@@ -123,5 +138,30 @@ def _handle(refresher: Refresher, connection_id: str, kind: str) -> str:
     except Exception as exc:  # noqa: BLE001 - one failure never blocks the others
         logger.error("refresh failed unexpectedly",
                      extra={"connection_id": connection_id, "error_type": type(exc).__name__})
-        return "error"
-    return result.outcome.value
+        return "error", None
+    return result.outcome.value, result.retry_at
+
+
+def queue_settle_checks(sqs: Any, queue_url: str, checks: Sequence[tuple[str, int]], *,
+                        now: float | None = None) -> int:
+    """Queue each ``(connection_id, retry_at)`` again, delayed until ``retry_at``
+    (at most SQS's 15 minutes); best effort. Returns how many were queued."""
+    moment = time.time() if now is None else now
+    queued = 0
+    for start in range(0, len(checks), 10):
+        batch = checks[start:start + 10]
+        entries = [{"Id": str(number),
+                    "MessageBody": json.dumps({"connection_id": connection_id, "kind": "refresh"}),
+                    "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, int(retry_at - moment) + 1))}
+                   for number, (connection_id, retry_at) in enumerate(batch)]
+        try:
+            response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - the next scheduler run finds them anyway
+            logger.warning("lost answers not queued for their probe (the next run finds them)",
+                           extra={"count": len(entries), "error_type": type(exc).__name__})
+            continue
+        queued += len(response.get("Successful", []))
+        if response.get("Failed"):
+            logger.warning("some lost answers were not queued for their probe (the next run finds them)",
+                           extra={"count": len(response["Failed"])})
+    return queued
