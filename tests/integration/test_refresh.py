@@ -24,7 +24,7 @@ from invoiced_connect.refresh import (
     Outcome,
     RefreshPolicy,
 )
-from invoiced_connect.store import LeaseLost, Rescue, TokenStore
+from invoiced_connect.store import DUE_SHARDS, LeaseLost, Rescue, TokenStore
 from tests.integration.lifecycle import (
     CountingClient,
     connect,
@@ -216,7 +216,11 @@ def test_transient_failures_back_off_and_keep_the_connection(stack, cid, fault):
     now = int(time.time())
     base = 30  # first backoff: 15-30 s with jitter
     assert now + base // 2 - 2 <= current.next_attempt_at <= now + base + 2
-    assert current.refresh_at == current.next_attempt_at  # the scheduler comes back then, not before
+    # The scheduler reads the due-index a window ahead: it comes back then, not before.
+    assert current.refresh_at - RefreshPolicy().window_seconds == current.next_attempt_at
+    due = [key.connection_id for shard in range(DUE_SHARDS)
+           for page, _ in store(stack).due(shard, now + RefreshPolicy().window_seconds) for key in page]
+    assert cid not in due
     assert_live(stack, cid)  # nothing was spent at Invoiced
     # During the cooldown nobody calls Invoiced, not even on demand.
     before = refresh_calls(stack)

@@ -552,10 +552,12 @@ class Refresher:
             delay = max(delay, UNKNOWN_OUTCOME_COOLDOWN_SECONDS)
         unknown = True if outcome_unknown else (False if settled else None)
         try:
+            # The scheduler reads refresh_at - window on: so it finds the row when it may be tried.
             marked = self.store.record_failure(row.connection_id, owner=owner, version=row.version, now=now,
                                                reason=reason, next_attempt_at=now + delay,
                                                outcome_unknown=unknown,
-                                               failing=failures >= FAILING_EVENT_AFTER)
+                                               failing=failures >= FAILING_EVENT_AFTER,
+                                               refresh_at=now + delay + self.policy.window_seconds)
         except LeaseLost:
             return self._result(row, Outcome.RACE_RECOVERED)
         extra = {"connection_id": row.connection_id, "reason": reason, "failures": failures, "retry_in": delay}
