@@ -15,7 +15,7 @@ Nothing here is guessed that the project can say itself:
   (``--counts``, written by ``make bench``): per refresh, per scheduler run
   (idle, and with connections due), per cold read and per recheck of a
   cached token, inside the tokens function; also what the functions log per
-  refresh, per scheduler run and per token served, the CloudWatch metrics
+  worker invocation, per scheduler run and per token served, the CloudWatch metrics
   they publish, and the size of a connection's row. Without the file the
   counts of the last measurement written below are used (and said so);
 * **how often** a connection is refreshed and how often a reader goes to the
@@ -91,7 +91,7 @@ LAST_MEASURED: dict[str, Any] = {
     "scheduler_idle": {"calls": {"dynamodb:Query": 16}},
     "read": {"cold": {"dynamodb:GetItem": 1, "kms:Decrypt": 1}, "recheck": {"dynamodb:GetItem": 1}, "warm": {},
              "tokens_function_warm": {}},
-    "output_bytes": {"per_refresh": 58, "per_scheduler_run": 293, "per_token_invoke": 345},
+    "output_bytes": {"per_worker_invocation": 367, "per_scheduler_run": 293, "per_token_invoke": 345},
     "metrics": {
         "pipeline": ["InvoicedConnect/ConnectionsDue", "InvoicedConnect/ConnectionsQueued",
                      "InvoicedConnect/RefreshFailed", "InvoicedConnect/RefreshPermanentFailure",
@@ -460,9 +460,9 @@ def bill(deployment: Deployment, counts: dict[str, Any], model: ReaderModel, arg
     secret_reads = runs_with_work * min(deployment.concurrency, max(1.0, due_per_run))
     add("connections", "Secrets Manager", "worker: the client secret, re-read after 5 minutes by each warm instance",
         secret_reads, "API calls", PRICE["secrets_manager_api_call"])
-    worker_log_gb = refreshes * (counts["output_bytes"]["per_refresh"] + platform_bytes) / 1e9
-    add("connections", "CloudWatch Logs", f"worker: {counts['output_bytes']['per_refresh']:.0f} B a refresh + "
-        f"{platform_bytes} B of Lambda's own lines an invocation", worker_log_gb, "GB ingested",
+    worker_log_gb = refreshes * (counts["output_bytes"]["per_worker_invocation"] + platform_bytes) / 1e9
+    add("connections", "CloudWatch Logs", f"worker: {counts['output_bytes']['per_worker_invocation']:.0f} B of JSON "
+        f"logs and EMF + {platform_bytes} B of Lambda's own lines an invocation", worker_log_gb, "GB ingested",
         PRICE["logs_ingestion_gb"])
     if any(name.startswith("events:") for name in per_refresh):
         add("connections", "EventBridge", "refresh: lifecycle events", refreshes * _calls(per_refresh, "events"),

@@ -13,9 +13,10 @@ Prints a Markdown table (paste it into the README):
   and the same pipeline with no latency (this machine's own cost). The due
   connections are made through the normal seeding helpers (consent at the
   local Invoiced, code exchange, KMS encryption, as the callback does); the
-  ones that are not due are written straight to the table in the row format
-  of ``invoiced_connect.store`` (batch writes: fast set-up; the scheduler
-  never reads them, and nothing decrypts their stand-in ciphertexts);
+  ones that are not due are written straight to the table (batch writes:
+  fast set-up) as copies of a seeded connection's row, so in the format the
+  package itself writes, with stand-in ciphertexts that nothing decrypts
+  (the scheduler never reads those rows);
 * items the scheduler's queries read against the number due, at that table
   size and again at ``--scheduler-rows`` rows (default 100,000) with
   ``--scheduler-due-share`` of them due (default 1%), all written straight
@@ -27,7 +28,7 @@ Prints a Markdown table (paste it into the README):
 * the app API: a warm token through the Lambda Invoke API against the
   in-process SDK, and the AWS calls of a warm token and a warm link;
 * what the functions write to stdout (their JSON logs and EMF metrics) per
-  refresh, per scheduler run and per token served, the CloudWatch metrics
+  worker invocation, per scheduler run and per token served, the CloudWatch metrics
   they publish, and the size of a connection's row: inputs of bench/cost.py.
 
 ``--counts-out FILE`` also writes the counts as JSON for bench/cost.py.
@@ -151,36 +152,30 @@ class Output:
 
 
 # ---------------------------------------------------------------- rows written straight to the table
-def connection_item(connection_id: str, *, now: int, refresh_at: int) -> dict[str, Any]:
-    """A connection row as ``TokenStore.save_connection`` writes it, with stand-in ciphertexts.
+_STAND_IN = {"B": b"stand-in ciphertext: never decrypted"}
 
-    For rows the scheduler must see but nothing decrypts: not-due rows
-    (the due-index has them, the key condition skips them) and, for the
-    large scheduler run, due rows whose messages no worker receives.
+
+def like(template: dict[str, Any], connection_id: str, *, refresh_at: int) -> dict[str, Any]:
+    """A copy of a real connection row (as the package's own writer stored it) for another
+    connection id, due at ``refresh_at``, with stand-in ciphertexts.
+
+    For rows the scheduler must see but nothing decrypts: the not-due ones
+    (the due-index has them, its key condition skips them) and, for the
+    large scheduler run, due ones whose messages no worker receives.
     """
-    from invoiced_connect.models import ConnectionStatus
     from invoiced_connect.store import CONNECTION_PREFIX, due_shard
 
-    return {
+    item = {name: value for name, value in template.items() if name not in ("lease_owner", "lease_until")}
+    item.update({
         "pk": {"S": CONNECTION_PREFIX + connection_id},
         "connection_id": {"S": connection_id},
-        "tenant_id": {"S": "1"},
-        "scopes": {"L": [{"S": "read_write"}]},
-        "issuer": {"S": "https://invoiced.test"},
-        "api_url": {"S": "https://api.invoiced.test"},
-        "status": {"S": ConnectionStatus.ACTIVE.value},
-        "expires_at": {"N": str(now + 3600)},
-        "access_ciphertext": {"B": b"stand-in: never decrypted"},
-        "refresh_ciphertext": {"B": b"stand-in: never decrypted"},
-        "created_at": {"N": str(now)},
-        "connected_at": {"N": str(now)},
-        "refreshed_at": {"N": str(now)},
-        "updated_at": {"N": str(now)},
         "due_shard": {"N": str(due_shard(connection_id))},
         "refresh_at": {"N": str(refresh_at)},
-        "active_until": {"N": "0"},
-        "version": {"N": "1"},
-    }
+    })
+    for name in ("access_ciphertext", "refresh_ciphertext", "token_ciphertext"):
+        if name in item:
+            item[name] = _STAND_IN
+    return item
 
 
 def write_rows(stack: Any, items: Iterator[dict[str, Any]]) -> int:
@@ -205,14 +200,20 @@ def write_rows(stack: Any, items: Iterator[dict[str, Any]]) -> int:
     return written
 
 
-def plant(stack: Any, prefix: str, count: int, *, due: bool) -> int:
-    """``count`` connection rows straight to the table, due now or in 1-30 days."""
+def plant(stack: Any, template: dict[str, Any], prefix: str, count: int, *, due: bool) -> int:
+    """``count`` rows like ``template`` straight to the table, due now or in 1-30 days."""
     now = int(time.time())
     return write_rows(stack, (
-        connection_item(f"{prefix}-{number}", now=now,
-                        refresh_at=now - 60 if due else now + 86400 * (1 + number % 30))
+        like(template, f"{prefix}-{number}", refresh_at=now - 60 if due else now + 86400 * (1 + number % 30))
         for number in range(count)
     ))
+
+
+def raw_row(stack: Any, connection_id: str) -> dict[str, Any]:
+    from invoiced_connect.store import CONNECTION_PREFIX
+
+    return stack.client("dynamodb").get_item(TableName=stack.table_name, ConsistentRead=True,
+                                             Key={"pk": {"S": CONNECTION_PREFIX + connection_id}})["Item"]
 
 
 def item_bytes(item: dict[str, Any]) -> int:
@@ -295,13 +296,9 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
             for connection_id in ids:
                 connect(stack, connection_id)
             lap(f"seeding {connections} due connections (consent, code exchange, KMS, as the callback does)")
-            planted = plant(stack, "idle", max(0, table_size - connections), due=False)
+            template = raw_row(stack, ids[0])
+            planted = plant(stack, template, "idle", max(0, table_size - connections), due=False)
             lap(f"writing {planted} not-due rows (batch writes)")
-        check = stack.client("dynamodb").get_item(TableName=stack.table_name, Key={"pk": {"S": "conn#idle-0"}})
-        if planted:
-            from invoiced_connect.store import connection_from_item
-
-            connection_from_item(check["Item"])  # the planted rows parse as the package's own
 
         def pipeline(latency: float, phase: str) -> dict[str, Any]:
             versions = {connection_id: row(stack, connection_id).version for connection_id in ids}
@@ -313,12 +310,13 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
             with output.capture(phase), counter.measure() as calls:
                 started = time.perf_counter()
                 report = stack.fire_schedule("SchedulerFunction")["SchedulerFunction"]
+                scheduled = time.perf_counter() - started
                 drained = stack.wait_for_queues(timeout=1800)
                 elapsed = time.perf_counter() - started
             stack.invoiced.faults.latency_ms = 0
             after_stats = next(iter(stack.queue_stats().values()))
             return {
-                "elapsed": elapsed, "drained": drained, "report": report, "calls": calls,
+                "elapsed": elapsed, "scheduled": scheduled, "drained": drained, "report": report, "calls": calls,
                 "refreshed": sum(1 for connection_id in ids if row(stack, connection_id).version == versions[connection_id] + 1),
                 "token_requests": stack.invoiced.token_request_count("refresh_token") - before_tokens,
                 "invocations": after_stats.invocations - before_stats.invocations,
@@ -355,9 +353,14 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
             f"; besides, once in the run of {connections:,}: {_fmt(left)}" if left else "")))
         rows.append((f"AWS calls per scheduler run, {report['due']} due", _fmt(scheduler_calls)))
         with output.capture("scheduler, idle"), counter.measure() as idle_calls:
+            started = time.perf_counter()
             idle = stack.fire_schedule("SchedulerFunction")["SchedulerFunction"]
+            idle_seconds = time.perf_counter() - started
         rows.append(("AWS calls per scheduler run, nothing due", f"{_fmt(idle_calls)} ({idle['due']} due)"))
-        raw = stack.client("dynamodb").get_item(TableName=stack.table_name, Key={"pk": {"S": f"conn#{ids[0]}"}})["Item"]
+        rows.append((f"Scheduler at {table_rows:,} rows: wall time of one run, nothing due; {report['due']:,} due "
+                     "(while the worker starts on the first messages)",
+                     f"{idle_seconds:.2f} s; {slow['scheduled']:.2f} s"))
+        raw = raw_row(stack, ids[0])
         index_entry = {name: raw[name] for name in ("pk", "due_shard", "refresh_at")}
         counts.update({
             "refresh": {"connections": connections, "per_refresh": dict(each), "once_per_run": dict(left),
@@ -365,7 +368,8 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
                         "concurrency": concurrency, "seconds": slow["elapsed"], "ideal_seconds": ideal},
             "scheduler_busy": {"rows": table_rows, "due": report["due"], "items_read": report["items_read"],
                                "calls": dict(scheduler_calls)},
-            "scheduler_idle": {"rows": table_rows, "due": idle["due"], "calls": dict(idle_calls)},
+            "scheduler_idle": {"rows": table_rows, "due": idle["due"], "calls": dict(idle_calls),
+                               "seconds": idle_seconds},
             "item_bytes": {"connection": item_bytes(raw), "due_index_entry": item_bytes(index_entry)},
         })
 
@@ -413,8 +417,8 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
         stack.pollers.stop()  # its messages stay queued: nothing else runs during the measured run
         due_wanted = round(scheduler_rows * scheduler_due_share)
         with output.capture("setup"):
-            added_due = plant(stack, "sched-due", due_wanted, due=True)
-            added = plant(stack, "sched-idle", max(0, scheduler_rows - table_rows - added_due), due=False)
+            added_due = plant(stack, template, "sched-due", due_wanted, due=True)
+            added = plant(stack, template, "sched-idle", max(0, scheduler_rows - table_rows - added_due), due=False)
         lap(f"writing {added_due + added:,} more rows for the large scheduler run (batch writes)")
         with output.capture("scheduler, busy"), counter.measure() as large_calls:
             started = time.perf_counter()
@@ -427,9 +431,11 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
             (f"Scheduler over {large_rows:,} rows, {large['due']:,} due ({scheduler_due_share:.0%}): items read per "
              "due connection", f"**{large['items_read'] / max(1, large['due']):.2f}** ({large['items_read']:,} read, "
              f"{large['queued']:,} queued)"),
-            (f"Scheduler over {large_rows:,} rows: wall time of one run", f"**{large_seconds:.1f} s**, of which "
+            (f"Scheduler over {large_rows:,} rows: wall time of one run", f"**{large_seconds:.1f} s**: "
              f"{query_busy:.1f} s with a Query in flight (its 4 shard threads query in parallel; moto evaluates "
-             "a GSI query by going through the whole table, DynamoDB reads only the due range)"),
+             "a GSI query by going through the whole table, DynamoDB reads only the due range), "
+             f"{large_seconds - query_busy:.1f} s the function itself and its "
+             f"{large_calls['sqs:SendMessageBatch']} SendMessageBatch calls"),
             (f"AWS calls, that scheduler run ({large['due']:,} due)", _fmt(large_calls)),
         ]
         counts["scheduler_large"] = {"rows": large_rows, "due": large["due"], "items_read": large["items_read"],
@@ -437,16 +443,16 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
                                      "calls": dict(large_calls)}
 
         # 5. What the functions write (logs, EMF), and the metrics they publish.
-        per_refresh = output.bytes("pipeline") / connections
         scheduler_bytes = output.bytes("scheduler, idle")
-        counts["output_bytes"] = {"per_refresh": per_refresh, "per_scheduler_run": scheduler_bytes,
+        per_invocation = (output.bytes("pipeline") - scheduler_bytes) / max(1, slow["invocations"])
+        counts["output_bytes"] = {"per_worker_invocation": per_invocation, "per_scheduler_run": scheduler_bytes,
                                   "per_token_invoke": app_counts["token_invoke_bytes"]}
         counts["metrics"] = {"pipeline": output.metrics("pipeline"), "scheduler_idle": output.metrics("scheduler, idle"),
                              "tokens_function": output.metrics("tokens function, warm")}
         rows += [
-            ("Function output to CloudWatch Logs (JSON logs + EMF): per refresh (scheduler's share included); "
+            ("Function output to CloudWatch Logs (JSON logs + EMF): per worker invocation (one SQS batch); "
              "per idle scheduler run; per warm token served by the tokens function",
-             f"{per_refresh:.0f} B; {scheduler_bytes} B; {app_counts['token_invoke_bytes']:.0f} B"),
+             f"{per_invocation:.0f} B; {scheduler_bytes} B; {app_counts['token_invoke_bytes']:.0f} B"),
             ("CloudWatch metrics published: by a refresh run (scheduler + worker); by an idle scheduler run; by "
              "the tokens function", f"{len(counts['metrics']['pipeline'])}; {len(counts['metrics']['scheduler_idle'])}; "
              f"{len(counts['metrics']['tokens_function'])}"),
