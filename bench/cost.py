@@ -80,7 +80,6 @@ PRICE = {
     "xray_trace_recorded": 5.00 / 1e6,  # what the sampling rule records; see xray_traces()
     "eventbridge_custom_event": 1.00 / 1e6,  # PutEvents, per 64 KB
     "eventbridge_scheduler_invocation": 1.00 / 1e6,  # EventBridge Scheduler (14 million a month free)
-    "http_api_request": 1.00 / 1e6,
 }
 
 #: What bench/lifecycle.py measured last (used when no --counts file exists):
@@ -378,18 +377,24 @@ def bill(deployment: Deployment, counts: dict[str, Any], model: ReaderModel, arg
 
     # ---- fixed: what the stack costs with no connection at all
     key_months = deployment.keys + deployment.rotating_keys * min(2, int(args.key_age_years))
-    add("fixed", "KMS", f"{deployment.keys} customer-managed key(s) ({deployment.rotating_keys} rotating yearly; "
-        f"key age {args.key_age_years:g} years)", key_months, "key-months", PRICE["kms_key_month"])
+    add("fixed", "KMS", f"{deployment.keys} customer-managed key ({deployment.rotating_keys} rotating yearly; in its "
+        f"year {int(args.key_age_years) + 1}: +$1 a month after each of the first two rotations)", key_months,
+        "key-months", PRICE["kms_key_month"])
     add("fixed", "Secrets Manager", f"{deployment.secrets} secrets", deployment.secrets, "secret-months",
         PRICE["secret_month"])
     add("fixed", "CloudWatch", f"{deployment.alarms} alarms, {deployment.alarm_metrics} metrics in them "
         f"({deployment.high_resolution_alarms} high-resolution)", deployment.alarm_metrics, "alarm metrics",
         PRICE["cloudwatch_alarm_metric_month"])
-    steady_metrics = set(map(_metric_name, counts["metrics"]["pipeline"] + counts["metrics"]["scheduler_idle"]))
+    always = set(map(_metric_name, counts["metrics"]["scheduler_idle"]))
+    in_use = set(map(_metric_name, counts["metrics"]["pipeline"])) - always
     if args.read_path == "invoke":
-        steady_metrics |= set(map(_metric_name, counts["metrics"]["tokens_function"]))
-    add("fixed", "CloudWatch", "custom metrics published every hour (EMF): " + ", ".join(
-        sorted(name.split("/")[-1] for name in steady_metrics)), len(steady_metrics), "metric-months",
+        in_use |= set(map(_metric_name, counts["metrics"]["tokens_function"]))
+    add("fixed", "CloudWatch", "custom metrics (EMF) of every scheduler run: " + ", ".join(
+        sorted(name.split("/")[-1] for name in always)), len(always), "metric-months",
+        PRICE["cloudwatch_custom_metric_month"])
+    add("fixed", "CloudWatch", "custom metrics published every hour once connections are in use (worker"
+        + (", tokens function" if args.read_path == "invoke" else "") + "): "
+        + ", ".join(sorted(name.split("/")[-1] for name in in_use)), len(in_use), "metric-months",
         PRICE["cloudwatch_custom_metric_month"])
     scheduler = "SchedulerFunction"
     scheduler_gb = deployment.memory_mb[scheduler] / 1024
@@ -603,7 +608,12 @@ def load_counts(path: Path | None) -> tuple[dict[str, Any], str]:
     if target.is_file():
         counts = json.loads(target.read_text())
         measured = counts.get("measured", {})
-        return counts, f"measured by bench/lifecycle.py on {measured.get('date', '?')} ({target})"
+        missing = [f"{key}.{inner}" for key, value in LAST_MEASURED.items() if isinstance(value, dict)
+                   for inner in value if inner not in counts.get(key, {})]
+        for key, value in LAST_MEASURED.items():  # a file from an older bench: fill in what it lacks
+            counts[key] = {**value, **counts.get(key, {})} if isinstance(value, dict) else counts.get(key, value)
+        note = f"; not in the file, so as last measured: {', '.join(missing)}" if missing else ""
+        return counts, f"measured by bench/lifecycle.py on {measured.get('date', '?')} ({target}{note})"
     if path is not None:
         raise SystemExit(f"{path} does not exist: run make bench (or python -m bench.lifecycle --counts-out {path})")
     return LAST_MEASURED, (f"as bench/lifecycle.py last measured them ({LAST_MEASURED['measured']['date']}; no "
