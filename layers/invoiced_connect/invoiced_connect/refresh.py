@@ -414,8 +414,8 @@ class Refresher:
                          extra={"connection_id": connection_id, "reason": exc.reason, "alarm": "client_auth_failed"})
             return self._result(row, Outcome.CLIENT_AUTH_FAILED)
         except (UnknownOutcomeError, InvalidTokenResponseError) as exc:
-            # Invoiced may have rotated: the stored pair may be dead. Flag it,
-            # and try the old token again only after a long cooldown.
+            # Invoiced may have rotated: the stored pair may be dead. Flag it;
+            # the probe settles it once nothing can still be in flight.
             return self._failed(row, owner, exc.reason, outcome_unknown=True)
         except InvoicedError as exc:
             return self._failed(row, owner, exc.reason, settled=settled)
