@@ -90,7 +90,7 @@ LAST_MEASURED: dict[str, Any] = {
     "scheduler_idle": {"calls": {"dynamodb:Query": 16}},
     "read": {"cold": {"dynamodb:GetItem": 1, "kms:Decrypt": 1}, "recheck": {"dynamodb:GetItem": 1}, "warm": {},
              "tokens_function_warm": {}},
-    "output_bytes": {"per_worker_invocation": 367, "per_scheduler_run": 293, "per_token_invoke": 345},
+    "output_bytes": {"per_worker_invocation": 372, "per_scheduler_run": 293, "per_token_invoke": 345},
     "metrics": {
         "pipeline": ["InvoicedConnect/ConnectionsDue", "InvoicedConnect/ConnectionsQueued",
                      "InvoicedConnect/RefreshFailed", "InvoicedConnect/RefreshPermanentFailure",
