@@ -13,7 +13,7 @@ ENV       ?= sandbox
 
 NODE_EXAMPLE := examples/node
 
-.PHONY: help install run test unit lint validate build bench clean deploy deploy-guided
+.PHONY: help install run test unit lint validate build bench mutate clean deploy deploy-guided
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,14 @@ bench: $(VENV)/.installed build ## Measure cold start, size, first responses, th
 	$(PY) -m bench.lifecycle --counts-out .local/bench/counts.json $(ARGS)
 	$(PY) -m bench.cost --counts .local/bench/counts.json
 
+# mutmut, pinned in its own requirements file: it is not needed by make test.
+$(VENV)/.mutation-installed: $(VENV)/.installed tests/mutation/requirements.txt
+	$(PY) -m pip install -q -r tests/mutation/requirements.txt
+	@touch $@
+
+mutate: $(VENV)/.mutation-installed ## Mutation testing (mutmut) of the modules with security and lifecycle promises; not part of test (MODULES="links pages" for some)
+	$(PY) tests/mutation/run.py $(MODULES)
+
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
 
@@ -84,4 +92,4 @@ deploy-guided: $(VENV)/.installed $(SAM_VENV)/.installed ## The same with sam de
 	@$(call deploy_steps,--guided)
 
 clean: ## Remove build output and virtual environments
-	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache $(NODE_EXAMPLE)/node_modules
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache .mutation $(NODE_EXAMPLE)/node_modules
