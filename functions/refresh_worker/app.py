@@ -33,8 +33,7 @@ def handler(event, context):
         reserve_seconds=shared.policy.lease_seconds / 2,
         record_scope=observability.record_scope(logger, tracer),
     )
-    queue_url = get_settings().refresh_queue_url
-    if report.settle_checks and queue_url:  # lost answers: back for their probe when it is due
-        queue_settle_checks(aws.client("sqs"), queue_url, report.settle_checks)
+    if report.settle_checks and get_settings().refresh_queue_url:  # lost answers: back for their probe
+        queue_settle_checks(aws.client("sqs"), get_settings().refresh_queue_url, report.settle_checks)
     observability.add_counts(metrics, {**report.metrics(), **report.aggregates()})
     return report.response()

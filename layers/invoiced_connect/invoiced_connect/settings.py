@@ -195,8 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keepalive_seconds=86400 * _whole_number(env, "KEEPALIVE_DAYS", 30, 1, 300),
         active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
         rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),
-        unknown_outcome_settle_seconds=(_whole_number(env, "UNKNOWN_OUTCOME_SETTLE_SECONDS", 90, 1, 900)
-                                        if env.get("UNKNOWN_OUTCOME_SETTLE_SECONDS", "").strip() else None),
+        unknown_outcome_settle_seconds=_whole_number(env, "UNKNOWN_OUTCOME_SETTLE_SECONDS", 0, 1, 900) or None,
     )
 
 

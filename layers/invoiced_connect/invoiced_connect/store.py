@@ -581,8 +581,8 @@ class TokenStore:
         reason: str,
         next_attempt_at: int,
         outcome_unknown: bool | None = None,
+        refresh_at: int,
         failing: bool = False,
-        refresh_at: int | None = None,
     ) -> Connection:
         """Count a failed refresh, set the cooldown, release the lease; tokens untouched.
 
@@ -590,13 +590,13 @@ class TokenStore:
         clears the flag (a probe found the pair alive), ``None`` leaves it.
         ``failing``: it has failed often enough (or its outcome is unknown) to
         be listed as needing attention. ``refresh_at``: where the row goes in
-        the due-index (default ``next_attempt_at``; the refresher puts it a
-        window later, so the scheduler finds it only once it may be tried).
+        the due-index (the refresher puts it a window after ``next_attempt_at``,
+        so the scheduler finds it only once it may be tried).
         """
         values: dict[str, Any] = {
             ":zero": _n(0), ":one": _n(1), ":next": _n(next_attempt_at), ":reason": _s(reason),
             ":now": _n(now), ":v": _n(version), ":owner": _s(owner),
-            ":due": _n(next_attempt_at if refresh_at is None else refresh_at),
+            ":due": _n(refresh_at),
         }
         assignments = [
             "failure_count = if_not_exists(failure_count, :zero) + :one", "next_attempt_at = :next",

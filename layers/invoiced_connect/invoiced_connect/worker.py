@@ -29,6 +29,8 @@ from typing import Any
 from invoiced_connect.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.observability import RecordScope, outcome_metric_name, refresh_aggregates
 from invoiced_connect.refresh import Mode, Outcome, Refresher
+from invoiced_connect.scheduler import SQS_BATCH, message_for
+from invoiced_connect.store import DueKey
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +150,10 @@ def queue_settle_checks(sqs: Any, queue_url: str, checks: Sequence[tuple[str, in
     (at most SQS's 15 minutes); best effort. Returns how many were queued."""
     moment = time.time() if now is None else now
     queued = 0
-    for start in range(0, len(checks), 10):
-        batch = checks[start:start + 10]
+    for start in range(0, len(checks), SQS_BATCH):
+        batch = checks[start:start + SQS_BATCH]
         entries = [{"Id": str(number),
-                    "MessageBody": json.dumps({"connection_id": connection_id, "kind": "refresh"}),
+                    "MessageBody": message_for(DueKey(connection_id, rescue=False, refresh_at=retry_at)),
                     "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, int(retry_at - moment) + 1))}
                    for number, (connection_id, retry_at) in enumerate(batch)]
         try:
