@@ -106,18 +106,23 @@ def test_a_dead_refresh_token_found_by_the_worker_means_needs_reauth_and_an_even
 def test_a_lost_answer_in_the_worker_is_settled_by_its_probe_without_another_schedule(stack, cid, faults, status):
     connect_in_browser(stack, cid)
     make_due(stack, cid)
+    assert stack.wait_for_queues(timeout=60)  # nothing else in flight takes the fault
     stack.invoiced.faults.set(**faults)
-    before = stack.invoiced.token_request_count("refresh_token")
-    stack.fire_schedule("SchedulerFunction")  # once: the worker queues the lost answer again itself
+    # Queued once, as the scheduler would, for this connection alone (a schedule run
+    # would also queue other tests' due rows); the worker queues the lost answer again itself.
+    stack.client("sqs").send_message(QueueUrl=stack.resources.ref("RefreshQueue"),
+                                     MessageBody=json.dumps({"connection_id": cid, "kind": "refresh"}))
     assert stack.wait_for_queues(timeout=60)
     current = row(stack, cid)
     assert current.status is status and current.outcome_unknown_at == 0
     if status is ConnectionStatus.ACTIVE:
+        # One rotation committed: the lost one never happened, the one after the probe did.
         assert current.version == 2 and stack.invoiced.is_access_token_valid(stored_tokens(stack, cid)[0])
-        assert stack.invoiced.token_request_count("refresh_token") == before + 2  # lost, then after the probe
     else:
-        assert current.status_reason == "rotated_answer_lost"
-        assert stack.invoiced.token_request_count("refresh_token") == before + 1  # the probe needed none
+        # Settled by the probe, not by a refresh with the dead refresh token (whose
+        # reason would be Invoiced's); the count of token requests is global to the
+        # shared stack (the scheduler also refreshes other tests' rows), so it is not used.
+        assert current.status_reason == "rotated_answer_lost" and current.version == 1
         assert events_for(stack, cid)[-1] == "Connection Needs Reauthorization"
 
 
