@@ -79,10 +79,10 @@ unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 # outputs. The region is passed on as --region because the SAM CLI (botocore)
 # does not read AWS_REGION. $(1) is extra sam deploy options.
 define deploy_steps
-region=$$($(PY) -m invoiced_connect.deployment preflight $(ENV)) || exit $$?; \
+region=$$($(PY) -m invoiced_connect_tools.deployment preflight $(ENV)) || exit $$?; \
 $(MAKE) --no-print-directory build || exit $$?; \
 SAM_CLI_TELEMETRY=0 $(SAM) deploy --config-env $(ENV) --region "$$region" $(1) || exit $$?; \
-$(PY) -m invoiced_connect.deployment next-steps $(ENV) --program $(VENV)/bin/invoiced-connect
+$(PY) -m invoiced_connect_tools.deployment next-steps $(ENV) --program $(VENV)/bin/invoiced-connect
 endef
 
 deploy: $(VENV)/.installed $(SAM_VENV)/.installed ## Build and deploy ENV=sandbox (default) or ENV=production, then print the next steps

@@ -226,7 +226,7 @@ class ReaderModel:
 
 
 def _policy(deployment: Deployment) -> Any:
-    from invoiced_connect.refresh import RefreshPolicy
+    from invoiced_connect.lifecycle.refresh import RefreshPolicy
 
     return RefreshPolicy(window_seconds=deployment.window_seconds, keepalive_seconds=deployment.keepalive_seconds,
                          active_use_seconds=deployment.active_use_seconds)
@@ -242,8 +242,8 @@ def simulate(deployment: Deployment, *, lifetime: int, reads_per_hour: float, da
              seed: int = 7) -> ReaderModel:
     """One connection in active use, read ``reads_per_hour`` times an hour (Poisson), for ``days``
     after a first day of warm-up; the package's RefreshPolicy and TokenReader decide the rest."""
-    from invoiced_connect.store import connection_from_item, sealed_from_item
-    from invoiced_connect.tokens import TokenReader
+    from invoiced_connect.sdk.tokens import TokenReader
+    from invoiced_connect.storage.store import connection_from_item, sealed_from_item
 
     policy = _policy(deployment)
     clock = {"now": 0.0}
@@ -399,7 +399,7 @@ def bill(deployment: Deployment, counts: dict[str, Any], model: ReaderModel, arg
     scheduler = "SchedulerFunction"
     scheduler_gb = deployment.memory_mb[scheduler] / 1024
     idle_calls = counts["scheduler_idle"]["calls"]
-    from invoiced_connect.scheduler import SHARD_THREADS
+    from invoiced_connect.lifecycle.scheduler import SHARD_THREADS
 
     idle_ms = args.function_overhead_ms + math.ceil(_calls(idle_calls, "dynamodb") / SHARD_THREADS) * args.aws_call_ms
     add("fixed", "Lambda", f"scheduler: {runs:,.0f} runs ({deployment.schedule_kind}, every "

@@ -15,7 +15,7 @@ function's own resolved environment), in fresh interpreters, interleaved:
   the response is returned;
 * **baseline**: ``import boto3`` and the boto3 clients that request created
   (the same services, with the same botocore Config as
-  ``invoiced_connect.aws``), nothing else;
+  ``invoiced_connect.cloud.aws``), nothing else;
 * **phases** (another fresh process, same kind of request): the handler's
   import, ``import boto3``, the clients, ``import requests`` when the
   request uses it, and the request itself, timed one after the other, with
@@ -67,8 +67,8 @@ PIECES = {
             "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver",
         "its `asyncio` (imported by the package's AppSync resolver)": "import asyncio",
         "Powertools `Logger`, `Metrics`": "from aws_lambda_powertools import Logger, Metrics",
-        "`invoiced_connect.flow` (the package's part: flow, store, crypto, links, refresh policy, ...)":
-            "import invoiced_connect.flow",
+        "`invoiced_connect.connect.flow` (the package's part: flow, store, crypto, links, refresh policy, ...)":
+            "import invoiced_connect.connect.flow",
         "the whole handler (`import app`)": "import app",
     },
     "CallbackFunction": {
@@ -126,7 +126,7 @@ import app
 _t_import = time.perf_counter()
 import boto3
 _t_boto3 = time.perf_counter()
-from invoiced_connect import aws as _aws
+from invoiced_connect.cloud import aws as _aws
 _services, _calls, _inside, _open = [], [], {{"aws": 0.0, "http": 0.0}}, []
 _real_client = _aws.client
 def _before_call(model, **_):

@@ -71,7 +71,7 @@ class CallCounter:
         self._busy_since: dict[str, float] = {}
 
     def attach(self) -> None:
-        from invoiced_connect import aws
+        from invoiced_connect.cloud import aws
 
         for service in SERVICES:
             events = aws.client(service).meta.events
@@ -163,7 +163,7 @@ def like(template: dict[str, Any], connection_id: str, *, refresh_at: int) -> di
     (the due-index has them, its key condition skips them) and, for the
     large scheduler run, due ones whose messages no worker receives.
     """
-    from invoiced_connect.store import CONNECTION_PREFIX, due_shard
+    from invoiced_connect.storage.store import CONNECTION_PREFIX, due_shard
 
     item = {name: value for name, value in template.items() if name not in ("lease_owner", "lease_until")}
     item.update({
@@ -210,7 +210,7 @@ def plant(stack: Any, template: dict[str, Any], prefix: str, count: int, *, due:
 
 
 def raw_row(stack: Any, connection_id: str) -> dict[str, Any]:
-    from invoiced_connect.store import CONNECTION_PREFIX
+    from invoiced_connect.storage.store import CONNECTION_PREFIX
 
     return stack.client("dynamodb").get_item(TableName=stack.table_name, ConsistentRead=True,
                                              Key={"pk": {"S": CONNECTION_PREFIX + connection_id}})["Item"]
@@ -374,7 +374,7 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
         })
 
         # 3. The reader SDK, as a consumer Lambda uses it (refresh via the Invoke API).
-        from invoiced_connect import tokens
+        from invoiced_connect.sdk import tokens
 
         tokens.default_reader.cache_clear()
         reader = tokens.default_reader()
@@ -476,7 +476,7 @@ def _app_api(stack: Any, counter: CallCounter, output: Output, target: str,
         answer = lam.invoke(FunctionName=f"{stack.stack_name}-{function}", Payload=json.dumps(payload).encode())
         return json.loads(answer["Payload"].read())
 
-    from invoiced_connect import app_api
+    from invoiced_connect.app_api import service as app_api
 
     app_api.shared_vendor.cache_clear()  # a cold tokens function: what the counter sees inside it
     with output.capture("tokens function, cold"), counter.measure() as cold_token:

@@ -15,12 +15,12 @@ from urllib.parse import unquote
 
 import boto3
 
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.invoiced import InvoicedClient
-from invoiced_connect.models import Connection
-from invoiced_connect.pkce import new_verifier, random_token, s256_challenge
-from invoiced_connect.refresh import RefreshPolicy
-from invoiced_connect.store import TokenStore
+from invoiced_connect.connect.pkce import new_verifier, random_token, s256_challenge
+from invoiced_connect.core.models import Connection
+from invoiced_connect.invoiced.client import InvoicedClient
+from invoiced_connect.lifecycle.refresh import RefreshPolicy
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import TokenStore
 
 
 def invoiced_client(stack: Any, *, invoiced: Any = None, clock: Callable[[], float] = time.time) -> InvoicedClient:

@@ -117,8 +117,10 @@ def upstream_from_env(env: Mapping[str, str]) -> InvoicedUpstream | None:
 
 def reset_package_caches() -> None:
     """Make the invoiced_connect package re-read the environment on next use."""
-    from invoiced_connect import aws, settings, web
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud import aws
+    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect.core import settings
+    from invoiced_connect.entry import web
 
     settings.get_settings.cache_clear()
     aws.reset_clients()
@@ -358,7 +360,7 @@ class LocalStack:
         for function in self.functions.values():
             function.spec = replace(function.spec, environment={**function.spec.environment, **local})
         env = shared_environment(self.functions)
-        from invoiced_connect.settings import load_settings
+        from invoiced_connect.core.settings import load_settings
 
         load_settings(env)  # a bad value fails here, naming the variable, not on the first request
         self.env = env
@@ -473,7 +475,7 @@ class LocalStack:
                   ttl: timedelta = timedelta(hours=1)) -> str:
         """A signed connect link, made as an integrating app makes one (key read from Secrets Manager)."""
         self._require_started()
-        from invoiced_connect.links import create_connect_link
+        from invoiced_connect.connect.links import create_connect_link
 
         return create_connect_link(connection_id, return_to, ttl)
 
@@ -540,7 +542,7 @@ def _cli() -> str:
 def running_stack_url(env_file: Path) -> str | None:
     """The gateway URL of a local stack that still serves from ``env_file``, if any."""
     try:
-        from invoiced_connect.cli import read_env_file
+        from invoiced_connect_tools.cli import read_env_file
 
         url = read_env_file(str(env_file)).get("PUBLIC_BASE_URL", "")
     except (OSError, ValueError):

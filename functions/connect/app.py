@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.logging import correlation_paths
 
-from invoiced_connect import web
+from invoiced_connect.entry import web
 
 logger = Logger()
 metrics = Metrics()

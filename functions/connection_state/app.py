@@ -1,13 +1,14 @@
 """Invoked by the app (ConnectionStatePolicyArn): a connection's state, or those needing attention.
 
 Its role reads no ciphertext: DynamoDB is asked for the state attributes only
-(see invoiced_connect.app_api and store.STATE_ATTRIBUTES).
+(see invoiced_connect.app_api.service and store.STATE_ATTRIBUTES).
 """
 
 from aws_lambda_powertools import Logger, Metrics
 
-from invoiced_connect import app_api, observability
-from invoiced_connect.logs import use_handler_logger
+from invoiced_connect.app_api import service as app_api
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
 metrics = Metrics()

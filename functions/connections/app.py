@@ -1,4 +1,4 @@
-"""Invoked: a locked refresh or a disconnect of one connection (see invoiced_connect.operations).
+"""Invoked: a locked refresh or a disconnect of one connection (see invoiced_connect.entry.connections).
 
 Log lines carry the invocation's request id as their correlation id and the
 (valid) connection id; the trace is annotated with both and the outcome.
@@ -6,8 +6,9 @@ Log lines carry the invocation's request id as their correlation id and the
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from invoiced_connect import observability, operations
-from invoiced_connect.logs import use_handler_logger
+from invoiced_connect.entry import connections as operations
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
 metrics = Metrics()

@@ -1,4 +1,4 @@
-"""Invoked by the app (LinkIssuerPolicyArn): make a signed connect link (see invoiced_connect.app_api).
+"""Invoked by the app (LinkIssuerPolicyArn): make a signed connect link (see invoiced_connect.app_api.service).
 
 The answer holds the link, a bearer credential for one connection: it is
 never logged; the log line says the outcome and the connection id only.
@@ -6,8 +6,9 @@ never logged; the log line says the outcome and the connection id only.
 
 from aws_lambda_powertools import Logger, Metrics
 
-from invoiced_connect import app_api, observability
-from invoiced_connect.logs import use_handler_logger
+from invoiced_connect.app_api import service as app_api
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
 metrics = Metrics()

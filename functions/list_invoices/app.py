@@ -1,7 +1,7 @@
 """Example consumer: list a connection's invoices through the layer's SDK.
 
 Event: ``{"connection_id": "...", "status"?: "past_due", "max_pages"?: 3}``.
-The logic lives in ``invoiced_connect.list_invoices``; only the (validated)
+The logic lives in ``invoiced_connect.entry.list_invoices``; only the (validated)
 connection id is logged, never a token. Shows how a Lambda of yours emits
 the SDK's TokenReads and TokenCacheMisses metrics.
 """
@@ -13,9 +13,9 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from invoiced_connect import observability
-from invoiced_connect.list_invoices import handle_list_invoices
-from invoiced_connect.logs import use_handler_logger
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.list_invoices import handle_list_invoices
+from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
 metrics = Metrics()

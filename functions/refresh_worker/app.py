@@ -1,4 +1,4 @@
-"""SQS: refresh each queued connection under its lease (see invoiced_connect.worker).
+"""SQS: refresh each queued connection under its lease (see invoiced_connect.lifecycle.worker).
 
 Log lines carry the invocation's request id as their correlation id, and
 ``message_id`` / ``connection_id`` while a record is handled; each record is
@@ -8,11 +8,12 @@ answer is queued again for its probe (delayed; sqs:SendMessage on its own queue)
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from invoiced_connect import aws, observability
-from invoiced_connect.logs import use_handler_logger
-from invoiced_connect.operations import shared_refresher
-from invoiced_connect.settings import get_settings
-from invoiced_connect.worker import process_batch, queue_settle_checks
+from invoiced_connect.cloud import aws
+from invoiced_connect.core.settings import get_settings
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.connections import shared_refresher
+from invoiced_connect.entry.logs import use_handler_logger
+from invoiced_connect.lifecycle.worker import process_batch, queue_settle_checks
 
 logger = Logger()
 metrics = Metrics()

@@ -1,4 +1,4 @@
-"""Scheduled: queue the connections that are due a refresh (see invoiced_connect.scheduler).
+"""Scheduled: queue the connections that are due a refresh (see invoiced_connect.lifecycle.scheduler).
 
 Log lines carry the EventBridge event's id as their correlation id.
 """
@@ -6,9 +6,9 @@ Log lines carry the EventBridge event's id as their correlation id.
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 
-from invoiced_connect import observability
-from invoiced_connect.logs import use_handler_logger
-from invoiced_connect.scheduler import default_scheduler
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import use_handler_logger
+from invoiced_connect.lifecycle.scheduler import default_scheduler
 
 logger = Logger()
 metrics = Metrics()

@@ -1,14 +1,15 @@
 """Invoked by the app (TokenVendingPolicyArn) and the SDK's readers: a valid access token.
 
 A warm function answers from its cache with no AWS call; an expiring token
-is refreshed here under the connection's lease (see invoiced_connect.app_api).
+is refreshed here under the connection's lease (see invoiced_connect.app_api.service).
 The answer holds a token: it is never logged, traced or put in a metric.
 """
 
 from aws_lambda_powertools import Logger, Metrics
 
-from invoiced_connect import app_api, observability
-from invoiced_connect.logs import use_handler_logger
+from invoiced_connect.app_api import service as app_api
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
 metrics = Metrics()

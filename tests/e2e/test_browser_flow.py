@@ -58,8 +58,8 @@ def page(browser):
 
 
 def test_approving_lands_on_the_connected_page_with_tokens_stored(e2e_stack, page, tmp_path):
-    from invoiced_connect.models import ConnectionStatus
-    from invoiced_connect.store import TokenStore
+    from invoiced_connect.core.models import ConnectionStatus
+    from invoiced_connect.storage.store import TokenStore
 
     page.goto(e2e_stack.make_link("browser-approve"))
     assert page.url.startswith(e2e_stack.invoiced.base_url)
@@ -77,7 +77,7 @@ def test_approving_lands_on_the_connected_page_with_tokens_stored(e2e_stack, pag
 
 
 def test_denying_lands_on_a_not_connected_page_and_stores_nothing(e2e_stack, page):
-    from invoiced_connect.store import TokenStore
+    from invoiced_connect.storage.store import TokenStore
 
     page.goto(e2e_stack.make_link("browser-deny"))
     page.get_by_role("button", name="Deny").click()

@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.events import EventPublisher
-from invoiced_connect.invoiced import InvoicedClient
-from invoiced_connect.models import Connection
-from invoiced_connect.refresh import Refresher, RefreshPolicy
-from invoiced_connect.store import TokenStore
+from invoiced_connect.cloud.events import EventPublisher
+from invoiced_connect.core.models import Connection
+from invoiced_connect.invoiced.client import InvoicedClient
+from invoiced_connect.lifecycle.refresh import Refresher, RefreshPolicy
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import TokenStore
 from local.seed import connect, expire, invoiced_client, make_due, row, store, stored_tokens
 
 __all__ = ["connect", "expire", "invoiced_client", "make_due", "row", "store", "stored_tokens"]

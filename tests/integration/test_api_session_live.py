@@ -1,4 +1,4 @@
-"""`InvoicedApi` (invoiced_connect.api) against the local Invoiced over real loopback HTTP.
+"""`InvoicedApi` (invoiced_connect.sdk.api) against the local Invoiced over real loopback HTTP.
 
 Tokens come from a real consent + code exchange with ``InvoicedClient``; the
 token source is a fake that hands them out and records ``token_rejected``.
@@ -24,9 +24,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from invoiced_connect import pkce
-from invoiced_connect import tokens as token_sdk
-from invoiced_connect.api import (
+from invoiced_connect.connect import pkce
+from invoiced_connect.core.models import TokenSet
+from invoiced_connect.invoiced.client import InvoicedClient
+from invoiced_connect.sdk import tokens as token_sdk
+from invoiced_connect.sdk.api import (
     ApiAuthError,
     ApiRateLimitError,
     ApiRequestError,
@@ -34,9 +36,7 @@ from invoiced_connect.api import (
     ApiUrlError,
     InvoicedApi,
 )
-from invoiced_connect.invoiced import InvoicedClient
-from invoiced_connect.models import TokenSet
-from invoiced_connect.tokens import ConnectionRevoked
+from invoiced_connect.sdk.tokens import ConnectionRevoked
 from local.invoiced import LocalInvoiced
 from local.invoiced.models import INVOICES_PER_COMPANY
 
@@ -410,11 +410,11 @@ def test_no_token_in_any_log_record_or_error_across_failures(
 # ================================================================== the example consumer, end to end
 @pytest.fixture
 def default_reader(monkeypatch: pytest.MonkeyPatch, inv: LocalInvoiced) -> types.SimpleNamespace:
-    """The real invoiced_connect.tokens, its default reader serving ``.current``; settings point at ``inv``."""
+    """The real invoiced_connect.sdk.tokens, its default reader serving ``.current``; settings point at ``inv``."""
     reader = types.SimpleNamespace(current=None)
     monkeypatch.setattr(token_sdk, "default_reader", lambda: reader.current)
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")  # as template.yaml's Globals set it
-    from invoiced_connect import settings
+    from invoiced_connect.core import settings
 
     monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=inv.api_url))
     return reader

@@ -15,15 +15,15 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from invoiced_connect import aws
-from invoiced_connect import tokens as token_sdk
-from invoiced_connect.api import ApiAuthError, ApiEnvironmentError, InvoicedApi
-from invoiced_connect.app_api import TokenVendor
-from invoiced_connect.app_api import answer as typed_answer
-from invoiced_connect.crypto import SealedTokens, TokenCipher, encryption_context
-from invoiced_connect.models import Attention, ConnectionStatus, TokenSet
-from invoiced_connect.store import Rescue, TokenStore
-from invoiced_connect.tokens import TokenReader, TokenRejected, lambda_invoker
+from invoiced_connect.app_api.service import TokenVendor
+from invoiced_connect.app_api.service import answer as typed_answer
+from invoiced_connect.cloud import aws
+from invoiced_connect.core.models import Attention, ConnectionStatus, TokenSet
+from invoiced_connect.sdk import tokens as token_sdk
+from invoiced_connect.sdk.api import ApiAuthError, ApiEnvironmentError, InvoicedApi
+from invoiced_connect.sdk.tokens import TokenReader, TokenRejected, lambda_invoker
+from invoiced_connect.storage.crypto import SealedTokens, TokenCipher, encryption_context
+from invoiced_connect.storage.store import Rescue, TokenStore
 from local.contracts import validator_for
 from tests.integration.lifecycle import connect, expire, invoiced_client, make_due, refresher, row, stored_tokens
 
@@ -218,7 +218,7 @@ def consumer_environment(stack, monkeypatch, **extra: str) -> None:
     monkeypatch.setenv("TOKENS_FUNCTION_NAME", stack.env["TOKENS_FUNCTION_NAME"])
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
 
     get_settings.cache_clear()
     token_sdk.default_reader.cache_clear()
@@ -226,7 +226,7 @@ def consumer_environment(stack, monkeypatch, **extra: str) -> None:
 
 @pytest.fixture
 def restore_settings():
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
 
     yield
     get_settings.cache_clear()

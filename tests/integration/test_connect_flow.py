@@ -15,12 +15,12 @@ import boto3
 import pytest
 import requests
 
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.flow import LINK_USED_MESSAGE
-from invoiced_connect.links import LinkClaims, sign_link_token
-from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.pkce import fingerprint, new_verifier, random_token
-from invoiced_connect.store import FlowState, StateRejected, TokenStore
+from invoiced_connect.connect.flow import LINK_USED_MESSAGE
+from invoiced_connect.connect.links import LinkClaims, sign_link_token
+from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token
+from invoiced_connect.core.models import ConnectionStatus
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import FlowState, StateRejected, TokenStore
 from tests.integration.conftest import (
     CLIENT_SECRET_CANARY,
     COOKIE_RE,
@@ -44,7 +44,7 @@ def stored(stack, connection_id: str):
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
 
     return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
@@ -172,7 +172,7 @@ def test_the_pkce_verifier_stays_server_side_and_the_challenge_is_its_s256(stack
 
 
 def test_ciphertext_copied_to_another_connection_does_not_decrypt(stack, invoiced):
-    from invoiced_connect.crypto import TokenDecryptionError
+    from invoiced_connect.storage.crypto import TokenDecryptionError
 
     flow = start_flow(stack, "acme-copy")
     callback(invoiced.consent(flow.authorize_url), flow.cookie)
@@ -425,8 +425,8 @@ def test_a_link_signed_with_a_rotated_key_works_at_once_and_the_old_key_keeps_wo
     key must not be refused for the cache's lifetime."""
     import json
 
-    from invoiced_connect import web
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect.entry import web
 
     # Earlier tests' foreign-key links may have spent this minute's re-read
     # (at most one a minute per process); start from a clean slate.

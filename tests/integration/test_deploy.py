@@ -27,9 +27,10 @@ import boto3
 import pytest
 import requests
 from botocore.stub import Stubber
+from invoiced_connect_tools import cli, deployment
+from invoiced_connect_tools.deployment import DeployError, StackParameterUpdater
 
-from invoiced_connect import aws, cli, deployment
-from invoiced_connect.deployment import DeployError, StackParameterUpdater
+from invoiced_connect.cloud import aws
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMCONFIG = ROOT / "samconfig.toml"
@@ -87,7 +88,7 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def aws_env(moto_url, monkeypatch, tmp_path) -> Iterator[dict[str, str]]:
-    """This process's boto3 (and the shared clients of invoiced_connect.aws) on the moto server."""
+    """This process's boto3 (and the shared clients of invoiced_connect.cloud.aws) on the moto server."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)

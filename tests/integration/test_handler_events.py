@@ -55,7 +55,7 @@ def test_unknown_route_on_a_handler_is_a_404_not_a_crash():
 
 @pytest.mark.usefixtures("stack")
 def test_unexpected_error_is_a_plain_500_page_that_leaks_nothing(monkeypatch, capfd):
-    from invoiced_connect import web
+    from invoiced_connect.entry import web
 
     canary = "CANARY-in-an-exception-message"
 
@@ -76,8 +76,8 @@ def test_unexpected_error_is_a_plain_500_page_that_leaks_nothing(monkeypatch, ca
 
 @pytest.mark.usefixtures("stack")
 def test_a_configuration_error_is_a_503_page_and_a_log_line_naming_the_variable(monkeypatch, capfd):
-    from invoiced_connect import web
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect.entry import web
 
     monkeypatch.setenv("RETURN_URL_ALLOWLIST", "app.example.com/settings")  # no scheme
     get_settings.cache_clear()

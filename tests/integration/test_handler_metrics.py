@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from invoiced_connect.links import LinkClaims, sign_link_token
-from invoiced_connect.observability import CONNECT_FAILURE_REASONS
+from invoiced_connect.connect.links import LinkClaims, sign_link_token
+from invoiced_connect.entry.observability import CONNECT_FAILURE_REASONS
 from local.seed import connect as seed_connection
 from local.seed import invoiced_client, make_due, stored_tokens
 from tests.integration.handler_harness import Capture, Handlers, Metric
@@ -74,15 +74,15 @@ def new_id(prefix: str) -> str:
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
 
     return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
 
 @contextlib.contextmanager
 def bad_setting(monkeypatch) -> Iterator[None]:
-    from invoiced_connect import web
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect.entry import web
 
     try:
         with monkeypatch.context() as patch:
@@ -120,7 +120,7 @@ def test_connect_counts_started_and_each_failure_by_reason(stack, handlers, monk
         assert handlers.connect(started.link)["statusCode"] == 503
         assert failure_reason(handlers) == "not_configured"
 
-    from invoiced_connect import web
+    from invoiced_connect.entry import web
 
     class Exploding:
         def start(self, *args):
@@ -215,7 +215,7 @@ def test_callback_counts_each_failure_by_reason(stack, handlers, invoiced, monke
 
     from botocore.exceptions import ClientError
 
-    from invoiced_connect import web
+    from invoiced_connect.entry import web
 
     def kms_down(*args, **kwargs):
         raise ClientError({"Error": {"Code": "KMSInternalException", "Message": "down"}}, "Encrypt")
@@ -284,7 +284,7 @@ def test_the_scheduler_counts_what_is_due_and_queued(stack, handlers, monkeypatc
 
 
 def test_the_example_consumer_counts_token_reads_and_cache_misses(stack, handlers):
-    from invoiced_connect.tokens import READ_COUNTS
+    from invoiced_connect.sdk.tokens import READ_COUNTS
 
     connection_id = new_id("m-reads")
     seed_connection(stack, connection_id)

@@ -1,6 +1,6 @@
 """`InvoicedClient` against the local Invoiced over real loopback HTTP.
 
-Each test drives the product's client (``invoiced_connect.invoiced``) against
+Each test drives the product's client (``invoiced_connect.invoiced.client``) against
 a started ``LocalInvoiced`` and checks two things: the typed error (or
 result) the client reports, and what actually happened on the server (which
 tokens are still alive, how many token requests arrived). Together they prove
@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from invoiced_connect import pkce
-from invoiced_connect.invoiced import (
+from invoiced_connect.connect import pkce
+from invoiced_connect.core.models import TokenSet
+from invoiced_connect.invoiced.client import (
     ApiError,
     ClientAuthError,
     InvalidGrantError,
@@ -34,7 +35,6 @@ from invoiced_connect.invoiced import (
     TransientError,
     UnknownOutcomeError,
 )
-from invoiced_connect.models import TokenSet
 from local.invoiced import LocalInvoiced
 
 CLIENT_ID = "Qm3Wz8Hr5Tk1Vb7Nd4Ls9Gx2"

@@ -11,10 +11,11 @@ import uuid
 
 import boto3
 import pytest
+from invoiced_connect_tools import cli
 
-from invoiced_connect import cli, tokens
-from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.settings import get_settings
+from invoiced_connect.core.models import ConnectionStatus
+from invoiced_connect.core.settings import get_settings
+from invoiced_connect.sdk import tokens
 from tests.integration.conftest import callback, start_flow
 from tests.integration.lifecycle import expire, invoiced_client, make_due, row, stored_tokens
 
@@ -208,9 +209,9 @@ def test_the_cli_reads_a_stack_by_name(stack, cid, capsys, monkeypatch):
 def test_readers_in_many_lambdas_at_once_cause_one_token_request_through_the_invoke_api(stack, cid):
     """Eight readers, each its own process as far as the SDK knows (no shared
     cache, no in-process coalescing), find the token expiring at the same moment."""
-    from invoiced_connect.crypto import TokenCipher
-    from invoiced_connect.store import TokenStore
-    from invoiced_connect.tokens import TokenReader, lambda_invoker
+    from invoiced_connect.sdk.tokens import TokenReader, lambda_invoker
+    from invoiced_connect.storage.crypto import TokenCipher
+    from invoiced_connect.storage.store import TokenStore
 
     connect_in_browser(stack, cid)
     expire(stack, cid)

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from invoiced_connect.disconnect import Disconnector
-from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.refresh import Mode, Outcome
-from invoiced_connect.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
+from invoiced_connect.core.models import ConnectionStatus
+from invoiced_connect.lifecycle.disconnect import Disconnector
+from invoiced_connect.lifecycle.refresh import Mode, Outcome
+from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 from tests.integration.lifecycle import connect, invoiced_client, make_due, refresher, store, stored_tokens
 from tests.integration.test_token_reader import reader
 

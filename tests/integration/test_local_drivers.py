@@ -33,8 +33,8 @@ from typing import Any
 
 import boto3
 import pytest
+from invoiced_connect_tools.cli import read_env_file
 
-from invoiced_connect.cli import read_env_file
 from local.aws import boto_client, dependency_order, provision
 from local.events import EventTap, event_summary
 from local.gateway import Activity, local_functions

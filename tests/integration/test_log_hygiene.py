@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import boto3
 import pytest
 
-from invoiced_connect import app_api
-from invoiced_connect import flow as flow_module
+from invoiced_connect.app_api import service as app_api
+from invoiced_connect.connect import flow as flow_module
 from local.seed import connect as seed_connection
 from local.seed import expire, invoiced_client, make_due, stored_tokens
 from tests.integration.handler_harness import Canaries, Capture, Handlers, Written
@@ -94,7 +94,7 @@ class Hygiene:
 def hygiene(stack, invoiced, capfd, monkeypatch) -> Iterator[Hygiene]:
     assert stack.wait_for_queues(30)
     canaries = Canaries()
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
 
     canaries.add("client secret", stack.client_secret)
     canaries.add("wrong client secret", WRONG_SECRET_CANARY)
@@ -142,7 +142,7 @@ def hygiene(stack, invoiced, capfd, monkeypatch) -> Iterator[Hygiene]:
 @contextlib.contextmanager
 def client_secret(stack, value: str) -> Iterator[None]:
     """Secrets Manager holds ``value`` as the client secret meanwhile."""
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
 
     manager = boto3.client("secretsmanager")
     arn = stack.env["CLIENT_SECRET_ARN"]
@@ -158,7 +158,7 @@ def client_secret(stack, value: str) -> Iterator[None]:
 @contextlib.contextmanager
 def private_refresh_queue(monkeypatch) -> Iterator[str]:
     """The scheduler sends to a queue of its own, which no poller drains into the worker meanwhile."""
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
 
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"hygiene-{uuid.uuid4().hex[:8]}")["QueueUrl"]
@@ -404,7 +404,7 @@ def test_the_check_catches_a_logged_token_in_any_spelling(hygiene):
     connection_id = f"hyg-self-{uuid.uuid4().hex[:6]}"
     seed_connection(stack, connection_id)
     access, refresh = stored_tokens(stack, connection_id)
-    logging.getLogger("invoiced_connect.flow").warning("oops", extra={"token": access})
+    logging.getLogger("invoiced_connect.connect.flow").warning("oops", extra={"token": access})
     hygiene.capture.take("planted")
     assert any(label.startswith("access token") for label in hygiene.canaries.found_in(hygiene.capture.everything))
 

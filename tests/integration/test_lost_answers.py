@@ -16,18 +16,18 @@ import uuid
 import boto3
 import pytest
 
-from invoiced_connect.app_api import TokenVendor, answer
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.refresh import Outcome
-from invoiced_connect.store import TokenStore
-from invoiced_connect.tokens import (
+from invoiced_connect.app_api.service import TokenVendor, answer
+from invoiced_connect.core.models import ConnectionStatus
+from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.sdk.tokens import (
     RECHECK_SECONDS,
     NeedsReauthorization,
     TokenReader,
     TokenUnavailable,
     lambda_invoker,
 )
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import TokenStore
 from local.contracts import validator_for
 from tests.integration.lifecycle import connect, make_due, refresher, row
 

@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.disconnect import Disconnector
-from invoiced_connect.models import ConnectionStatus, TokenSet
-from invoiced_connect.store import TokenStore
+from invoiced_connect.core.models import ConnectionStatus, TokenSet
+from invoiced_connect.lifecycle.disconnect import Disconnector
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import TokenStore
 from tests.integration.conftest import callback, start_flow
 from tests.integration.lifecycle import refresher, row, stored_tokens
 

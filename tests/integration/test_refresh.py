@@ -14,17 +14,17 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from invoiced_connect import events as lifecycle
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.models import ConnectionStatus
-from invoiced_connect.refresh import (
+from invoiced_connect.cloud import events as lifecycle
+from invoiced_connect.core.models import ConnectionStatus
+from invoiced_connect.lifecycle.refresh import (
     ROTATED_ANSWER_LOST,
     UNKNOWN_OUTCOME_COOLDOWN_SECONDS,
     Mode,
     Outcome,
     RefreshPolicy,
 )
-from invoiced_connect.store import DUE_SHARDS, LeaseLost, Rescue, TokenStore
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import DUE_SHARDS, LeaseLost, Rescue, TokenStore
 from tests.integration.lifecycle import (
     CountingClient,
     connect,

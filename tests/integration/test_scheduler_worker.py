@@ -10,12 +10,12 @@ import uuid
 import boto3
 import pytest
 
-from invoiced_connect.crypto import SealedTokens
-from invoiced_connect.models import TokenSet
-from invoiced_connect.refresh import Outcome
-from invoiced_connect.scheduler import Scheduler
-from invoiced_connect.store import DUE_SHARDS, Rescue, TokenStore
-from invoiced_connect.worker import process_batch, queue_settle_checks
+from invoiced_connect.core.models import TokenSet
+from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.lifecycle.scheduler import Scheduler
+from invoiced_connect.lifecycle.worker import process_batch, queue_settle_checks
+from invoiced_connect.storage.crypto import SealedTokens
+from invoiced_connect.storage.store import DUE_SHARDS, Rescue, TokenStore
 from tests.integration.lifecycle import connect, invoiced_client, make_due, refresher, row, stored_tokens
 
 
@@ -194,7 +194,7 @@ def test_a_recover_message_applies_kept_aside_tokens(stack, invoiced):
     connect(stack, connection_id)
     current = row(stack, connection_id)
     rotated = invoiced_client(stack).refresh(stored_tokens(stack, connection_id)[1])
-    from invoiced_connect.crypto import TokenCipher
+    from invoiced_connect.storage.crypto import TokenCipher
 
     blob = TokenCipher(stack.kms_key_arn).encrypt(connection_id, rotated.access_token, rotated.refresh_token)
     TokenStore(stack.table_name).put_rescue(Rescue(connection_id, blob, current.version, rotated.expires_at,

@@ -22,10 +22,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
-from invoiced_connect import pages
-from invoiced_connect.links import LinkClaims, sign_link_token
-from invoiced_connect.pkce import fingerprint, new_verifier, random_token
-from invoiced_connect.store import FlowState, TokenStore
+from invoiced_connect.connect import pages
+from invoiced_connect.connect.links import LinkClaims, sign_link_token
+from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token
+from invoiced_connect.storage.store import FlowState, TokenStore
 from local.gateway import api_event
 from tests.integration.conftest import RETURN_BASE
 from tests.integration.handler_harness import COOKIE_NAME, RESULT_COOKIE_NAME, Handlers
@@ -76,7 +76,7 @@ def new_id(prefix: str) -> str:
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.secrets import secret_cache
+    from invoiced_connect.cloud.secrets import secret_cache
 
     return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
@@ -110,7 +110,7 @@ def exploding_flow(method: str) -> Callable[[], object]:
 
 
 def test_every_connect_response_carries_every_promised_header(stack, responses, monkeypatch):
-    from invoiced_connect import web
+    from invoiced_connect.entry import web
 
     h = responses.handlers
     started = h.start(new_id("hdr-start"))
@@ -143,7 +143,7 @@ def test_every_connect_response_carries_every_promised_header(stack, responses, 
 
 
 def test_every_callback_response_carries_every_promised_header(stack, responses, monkeypatch):
-    from invoiced_connect import web
+    from invoiced_connect.entry import web
 
     h = responses.handlers
     started = h.start(new_id("hdr-ok"))

@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
-from invoiced_connect.app_api import TokenVendor, answer
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.lifetimes import min_validity, scaled
-from invoiced_connect.refresh import Mode, RefreshPolicy
-from invoiced_connect.store import TokenStore
-from invoiced_connect.tokens import TokenReader
+from invoiced_connect.app_api.service import TokenVendor, answer
+from invoiced_connect.core.lifetimes import min_validity, scaled
+from invoiced_connect.lifecycle.refresh import Mode, RefreshPolicy
+from invoiced_connect.sdk.tokens import TokenReader
+from invoiced_connect.storage.crypto import TokenCipher
+from invoiced_connect.storage.store import TokenStore
 from local.invoiced import LocalInvoiced
 from tests.integration.lifecycle import connect, invoiced_client, refresher, row
 

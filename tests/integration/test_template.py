@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import local.template as template_module
-from invoiced_connect.store import ATTENTION_ATTRIBUTES, STATE_ATTRIBUTES
+from invoiced_connect.storage.store import ATTENTION_ATTRIBUTES, STATE_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -930,7 +930,7 @@ def check_alarms(tpl: dict[str, Any]) -> list[str]:
     the refresh metrics that need a person each have an alarm; each notifies
     AlarmTopicArn (when set) both ways, treats no data as OK and says where
     to read what to do."""
-    from invoiced_connect.refresh import Outcome
+    from invoiced_connect.lifecycle.refresh import Outcome
 
     problems = []
     # The contract names the code's own refresh outcomes the way the code does.
@@ -1101,8 +1101,8 @@ def test_the_metric_contract_is_what_the_code_emits():
     """The alarms' metric names are the code's: the shared names, one
     ``Refresh<Outcome>`` per refresh outcome, and RefreshFailed aggregating
     exactly the outcomes the README and docs/operations.md list for it."""
-    from invoiced_connect import observability
-    from invoiced_connect.refresh import Outcome
+    from invoiced_connect.entry import observability
+    from invoiced_connect.lifecycle.refresh import Outcome
 
     emitted = {observability.CONNECT_STARTED, observability.CONNECT_FAILED, observability.CONNECTED,
                observability.RECONNECTED, observability.REFRESH_FAILED, observability.REFRESH_PERMANENT_FAILURE,

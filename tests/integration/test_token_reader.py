@@ -9,14 +9,13 @@ import uuid
 
 import pytest
 
-from invoiced_connect import operations
-from invoiced_connect.app_api import TokenVendor, answer
-from invoiced_connect.crypto import TokenCipher
-from invoiced_connect.disconnect import Disconnector
-from invoiced_connect.lifetimes import MIN_VALIDITY_SECONDS, REFERENCE_LIFETIME_SECONDS, ROTATION_MARGIN_SECONDS
-from invoiced_connect.models import ConnectionStatus, InvalidConnectionId
-from invoiced_connect.refresh import Mode
-from invoiced_connect.tokens import (
+from invoiced_connect.app_api.service import TokenVendor, answer
+from invoiced_connect.core.lifetimes import MIN_VALIDITY_SECONDS, REFERENCE_LIFETIME_SECONDS, ROTATION_MARGIN_SECONDS
+from invoiced_connect.core.models import ConnectionStatus, InvalidConnectionId
+from invoiced_connect.entry import connections as operations
+from invoiced_connect.lifecycle.disconnect import Disconnector
+from invoiced_connect.lifecycle.refresh import Mode
+from invoiced_connect.sdk.tokens import (
     RECHECK_SECONDS,
     ConnectionNotFound,
     ConnectionRevoked,
@@ -25,6 +24,7 @@ from invoiced_connect.tokens import (
     TokenReader,
     TokenUnavailable,
 )
+from invoiced_connect.storage.crypto import TokenCipher
 from tests.integration.lifecycle import (
     connect,
     expire,

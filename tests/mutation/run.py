@@ -52,7 +52,7 @@ ENTRY = re.compile(r"^- `(?P<function>[^`]+)`: `(?P<before>.*?)` → `(?P<after>
 
 @dataclass(frozen=True)
 class Mutant:
-    name: str  # mutmut's id, e.g. invoiced_connect.links.x_make_link__mutmut_3
+    name: str  # mutmut's id, e.g. invoiced_connect.connect.links.x_make_link__mutmut_3
     module: str  # links
     function: str  # make_link, or Class.method
     status: str

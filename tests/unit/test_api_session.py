@@ -1,4 +1,4 @@
-"""`InvoicedApi` (invoiced_connect.api) against a fake transport: no network.
+"""`InvoicedApi` (invoiced_connect.sdk.api) against a fake transport: no network.
 
 The fake is a requests transport adapter mounted on a real ``requests.Session``,
 so requests itself prepares every request (params, headers, JSON) exactly as
@@ -22,8 +22,9 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from invoiced_connect import tokens as token_sdk
-from invoiced_connect.api import (
+from invoiced_connect.invoiced.client import ApiError, InvoicedError, TransientError, UnknownOutcomeError
+from invoiced_connect.sdk import tokens as token_sdk
+from invoiced_connect.sdk.api import (
     ApiAuthError,
     ApiConnectionError,
     ApiEnvironmentError,
@@ -38,8 +39,7 @@ from invoiced_connect.api import (
     InvoicedApi,
     TokenSource,
 )
-from invoiced_connect.invoiced import ApiError, InvoicedError, TransientError, UnknownOutcomeError
-from invoiced_connect.tokens import AccessToken
+from invoiced_connect.sdk.tokens import AccessToken
 
 API = "https://api.invoiced.test"
 CID = "acme-42"
@@ -601,7 +601,7 @@ def test_no_log_record_carries_the_token(caplog):
 def test_defaults_come_from_the_token_sdk_and_the_settings_lazily(monkeypatch):
     fake_tokens = FakeTokens()
     monkeypatch.setattr(token_sdk, "default_reader", lambda: fake_tokens)
-    from invoiced_connect import settings
+    from invoiced_connect.core import settings
 
     monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API + "/"))
     api = InvoicedApi(CID)
@@ -673,7 +673,7 @@ def test_a_connection_whose_api_is_unknown_needs_an_api_url():
 def test_the_default_reader_without_invoiced_api_url_follows_the_connection(monkeypatch):
     tokens = EnvironmentTokens(SANDBOX_API)
     monkeypatch.setattr(token_sdk, "default_reader", lambda: tokens)
-    from invoiced_connect import settings
+    from invoiced_connect.core import settings
 
     monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=None))
     api = InvoicedApi(CID)

@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invoiced_connect import app_api
-from invoiced_connect.models import Attention, Connection, ConnectionStatus
-from invoiced_connect.store import AttentionEntry
-from invoiced_connect.tokens import AccessToken, ConnectionNotFound
+from invoiced_connect.app_api import service as app_api
+from invoiced_connect.core.models import Attention, Connection, ConnectionStatus
+from invoiced_connect.sdk.tokens import AccessToken, ConnectionNotFound
+from invoiced_connect.storage.store import AttentionEntry
 from local.contracts import validator_for
 
 KEY = "k" * 40

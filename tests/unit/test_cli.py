@@ -6,9 +6,8 @@ import argparse
 from datetime import timedelta
 
 import pytest
-
-from invoiced_connect import cli
-from invoiced_connect.deployment import DeployError
+from invoiced_connect_tools import cli
+from invoiced_connect_tools.deployment import DeployError
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800)])
@@ -33,7 +32,7 @@ def test_env_file_is_parsed_and_bad_lines_are_named(tmp_path):
 
 
 def test_missing_configuration_is_one_clear_line(monkeypatch, capsys, tmp_path):
-    from invoiced_connect.settings import get_settings
+    from invoiced_connect.core.settings import get_settings
 
     for name in ("TABLE_NAME", "KMS_KEY_ID", "PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -101,7 +100,7 @@ def test_stack_environment_reads_outputs_and_parameters():
 def test_unknown_stack_is_one_clear_line(monkeypatch, capsys):
     from moto import mock_aws
 
-    from invoiced_connect import aws
+    from invoiced_connect.cloud import aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -145,7 +144,7 @@ def test_stack_commands_need_a_stack(argv, capsys):
 def test_the_client_secret_never_shows_itself():
     import pickle
 
-    from invoiced_connect.deployment import ClientSecret
+    from invoiced_connect_tools.deployment import ClientSecret
 
     secret = ClientSecret("s3cr3tValue-42")
     shown = [str(secret), repr(secret), f"{secret}", format(secret), repr([secret]), repr({"s": secret})]
@@ -169,7 +168,7 @@ def test_the_client_secret_never_shows_itself():
     ],
 )
 def test_bad_client_secrets_are_named_without_being_shown(text, complaint):
-    from invoiced_connect.deployment import DeployError, validate_client_secret
+    from invoiced_connect_tools.deployment import DeployError, validate_client_secret
 
     with pytest.raises(DeployError) as caught:
         validate_client_secret(text, client_id="AbCdEf123456")
@@ -181,14 +180,14 @@ def test_bad_client_secrets_are_named_without_being_shown(text, complaint):
 
 @pytest.mark.parametrize("value", ["", "abc-123", "abc 123", "a" * 129, "ünïcode"])
 def test_bad_client_ids_are_refused(value):
-    from invoiced_connect.deployment import DeployError, validate_client_id
+    from invoiced_connect_tools.deployment import DeployError, validate_client_id
 
     with pytest.raises(DeployError, match="1-128 letters and digits"):
         validate_client_id(value)
 
 
 def test_a_good_client_id_and_secret_pass():
-    from invoiced_connect.deployment import validate_client_id, validate_client_secret
+    from invoiced_connect_tools.deployment import validate_client_id, validate_client_secret
 
     assert validate_client_id(" AbC123 ") == "AbC123"
     assert validate_client_secret("aB3$%^&*()_+-={}[]|:;<>?,./~`'\"!@#").reveal().startswith("aB3")
@@ -197,7 +196,7 @@ def test_a_good_client_id_and_secret_pass():
 def test_the_secret_is_read_from_one_line_of_stdin_without_its_newline():
     import io
 
-    from invoiced_connect.deployment import DeployError, read_client_secret
+    from invoiced_connect_tools.deployment import DeployError, read_client_secret
 
     def no_prompt(_):
         raise AssertionError("getpass must not be used when stdin is not a terminal")
@@ -214,7 +213,7 @@ def test_the_secret_is_read_from_one_line_of_stdin_without_its_newline():
 def test_at_a_terminal_the_secret_is_read_with_getpass():
     import io
 
-    from invoiced_connect.deployment import read_client_secret
+    from invoiced_connect_tools.deployment import read_client_secret
 
     prompts = []
     stdin = io.StringIO("this must not be read\n")
@@ -235,13 +234,13 @@ def test_at_a_terminal_the_secret_is_read_with_getpass():
     ],
 )
 def test_parameter_overrides_are_read_as_sam_writes_them(text, expected):
-    from invoiced_connect.deployment import parse_parameter_overrides
+    from invoiced_connect_tools.deployment import parse_parameter_overrides
 
     assert parse_parameter_overrides(text) == expected
 
 
 def test_region_comes_from_samconfig_then_the_environment_then_the_profile():
-    from invoiced_connect.deployment import resolve_region
+    from invoiced_connect_tools.deployment import resolve_region
 
     both = {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_REGION": "eu-central-1"}
     assert resolve_region("ap-south-1", both, "us-west-2") == ("ap-south-1", "samconfig.toml")
@@ -252,7 +251,7 @@ def test_region_comes_from_samconfig_then_the_environment_then_the_profile():
 
 
 def _stack(status="UPDATE_COMPLETE", client_id="", **outputs):
-    from invoiced_connect.deployment import StackInfo
+    from invoiced_connect_tools.deployment import StackInfo
 
     return StackInfo(
         name="ic-sandbox", region="us-east-1", status=status,
@@ -269,7 +268,7 @@ def _stack(status="UPDATE_COMPLETE", client_id="", **outputs):
      ("UPDATE_ROLLBACK_COMPLETE", None), ("REVIEW_IN_PROGRESS", None)],
 )
 def test_a_stack_sam_deploy_cannot_update_is_named_before_building(status, problem):
-    from invoiced_connect.deployment import deployable
+    from invoiced_connect_tools.deployment import deployable
 
     found = deployable(_stack(status))
     assert (found is None) if problem is None else (problem in found)
@@ -277,7 +276,7 @@ def test_a_stack_sam_deploy_cannot_update_is_named_before_building(status, probl
 
 
 def test_next_steps_text_before_and_after_configure():
-    from invoiced_connect.deployment import next_steps
+    from invoiced_connect_tools.deployment import next_steps
 
     before = next_steps(_stack(), (False, ""), program=".venv/bin/invoiced-connect")
     assert "https://abc.execute-api.us-east-1.amazonaws.com/callback" in before
@@ -293,7 +292,7 @@ def test_next_steps_text_before_and_after_configure():
 
 
 def test_next_steps_name_the_app_apis_functions_and_policies():
-    from invoiced_connect.deployment import next_steps
+    from invoiced_connect_tools.deployment import next_steps
 
     text = next_steps(_stack(client_id="Abc123", LinksFunctionName="ic-sandbox-links",
                              LinkIssuerPolicyArn="arn:aws:iam::123456789012:policy/links",
@@ -306,7 +305,7 @@ def test_next_steps_name_the_app_apis_functions_and_policies():
 
 
 def test_next_steps_needs_the_outputs_of_a_finished_deploy():
-    from invoiced_connect.deployment import DeployError, StackInfo, next_steps
+    from invoiced_connect_tools.deployment import DeployError, StackInfo, next_steps
 
     bare = StackInfo("ic", "us-east-1", "REVIEW_IN_PROGRESS", {}, {}, ())
     with pytest.raises(DeployError, match="no output CallbackUrl \\(status REVIEW_IN_PROGRESS\\)"):
@@ -315,13 +314,13 @@ def test_next_steps_needs_the_outputs_of_a_finished_deploy():
 
 # ------------------------------------------------------------------ SnapStart description budget
 def _deploy_env(**overrides: str):
-    from invoiced_connect.deployment import DeployEnvironment
+    from invoiced_connect_tools.deployment import DeployEnvironment
 
     return DeployEnvironment("sandbox", "ic-test", None, None, dict(overrides), {})
 
 
 def _described_stack(**parameters: str):
-    from invoiced_connect.deployment import StackInfo
+    from invoiced_connect_tools.deployment import StackInfo
 
     return StackInfo("ic-test", "us-east-1", "UPDATE_COMPLETE", {}, dict(parameters), ())
 
@@ -330,7 +329,7 @@ def test_the_snapstart_description_budget_matches_the_template():
     import re
     from pathlib import Path
 
-    from invoiced_connect.deployment import VERSION_DESCRIPTION_FIXED
+    from invoiced_connect_tools.deployment import VERSION_DESCRIPTION_FIXED
 
     template = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
     formats = set(re.findall(r'- "(\$\{Layer\}[^"]+)"', template))
@@ -347,7 +346,7 @@ def test_the_snapstart_description_budget_matches_the_template():
 
 
 def test_a_deploy_whose_snapstart_description_would_overflow_is_stopped_first():
-    from invoiced_connect.deployment import (
+    from invoiced_connect_tools.deployment import (
         VERSION_DESCRIPTION_FIXED,
         VERSION_DESCRIPTION_LIMIT,
         snapstart_description_overflow,

@@ -289,7 +289,7 @@ def test_answers_always_name_version_1(name):
 
 
 def test_connection_ids_follow_the_layers_rule():
-    from invoiced_connect.models import _CONNECTION_ID
+    from invoiced_connect.core.models import _CONNECTION_ID
 
     found = 0
     for name in SCHEMAS:
@@ -374,7 +374,7 @@ def test_error_codes_are_unique_and_the_docs_table_lists_exactly_them():
 
 
 def test_error_codes_are_the_layers():
-    from invoiced_connect.app_api import ERROR_CODES
+    from invoiced_connect.app_api.service import ERROR_CODES
 
     assert isinstance(ERROR_CODES, tuple | frozenset)
     assert all(isinstance(code, str) for code in ERROR_CODES)

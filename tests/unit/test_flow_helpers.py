@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from invoiced_connect.flow import (
+from invoiced_connect.connect.flow import (
     LINK_KEYS_REREAD_SECONDS,
     BadRequest,
     ConnectFlow,
@@ -17,8 +17,8 @@ from invoiced_connect.flow import (
     parse_query,
     with_query,
 )
-from invoiced_connect.links import LinkClaims, LinkError, LinkSignatureError, sign_link_token
-from invoiced_connect.pkce import new_verifier, random_token, s256_challenge
+from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureError, sign_link_token
+from invoiced_connect.connect.pkce import new_verifier, random_token, s256_challenge
 
 
 def test_verifier_is_43_chars_of_the_rfc7636_alphabet_and_unique():

@@ -6,8 +6,8 @@ import pytest
 import requests
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
-from invoiced_connect import invoiced
-from invoiced_connect.invoiced import (
+from invoiced_connect.invoiced import client as invoiced
+from invoiced_connect.invoiced.client import (
     ClientAuthError,
     InvalidGrantError,
     InvalidTokenResponseError,

@@ -8,12 +8,13 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from invoiced_connect import events, operations
-from invoiced_connect.lifetimes import max_min_validity, min_validity, rotation_margin, scaled
-from invoiced_connect.models import Connection, ConnectionStatus
-from invoiced_connect.refresh import BACKOFF_CAP_SECONDS, Outcome, RefreshPolicy
-from invoiced_connect.tokens import MIN_VALIDITY_SECONDS, ROTATION_MARGIN_SECONDS, TokenReader
-from invoiced_connect.worker import BatchReport, parse_message
+from invoiced_connect.cloud import events
+from invoiced_connect.core.lifetimes import max_min_validity, min_validity, rotation_margin, scaled
+from invoiced_connect.core.models import Connection, ConnectionStatus
+from invoiced_connect.entry import connections as operations
+from invoiced_connect.lifecycle.refresh import BACKOFF_CAP_SECONDS, Outcome, RefreshPolicy
+from invoiced_connect.lifecycle.worker import BatchReport, parse_message
+from invoiced_connect.sdk.tokens import MIN_VALIDITY_SECONDS, ROTATION_MARGIN_SECONDS, TokenReader
 
 NOW = 1_800_000_000
 
@@ -49,7 +50,7 @@ def test_backoff_grows_is_jittered_and_capped(failures):
 
 
 def test_the_lease_outlasts_two_token_requests_and_the_commit():
-    from invoiced_connect.settings import load_settings
+    from invoiced_connect.core.settings import load_settings
 
     settings = load_settings({"TABLE_NAME": "t", "KMS_KEY_ID": "k", "HTTP_TIMEOUT_SECONDS": "25"})
     assert RefreshPolicy.from_settings(settings).lease_seconds >= 2 * (25 + 3.05) + 10
@@ -86,14 +87,14 @@ class RecordingRefresher:
         self.calls = []
 
     def refresh(self, connection_id, **kwargs):
-        from invoiced_connect.refresh import RefreshResult
+        from invoiced_connect.lifecycle.refresh import RefreshResult
 
         self.calls.append((connection_id, kwargs))
         return RefreshResult(connection_id, Outcome.ALREADY_FRESH, "active", 3)
 
 
 def test_a_refresh_request_waits_as_asked_within_the_invocation():
-    from invoiced_connect.refresh import Mode
+    from invoiced_connect.lifecycle.refresh import Mode
 
     refresher = RecordingRefresher()
     answer = operations.handle({"action": "refresh", "connection_id": "acme-1", "stale_version": 2,
@@ -168,7 +169,7 @@ def test_the_cache_never_outlives_the_earliest_possible_rotation_or_the_expiry()
 
 
 def test_the_lambda_client_waits_as_long_as_a_locked_refresh_may_take(monkeypatch):
-    from invoiced_connect import aws
+    from invoiced_connect.cloud import aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     aws.reset_clients()

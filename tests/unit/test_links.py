@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from invoiced_connect.links import (
+from invoiced_connect.connect.links import (
     LinkClaims,
     LinkError,
     build_claims,
@@ -14,8 +14,8 @@ from invoiced_connect.links import (
     sign_link_token,
     verify_link_token,
 )
-from invoiced_connect.models import InvalidConnectionId
-from invoiced_connect.return_urls import ReturnUrlError
+from invoiced_connect.connect.return_urls import ReturnUrlError
+from invoiced_connect.core.models import InvalidConnectionId
 
 KEY = "k" * 48
 OTHER_KEY = "o" * 48

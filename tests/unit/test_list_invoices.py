@@ -1,7 +1,7 @@
-"""The example consumer (invoiced_connect.list_invoices and functions/list_invoices): no network.
+"""The example consumer (invoiced_connect.entry.list_invoices and functions/list_invoices): no network.
 
 API sessions come from the fake transport of ``test_api_session``; the token
-SDK is the real ``invoiced_connect.tokens`` with its default reader replaced.
+SDK is the real ``invoiced_connect.sdk.tokens`` with its default reader replaced.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from invoiced_connect import list_invoices as list_invoices_module
-from invoiced_connect import tokens as token_sdk
-from invoiced_connect.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
+from invoiced_connect.entry import list_invoices as list_invoices_module
+from invoiced_connect.sdk import tokens as token_sdk
+from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 from tests.unit.test_api_session import (
     API,
     CID,
@@ -132,7 +132,7 @@ def test_handler_maps_the_token_sdks_errors(error_class, kind, monkeypatch, capf
             raise error_class(connection_id, f"detail with {TOKEN}")
 
     monkeypatch.setattr(token_sdk, "default_reader", Failing)
-    from invoiced_connect import settings
+    from invoiced_connect.core import settings
 
     monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API))
     result = load_handler()({"connection_id": "acme-42"}, context())

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from aws_lambda_powertools import Metrics
 
-from invoiced_connect import flow, observability, operations
-from invoiced_connect.crypto import SealedTokens
-from invoiced_connect.flow import BadRequest, FlowReport
-from invoiced_connect.logs import QUIET_LOGGERS, quiet_library_loggers
-from invoiced_connect.models import Connection, ConnectionStatus
-from invoiced_connect.observability import (
+from invoiced_connect.connect import flow
+from invoiced_connect.connect.flow import BadRequest, FlowReport
+from invoiced_connect.core.models import Connection, ConnectionStatus
+from invoiced_connect.entry import connections as operations
+from invoiced_connect.entry import observability
+from invoiced_connect.entry.logs import QUIET_LOGGERS, quiet_library_loggers
+from invoiced_connect.entry.observability import (
     CONNECT_FAILURE_REASONS,
     REFRESH_FAILED_OUTCOMES,
     REFRESH_PERMANENT_OUTCOMES,
@@ -26,11 +27,12 @@ from invoiced_connect.observability import (
     outcome_metric_name,
     refresh_aggregates,
 )
-from invoiced_connect.refresh import Outcome
-from invoiced_connect.tokens import ReadCounts, TokenReader
-from invoiced_connect.worker import BatchReport
+from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.lifecycle.worker import BatchReport
+from invoiced_connect.sdk.tokens import ReadCounts, TokenReader
+from invoiced_connect.storage.crypto import SealedTokens
 
-PACKAGE = Path(flow.__file__).parent
+PACKAGE = Path(flow.__file__).parents[1]
 
 
 @pytest.fixture
@@ -104,7 +106,7 @@ def test_only_known_actions_are_taken_from_a_request():
 # ------------------------------------------------------------------ the connect flow
 def _bad_request_reasons() -> set[str]:
     """Every reason a BadRequest is raised with in flow.py (its last argument)."""
-    tree = ast.parse((PACKAGE / "flow.py").read_text())
+    tree = ast.parse((PACKAGE / "connect" / "flow.py").read_text())
     reasons = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "BadRequest":
@@ -117,7 +119,7 @@ def _bad_request_reasons() -> set[str]:
 def _reported_reasons() -> set[str]:
     """Every literal reason given to ``.fail(...)`` in flow.py and web.py."""
     reasons = set()
-    for name in ("flow.py", "web.py"):
+    for name in ("connect/flow.py", "entry/web.py"):
         for node in ast.walk(ast.parse((PACKAGE / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "fail":
                 reasons |= {sub.value for sub in ast.walk(node.args[0]) if isinstance(sub, ast.Constant)
@@ -228,7 +230,7 @@ def test_readers_count_reads_and_cache_misses_without_io():
     assert counts.take() == (3, 1)
     assert counts.take() == (0, 0)  # taking starts again from zero
 
-    from invoiced_connect.tokens import ConnectionNotFound
+    from invoiced_connect.sdk.tokens import ConnectionNotFound
 
     with pytest.raises(ConnectionNotFound):
         tokens.get_access_token("acme-2")
@@ -240,7 +242,7 @@ def test_readers_count_reads_and_cache_misses_without_io():
 
 
 def test_readers_count_into_the_process_wide_counters_by_default():
-    from invoiced_connect.tokens import READ_COUNTS
+    from invoiced_connect.sdk.tokens import READ_COUNTS
 
     READ_COUNTS.take()
     TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0,
@@ -249,7 +251,7 @@ def test_readers_count_into_the_process_wide_counters_by_default():
 
 
 def test_add_token_metrics_emits_what_the_readers_counted(metrics, capsys):
-    from invoiced_connect.tokens import READ_COUNTS
+    from invoiced_connect.sdk.tokens import READ_COUNTS
 
     READ_COUNTS.take()
     tokens = TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from invoiced_connect import pages
+from invoiced_connect.connect import pages
 from tests.support import security_header_problems
 
 HOSTILE = '<script>alert("x")</script>&\'"'

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from invoiced_connect import pages
+from invoiced_connect.connect import pages
 
 COOKIE = "__Host-invoiced-connect=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax"
 

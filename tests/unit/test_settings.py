@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from invoiced_connect.settings import SettingsError, load_settings
+from invoiced_connect.core.settings import SettingsError, load_settings
 
 BASE = {
     "TABLE_NAME": "tokens",
@@ -107,7 +107,7 @@ def test_a_reader_needs_no_invoiced_settings_and_pins_nothing():
 
 
 def test_a_connection_knows_its_api_from_its_issuer_or_what_the_callback_recorded():
-    from invoiced_connect.models import Connection, ConnectionStatus
+    from invoiced_connect.core.models import Connection, ConnectionStatus
 
     def connection(issuer: str, api_url: str | None = None) -> Connection:
         return Connection("c", "1", None, (), issuer, ConnectionStatus.ACTIVE, 0, 1, 0, 0, api_url=api_url)

@@ -88,7 +88,7 @@ def assert_no_response_captured(provider: FakeProvider, response) -> None:
 
 
 def test_the_scheduler_never_captures_its_response(load, monkeypatch):
-    from invoiced_connect.scheduler import ScheduleReport
+    from invoiced_connect.lifecycle.scheduler import ScheduleReport
 
     module, handler = load("scheduler")
     assert RecordingTracer.made == [{"patch_modules": ("botocore",)}]
@@ -105,7 +105,7 @@ def test_the_scheduler_never_captures_its_response(load, monkeypatch):
 
 
 def test_the_worker_never_captures_its_response_and_traces_each_record(load, monkeypatch):
-    from invoiced_connect.refresh import Outcome, RefreshResult
+    from invoiced_connect.lifecycle.refresh import Outcome, RefreshResult
 
     module, handler = load("refresh_worker")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]
@@ -133,7 +133,7 @@ def test_the_worker_never_captures_its_response_and_traces_each_record(load, mon
 
 
 def test_the_connections_function_never_captures_its_response(load, monkeypatch):
-    from invoiced_connect import operations
+    from invoiced_connect.entry import connections as operations
 
     module, handler = load("connections")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]

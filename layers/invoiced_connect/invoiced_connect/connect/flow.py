@@ -1,0 +1,549 @@
+"""The connect flow: ``GET /connect`` starts it, ``GET /callback`` finishes it.
+
+``/connect`` accepts only a signed link, remembers the flow server-side
+(state hash, PKCE verifier, issuer, connection id, return URL, and the hash
+of a value kept in a ``__Host-`` cookie) and sends the browser to Invoiced.
+
+``/callback`` consumes that state in one conditional delete which also checks
+the cookie and the expiry, so a replayed, foreign or double-submitted
+callback never reaches the token endpoint. The link is claimed (one
+connection per link), the code is exchanged exactly once, and the tokens are
+encrypted and stored before anything else. A reconnect then revokes the
+grant it replaced at Invoiced (nobody holds its tokens any more; a failure
+there is logged and counted, never the connect's). The browser is then sent to the
+allowlisted return URL, or to the bare ``/callback``, which shows the outcome
+without the code and state in the address bar. Every failure is a plain page
+with a reference.
+
+What a request came to (started, connected, reconnected, or failed and why)
+is written to the :class:`FlowReport` the handler passes in, for its metrics
+and log keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from invoiced_connect.cloud import events as lifecycle
+from invoiced_connect.cloud.events import EventPublisher
+from invoiced_connect.cloud.secrets import SecretError
+from invoiced_connect.connect import pages
+from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureError, usable_key, verify_link_token
+from invoiced_connect.connect.pages import HttpResult
+from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
+from invoiced_connect.connect.return_urls import ReturnUrlError, check_return_url
+from invoiced_connect.core import b64url
+from invoiced_connect.core.settings import Settings, SettingsError
+from invoiced_connect.invoiced.client import (
+    ClientAuthError,
+    InvalidGrantError,
+    InvalidTokenResponseError,
+    InvoicedClient,
+    InvoicedError,
+)
+from invoiced_connect.lifecycle.refresh import RefreshPolicy
+from invoiced_connect.storage.crypto import SealedTokens, TokenCipher
+from invoiced_connect.storage.store import FlowState, LinkAlreadyUsed, StateRejected, TokenStore
+
+logger = logging.getLogger(__name__)
+
+COOKIE_NAME = "__Host-invoiced-connect"
+STATE_TTL_SECONDS = 600
+#: A link no cached key verifies makes the flow re-read the keys at most this often.
+LINK_KEYS_REREAD_SECONDS = 60
+MAX_PARAM_LENGTH = 4096
+_COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"
+CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
+COMPANY_LOOKUP_TIMEOUT = 3.0
+#: Revoking the grant a reconnect replaced: best effort, so it never holds the page up long.
+REPLACED_GRANT_REVOKE_TIMEOUT = 3.0
+REPLACED_GRANT_REVOKED = "revoked"
+REPLACED_GRANT_REVOKE_FAILED = "revoke_failed"
+DENIED_MESSAGE = (
+    "You declined access to your Invoiced account, so nothing was connected. "
+    "To connect after all, open a new connect link from the application."
+)
+LINK_USED_MESSAGE = "This connect link has already been used. Ask the application for a new one."
+# RFC 6749 s4.1.2.1: logged by name; anything else a browser sends is "other".
+KNOWN_AUTHORIZE_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "unauthorized_client",
+        "access_denied",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
+
+Query = Mapping[str, Sequence[str]]
+
+
+class BadRequest(Exception):
+    """Input the flow refuses; becomes a 4xx page, never a 5xx."""
+
+    def __init__(self, status: int, title: str, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.title, self.message, self.reason = status, title, message, reason
+
+
+# What the flow reports (see FlowReport): the outcomes, and for a failure one
+# of a small fixed set of reasons (invoiced_connect.entry.observability.CONNECT_FAILURE_REASONS);
+# the logs keep the finer BadRequest reason.
+STARTED, CONNECTED, RECONNECTED, FAILED = "started", "connected", "reconnected", "failed"
+_FAILURE_REASON = {
+    "no_link": "link_invalid",
+    "bad_link": "link_invalid",
+    "return_to": "return_url_refused",
+    "link_used": "link_used",
+    "duplicate_param": "bad_request",
+    "param_too_long": "bad_request",
+    "no_state": "bad_request",
+    "no_code": "bad_request",
+    "no_cookie": "state_rejected",
+    "state_rejected": "state_rejected",
+    "issuer": "state_rejected",
+    "code_invalid": "code_rejected",
+}
+
+
+@dataclass
+class FlowReport:
+    """What one ``/connect`` or ``/callback`` request came to, for the handler's metrics and logs.
+
+    ``outcome``: ``started``, ``connected``, ``reconnected`` or ``failed``
+    (with a ``reason``), or ``None`` when the request did none of these (the
+    outcome page). ``connection_id`` is set (and ``on_connection_id`` called)
+    as soon as it is known from a verified link or a consumed state; nothing
+    else from the request is kept.
+    """
+
+    on_connection_id: Callable[[str], None] | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    connection_id: str | None = None
+    #: A reconnect's replaced grant: ``revoked`` at Invoiced, or ``revoke_failed``.
+    replaced_grant: str | None = None
+
+    def identify(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        if self.on_connection_id is not None:
+            self.on_connection_id(connection_id)
+
+    def succeed(self, outcome: str) -> None:
+        self.outcome, self.reason = outcome, None
+
+    def fail(self, reason: str) -> None:
+        """Record a failure, unless the request already succeeded or failed (the first word stands)."""
+        if self.outcome is None:
+            self.outcome, self.reason = FAILED, reason
+
+    def refused(self, exc: BadRequest) -> None:
+        self.fail(_FAILURE_REASON.get(exc.reason, "bad_request"))
+
+
+def parse_query(raw_query: str) -> dict[str, list[str]]:
+    """Parse a raw query string, keeping repeated parameters visible."""
+    parsed: dict[str, list[str]] = {}
+    for key, value in parse_qsl(raw_query or "", keep_blank_values=True):
+        parsed.setdefault(key, []).append(value)
+    return parsed
+
+
+def parse_cookies(cookie_values: Sequence[str]) -> dict[str, str]:
+    """API Gateway v2 gives cookies as ``name=value`` strings."""
+    jar: dict[str, str] = {}
+    for raw in cookie_values:
+        for part in raw.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep:
+                jar[name] = value
+    return jar
+
+
+def _single(query: Query, name: str) -> str | None:
+    values = query.get(name) or []
+    if len(values) > 1:
+        raise BadRequest(400, "Invalid request", f"The {name} parameter was given more than once.", "duplicate_param")
+    if values and len(values[0]) > MAX_PARAM_LENGTH:
+        raise BadRequest(400, "Invalid request", f"The {name} parameter is too long.", "param_too_long")
+    return values[0] if values else None
+
+
+def with_query(url: str, params: Mapping[str, str]) -> str:
+    """Append parameters to an (already validated) URL, keeping its own query as written."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, (parts.query, urlencode(params))))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+@dataclass
+class ConnectFlow:
+    settings: Settings
+    store: TokenStore
+    cipher: TokenCipher
+    #: ``(force) -> [current, previous?]``; ``force`` reads the secret again.
+    link_keys: Callable[[bool], list[str]]
+    client_secret: Callable[[bool], str]
+    clock: Callable[[], float] = time.time
+    events: EventPublisher | None = None
+    _keys_reread_at: float = dataclasses.field(default=float("-inf"), init=False, repr=False)
+
+    @functools.cached_property
+    def _policy(self) -> RefreshPolicy:
+        return RefreshPolicy.from_settings(self.settings)
+
+    @functools.cached_property
+    def _invoiced(self) -> InvoicedClient:
+        """One client (and HTTP connection pool) per execution environment."""
+        return InvoicedClient(
+            base_url=self.settings.invoiced_base_url,
+            api_url=self.settings.invoiced_api_url,
+            client_id=self.settings.require_client_id(),
+            client_secret=self.client_secret,
+            timeout=self.settings.http_timeout,
+        )
+
+    # ------------------------------------------------------------------ /connect
+    def start(self, query: Query, reference: str, report: FlowReport | None = None) -> HttpResult:
+        report = report or FlowReport()
+        try:
+            return self._start(query, report)
+        except BadRequest as exc:
+            report.refused(exc)
+            logger.info("connect refused", extra={"reason": exc.reason, "reference": reference})
+            return pages.error_page(exc.status, exc.title, exc.message, reference)
+        except (SettingsError, SecretError) as exc:
+            report.fail("not_configured")
+            logger.error("connect not configured", extra={"error": str(exc), "reference": reference})
+            return pages.error_page(
+                503, "Not available", "This connection service is not configured yet.", reference
+            )
+
+    def _verify_link(self, token: str) -> LinkClaims:
+        try:
+            return verify_link_token(token, self.link_keys(False), now=self.clock())
+        except LinkSignatureError:
+            # The signing key may have been rotated after this process cached
+            # it: read it again, but at most once a minute, whatever strangers
+            # send, so bad links cannot make every request a Secrets Manager call.
+            now = self.clock()
+            if now - self._keys_reread_at < LINK_KEYS_REREAD_SECONDS:
+                raise
+            self._keys_reread_at = now
+            return verify_link_token(token, self.link_keys(True), now=now)
+
+    def _start(self, query: Query, report: FlowReport) -> HttpResult:
+        client = self._invoiced  # fails early, before any write, if unconfigured
+        token = _single(query, "link")
+        if not token:
+            raise BadRequest(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
+        try:
+            claims = self._verify_link(token)
+        except LinkError as exc:
+            raise BadRequest(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
+        report.identify(claims.connection_id)
+        if claims.return_to is not None:
+            try:
+                check_return_url(claims.return_to, self.settings.return_url_allowlist)
+            except ReturnUrlError:
+                raise BadRequest(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
+        link_hash = fingerprint(claims.link_id)
+        if self.store.is_link_used(link_hash):
+            raise BadRequest(403, "Link already used", LINK_USED_MESSAGE, "link_used")
+
+        state, binding, verifier = random_token(32), random_token(32), new_verifier()
+        now = int(self.clock())
+        self.store.put_state(
+            FlowState(
+                state_hash=fingerprint(state),
+                connection_id=claims.connection_id,
+                code_verifier=verifier,
+                binding_hash=fingerprint(binding),
+                issuer=self.settings.issuer,
+                redirect_uri=self.settings.redirect_uri,
+                scope=self.settings.scope,
+                return_to=claims.return_to,
+                expires_at=now + STATE_TTL_SECONDS,
+                link_hash=link_hash,
+                link_expires_at=claims.expires_at,
+            )
+        )
+        logger.info("connect started", extra={"connection_id": claims.connection_id})
+        location = client.authorize_url(
+            redirect_uri=self.settings.redirect_uri,
+            scope=self.settings.scope,
+            state=state,
+            code_challenge=s256_challenge(verifier),
+        )
+        cookie = f"{COOKIE_NAME}={binding}; Max-Age={STATE_TTL_SECONDS}; {_COOKIE_ATTRIBUTES}"
+        report.succeed(STARTED)
+        return pages.redirect(location, status=302, cookies=(cookie,))
+
+    # ------------------------------------------------------------------ /callback
+    def callback(self, query: Query, cookies: Mapping[str, str], reference: str,
+                 report: FlowReport | None = None) -> HttpResult:
+        """Finish the flow, then redirect (303) to ``/callback`` without the
+        code and state, where the outcome is shown: the address bar and the
+        history never keep the one-time values (post/redirect/get)."""
+        if not query:
+            return self._show_outcome(cookies, reference)
+        report = report or FlowReport()
+        try:
+            result = self._callback(query, cookies, reference, report)
+        except BadRequest as exc:
+            report.refused(exc)
+            logger.info("callback refused", extra={"reason": exc.reason, "reference": reference})
+            result = pages.Outcome(exc.status, exc.title, exc.message, reference)
+        except (SettingsError, SecretError) as exc:
+            report.fail("not_configured")
+            logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
+            result = pages.Outcome(503, "Not available", "This connection service is not configured yet.", reference)
+        if isinstance(result, HttpResult):
+            return result
+        return pages.redirect(self.settings.redirect_uri, cookies=(CLEAR_COOKIE, outcome_cookie(result)))
+
+    def _show_outcome(self, cookies: Mapping[str, str], reference: str) -> HttpResult:
+        outcome = decode_outcome(cookies.get(RESULT_COOKIE_NAME, ""))
+        if outcome is None:
+            return pages.error_page(
+                400, "Nothing to show", "Open the connect link from the application to connect.", reference
+            )
+        return outcome.render(cookies=(CLEAR_RESULT_COOKIE,))
+
+    def _callback(self, query: Query, cookies: Mapping[str, str], reference: str,
+                  report: FlowReport) -> pages.Outcome | HttpResult:
+        state = _single(query, "state")
+        code = _single(query, "code")
+        error = _single(query, "error")
+        error_description = _single(query, "error_description")
+        if not state:
+            raise BadRequest(400, "Invalid request", "The sign-in response has no state. Start again from your link.", "no_state")
+        binding = cookies.get(COOKIE_NAME)
+        if not binding:
+            raise BadRequest(
+                400,
+                "Session not found",
+                "This browser did not start the connection (or its cookie expired). "
+                "Open the connect link again in this browser.",
+                "no_cookie",
+            )
+        client = self._invoiced
+        if code:
+            self.client_secret(False)  # unconfigured? fail before spending the state
+        try:
+            flow = self.store.consume_state(fingerprint(state), fingerprint(binding), int(self.clock()))
+        except StateRejected:
+            raise BadRequest(
+                400,
+                "Link expired",
+                "This sign-in attempt has expired, was already used, or was started in another browser. "
+                "Start again from your connect link.",
+                "state_rejected",
+            ) from None
+        report.identify(flow.connection_id)
+        if flow.issuer != self.settings.issuer:
+            raise BadRequest(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
+
+        if error is not None or (error_description is not None and not code):
+            return self._denied(flow, error, error_description, reference, report)
+        if not code:
+            raise BadRequest(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
+
+        now = int(self.clock())
+        try:
+            self.store.claim_link(flow.link_hash, connection_id=flow.connection_id, expires_at=flow.link_expires_at, now=now)
+        except LinkAlreadyUsed:
+            raise BadRequest(400, "Link already used", LINK_USED_MESSAGE, "link_used") from None
+        try:
+            tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
+        except InvoicedError as exc:
+            self.store.release_link(flow.link_hash)  # nothing was connected: the link stays usable
+            return self._exchange_failure(exc, reference, report)
+
+        # Store first: the code is spent, and these tokens exist nowhere else.
+        try:
+            ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
+            # Just connected: the app is about to use it, so keep it fresh for a while.
+            active_until = now + self._policy.active_use_seconds
+            saved = self.store.save_replacing(
+                connection_id=flow.connection_id,
+                tokens=tokens,
+                ciphertext=ciphertext,
+                company_name=None,
+                issuer=flow.issuer,
+                api_url=self.settings.invoiced_api_url,
+                now=now,
+                refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
+                                                        active_until=active_until, lifetime=tokens.lifetime),
+                active_until=active_until,
+            )
+        except Exception:
+            report.fail("store_failed")  # the 500 page and its log line come from the handler
+            raise
+        connection = saved.connection
+        report.succeed(CONNECTED if connection.version == 1 else RECONNECTED)
+        logger.info(
+            "connection saved",
+            extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
+        )
+        if saved.replaced is not None:
+            report.replaced_grant = self._revoke_replaced(client, connection.connection_id, saved.replaced)
+        company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
+        if self.events is not None:
+            kind = lifecycle.CONNECTION_CREATED if connection.version == 1 else lifecycle.CONNECTION_RECONNECTED
+            self.events.publish(kind, dataclasses.replace(connection, company_name=company_name))
+        if flow.return_to:
+            return pages.redirect(
+                with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
+                cookies=(CLEAR_COOKIE,),
+            )
+        return pages.Outcome(200, "Connected", "", reference, company=company_name, connected=True)
+
+    def _denied(
+        self, flow: FlowState, error: str | None, description: str | None, reference: str, report: FlowReport
+    ) -> pages.Outcome | HttpResult:
+        # Invoiced's own deny redirect has only error_description; stock
+        # servers send error=access_denied. Both mean the user said no.
+        denied = error in (None, "access_denied")
+        report.fail("denied" if denied else "authorize_error")
+        logged_error = error if error in KNOWN_AUTHORIZE_ERRORS else ("denied" if error is None else "other")
+        logger.info("authorization not granted", extra={"connection_id": flow.connection_id, "error": logged_error})
+        if flow.return_to:
+            status = "denied" if denied else "error"
+            return pages.redirect(
+                with_query(flow.return_to, {"connection_id": flow.connection_id, "status": status}),
+                cookies=(CLEAR_COOKIE,),
+            )
+        if denied:
+            # Invoiced's own wording ("The resource owner or authorization
+            # server denied the request.") is not for people.
+            return pages.Outcome(200, "Not connected", DENIED_MESSAGE, reference)
+        return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
+
+    def _exchange_failure(self, exc: InvoicedError, reference: str, report: FlowReport) -> pages.Outcome:
+        if isinstance(exc, InvalidGrantError):
+            raise BadRequest(
+                400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
+                "Start again from your connect link.", "code_invalid"
+            )
+        report.fail("client_auth_failed" if isinstance(exc, ClientAuthError) else "exchange_failed")
+        if isinstance(exc, InvalidTokenResponseError):
+            message = "Invoiced's answer could not be used."
+        elif isinstance(exc, ClientAuthError):
+            message = "The application's Invoiced credentials were not accepted."
+        else:
+            message = "Invoiced did not answer in time. Start again from your connect link."
+        logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
+        return pages.Outcome(502, "Could not connect", message, reference)
+
+    def _revoke_replaced(self, client: InvoicedClient, connection_id: str, replaced: SealedTokens) -> str:
+        """Revoke the grant a reconnect replaced (nobody holds its tokens any more).
+
+        After the new tokens are stored, and best effort: a failure is logged
+        and counted (``ReplacedGrantRevokeFailed``), and the connect stands.
+        """
+        try:
+            if not replaced.split:
+                raise ValueError("the replaced tokens are in the pre-split format, which this role cannot open")
+            client.revoke(self.cipher.decrypt_access(connection_id, replaced), timeout=REPLACED_GRANT_REVOKE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - never at the new connection's expense
+            logger.warning("the replaced grant could not be revoked at Invoiced; it stays valid there until it "
+                           "expires", extra={"connection_id": connection_id, "error_type": type(exc).__name__,
+                                             "reason": getattr(exc, "reason", None) or None})
+            return REPLACED_GRANT_REVOKE_FAILED
+        logger.info("the replaced grant was revoked at Invoiced", extra={"connection_id": connection_id})
+        return REPLACED_GRANT_REVOKED
+
+    def _label(self, client: InvoicedClient, access_token: str, connection_id: str, version: int) -> str | None:
+        """Name the connection after its company; best effort, never at the tokens' expense."""
+        try:
+            name = client.current_company(access_token, timeout=COMPANY_LOOKUP_TIMEOUT).name
+        except InvoicedError as exc:
+            logger.warning("company lookup failed", extra={"reason": exc.reason, "connection_id": connection_id})
+            return None
+        if name and self.store.set_company_name(connection_id, name, version=version):
+            return name
+        return name or None
+
+
+# ---------------------------------------------------------------------- outcome cookie
+RESULT_COOKIE_NAME = "__Host-invoiced-connect-result"
+CLEAR_RESULT_COOKIE = f"{RESULT_COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
+_SHOWN_STATUSES = frozenset({200, 400, 403, 502, 503})
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def outcome_cookie(outcome: pages.Outcome) -> str:
+    """The outcome, carried to the redirected page in a short-lived cookie.
+
+    Only this origin can set a ``__Host-`` cookie, and the page escapes what
+    it shows, so the cookie needs no signature; it holds nothing secret.
+    """
+    payload = {
+        "s": outcome.status,
+        "t": _clip(outcome.title, 100),
+        "m": _clip(outcome.message, 400),
+        "r": _clip(outcome.reference, 100),
+        "c": _clip(outcome.company, 200),
+        "ok": outcome.connected,
+    }
+    value = b64url.encode(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
+    return f"{RESULT_COOKIE_NAME}={value}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
+
+
+def decode_outcome(value: str) -> pages.Outcome | None:
+    """Read an outcome cookie; anything malformed is ``None``."""
+    if not value or len(value) > 3000:
+        return None
+    try:
+        payload = json.loads(b64url.decode(value))
+        outcome = pages.Outcome(
+            status=int(payload["s"]),
+            title=str(payload["t"]),
+            message=str(payload["m"]),
+            reference=str(payload["r"]),
+            company=None if payload.get("c") is None else str(payload["c"]),
+            connected=payload.get("ok") is True,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    return outcome if outcome.status in _SHOWN_STATUSES else None
+
+
+def default_flow() -> ConnectFlow:
+    """The flow wired to this deployment's settings, table, key and secrets."""
+    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect.core.settings import get_settings
+
+    settings = get_settings()
+
+    def link_keys(force: bool = False) -> list[str]:
+        secret = secret_cache.get_json(settings.require("link_signing_secret_arn"), force=force)
+        keys = [secret.get("current"), *([secret["previous"]] if secret.get("previous") else [])]
+        if not all(usable_key(key) for key in keys):
+            raise SecretError("the link signing secret needs a 'current' (and optional 'previous') key of 32+ characters")
+        return keys
+
+    def client_secret(force: bool) -> str:
+        return secret_cache.get_field(settings.require("client_secret_arn"), "client_secret", force=force)
+
+    return ConnectFlow(
+        settings=settings,
+        store=TokenStore(settings.table_name),
+        cipher=TokenCipher(settings.kms_key_id),
+        link_keys=link_keys,
+        client_secret=client_secret,
+        events=EventPublisher(settings.event_bus_name),
+    )

@@ -1,0 +1,124 @@
+"""Disconnecting: revoke the grant at Invoiced, then erase the tokens.
+
+Invoiced's ``POST /oauth/revoke`` takes an access token (and deletes its
+refresh token with it), so the revoke needs a *current* one: the disconnect
+takes the same lease as a refresh (never racing one), refreshes first if the
+access token is about to expire, revokes, and only then marks the connection
+``revoked`` with its tokens erased. If Invoiced cannot be reached, nothing
+changes and the caller is told to try again; a connection whose tokens are
+already dead (``needs_reauth``, or a refresh token Invoiced rejects) is
+marked ``revoked`` without a revoke call. The row is kept (no deletes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from invoiced_connect.cloud import events as lifecycle
+from invoiced_connect.core.lifetimes import min_validity
+from invoiced_connect.core.models import Connection, ConnectionStatus
+from invoiced_connect.invoiced.client import InvoicedError, TransientError
+from invoiced_connect.lifecycle.refresh import Mode, Outcome, Refresher, new_owner
+from invoiced_connect.storage.crypto import SealedTokens
+from invoiced_connect.storage.store import LeaseLost
+
+logger = logging.getLogger(__name__)
+OUTCOMES = ("disconnected", "already_revoked", "not_found", "busy", "unavailable")
+# After these refresh outcomes the row has a current token (or is dead): look again.
+_LOOK_AGAIN = frozenset({Outcome.REFRESHED, Outcome.ALREADY_FRESH, Outcome.RACE_RECOVERED, Outcome.NEEDS_REAUTH,
+                         Outcome.NOT_ACTIVE, Outcome.RESCUE_APPLIED})
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    connection_id: str
+    outcome: str  # disconnected | already_revoked | not_found | busy | unavailable
+    status: str | None = None
+    version: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"connection_id": self.connection_id, "outcome": self.outcome, "status": self.status,
+                "version": self.version}
+
+
+class Disconnector:
+    """Uses a :class:`Refresher`'s store, cipher, client, events and clock."""
+
+    def __init__(self, refresher: Refresher) -> None:
+        self.r = refresher
+
+    def disconnect(self, connection_id: str, *, wait_seconds: float = 20.0) -> DisconnectResult:
+        r = self.r
+        deadline = r.clock() + wait_seconds
+        attempts = 0
+        while True:
+            found = r.store.get_connection(connection_id)
+            if found is None:
+                return DisconnectResult(connection_id, "not_found")
+            row, blob = found
+            now = int(r.clock())
+            if row.status is ConnectionStatus.REVOKED:
+                return self._result(row, "already_revoked")
+            if row.leased_by_other(None, now):
+                if r.clock() >= deadline:
+                    return self._result(row, "busy")
+                r._wait_for_change(row, deadline)
+                continue
+            if row.status is ConnectionStatus.ACTIVE and row.expires_at - now < min_validity(row.token_lifetime):
+                # Revoke takes an access token, and an expired one may no
+                # longer be found: rotate first, through the normal (leased,
+                # committed) refresh, then look again.
+                refreshed = r.refresh(connection_id, mode=Mode.ON_DEMAND, wait_seconds=max(0.0, deadline - r.clock()))
+                if refreshed.outcome not in _LOOK_AGAIN:
+                    return self._result(row, "unavailable")
+                attempts += 1
+                if attempts > 3:
+                    return self._result(row, "unavailable")
+                continue
+            owner = new_owner()
+            try:
+                row, blob = r.store.take_lease(
+                    connection_id, owner=owner, version=row.version, now=now, until=now + r.policy.lease_seconds,
+                    statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
+                )
+            except LeaseLost:
+                continue
+            try:
+                reason = self._revoke(row, blob)
+            except TransientError as exc:
+                r.store.release_lease(connection_id, owner=owner)
+                logger.warning("disconnect postponed: Invoiced unreachable",
+                               extra={"connection_id": connection_id, "reason": exc.reason})
+                return self._result(row, "unavailable")
+            except BaseException:
+                r.store.release_lease(connection_id, owner=owner)
+                raise
+            revoked = r.store.mark_revoked(connection_id, owner=owner, version=row.version, now=int(r.clock()),
+                                           reason=reason)
+            self._discard_rescue(connection_id)
+            logger.info("connection disconnected", extra={"connection_id": connection_id, "reason": reason})
+            r.events.publish(lifecycle.CONNECTION_DISCONNECTED, revoked, reason=reason)
+            return self._result(revoked, "disconnected")
+
+    def _revoke(self, row: Connection, blob: SealedTokens | None) -> str:
+        """Revoke the live grant, if there is one; the reason recorded on the row."""
+        r = self.r
+        if row.status is ConnectionStatus.NEEDS_REAUTH or blob is None:
+            return "disconnected_dead_grant"
+        access_token = r.cipher.decrypt_access_any_format(row.connection_id, blob)  # revoke takes an access token
+        try:
+            r._invoiced().revoke(access_token)
+        except TransientError:
+            raise
+        except InvoicedError:
+            return "disconnected_token_refused"  # Invoiced no longer knows the token
+        return "disconnected"
+
+    def _discard_rescue(self, connection_id: str) -> None:
+        if self.r.store.get_rescue(connection_id) is not None:
+            self.r.recover(connection_id)  # revokes the kept-aside grant too
+
+    @staticmethod
+    def _result(row: Connection, outcome: str) -> DisconnectResult:
+        return DisconnectResult(row.connection_id, outcome, row.status.value, row.version)

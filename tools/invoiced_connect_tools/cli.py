@@ -1,0 +1,355 @@
+"""The ``invoiced-connect`` command.
+
+Reads the same configuration as the functions: the process environment, or
+an env file (``--env-file .local/stack.env`` for the local stack, written by
+``make run``), or a deployed stack's outputs (``--stack NAME``). Errors are
+one line on stderr and exit status 2.
+
+    invoiced-connect link create ID [--return-to URL] [--ttl 1h]
+    invoiced-connect connections list [--json]
+    invoiced-connect connections show ID [--json]
+    invoiced-connect refresh ID          # a locked refresh, through the connections function
+    invoiced-connect disconnect ID [--yes]
+    invoiced-connect --stack NAME next-steps       # after a deploy: what is left to do
+    invoiced-connect --stack NAME configure [--client-id ID]
+
+``refresh`` and ``disconnect`` invoke the stack's connections function, as the
+reader SDK does, so the command never needs the client secret. Nothing it
+prints contains a token.
+
+``configure`` stores the OAuth client secret in the stack's secret and the
+client id in the stack's parameter (see :mod:`invoiced_connect_tools.deployment`).
+The secret is read at a prompt that does not echo it, or from stdin when
+stdin is not a terminal; no argument carries it, so it stays out of shell
+history and the process list, and nothing printed contains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from invoiced_connect.core.models import Connection
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from invoiced_connect.sdk.tokens import TokenError
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h`` or ``7d``."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 3600, 15m, 12h, 7d)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.removeprefix("export ").partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{path}:{number}: expected KEY=VALUE")
+            try:  # shell quoting, as `source` reads it
+                words = shlex.split(value.strip())
+            except ValueError:
+                raise ValueError(f"{path}:{number}: unbalanced quotes") from None
+            values[key.strip()] = " ".join(words)
+    return values
+
+
+def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, str]:
+    """The settings of a deployed stack, read from its outputs and parameters."""
+    from invoiced_connect.cloud import aws
+    from invoiced_connect_tools.deployment import describe_stack
+
+    stack = describe_stack(cloudformation or aws.client("cloudformation"), stack_name)
+    return {
+        "PUBLIC_BASE_URL": stack.output("ConnectUrl").removesuffix("/connect"),
+        "LINK_SIGNING_SECRET_ARN": stack.output("LinkSigningSecretArn"),
+        "TABLE_NAME": stack.output("TokensTableName"),
+        "KMS_KEY_ID": stack.output("TokenKeyArn"),
+        "CONNECTIONS_FUNCTION_NAME": stack.output("ConnectionsFunctionName"),
+        "RETURN_URL_ALLOWLIST": stack.parameters.get("ReturnUrlAllowlist", ""),
+    }
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invoiced-connect", description="Operate an invoiced-connect deployment.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--env-file",
+        help="read configuration from this KEY=VALUE file (make run writes .local/stack.env)",
+    )
+    source.add_argument(
+        "--stack",
+        help="read configuration from this deployed CloudFormation stack (uses your AWS credentials and region)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    link = commands.add_parser("link", help="connect links").add_subparsers(dest="link_command", required=True)
+    create = link.add_parser("create", help="make a signed connect link for one of your customers")
+    create.add_argument("connection_id", help="your id for the customer (letters, digits, . _ : @ -)")
+    create.add_argument("--return-to", help="where to send the browser afterwards (must be allowlisted)")
+    create.add_argument(
+        "--ttl", type=parse_duration, default=timedelta(hours=1), help="link lifetime (default 1h, at most 30d)"
+    )
+
+    connections = commands.add_parser("connections", help="look at connections (never their tokens)")
+    connection_commands = connections.add_subparsers(dest="connections_command", required=True)
+    listing = connection_commands.add_parser("list", help="every connection, one line each")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = connection_commands.add_parser("show", help="one connection in detail")
+    show.add_argument("connection_id")
+    show.add_argument("--json", action="store_true", help="as a JSON object")
+
+    refresh = commands.add_parser("refresh", help="refresh a connection's tokens now (locked, like any refresh)")
+    refresh.add_argument("connection_id")
+    disconnect = commands.add_parser("disconnect", help="revoke a connection at Invoiced and erase its tokens")
+    disconnect.add_argument("connection_id")
+    disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    stack_help = "the deployed stack (may also be given before the command)"
+    steps = commands.add_parser(
+        "next-steps", help="after a deploy: the callback URL to register at Invoiced, and what is left to configure"
+    )
+    steps.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
+    configure = commands.add_parser(
+        "configure",
+        help="store the OAuth client id and secret in the stack (the secret is asked for, or read from stdin)",
+        description="Store the Invoiced OAuth application's client id (in the stack's InvoicedClientId "
+        "parameter) and client secret (in the stack's ClientSecretArn secret). The secret is asked for "
+        "without echo, or read from stdin when stdin is not a terminal: "
+        "`pass show invoiced/secret | head -n 1 | invoiced-connect --stack NAME configure --client-id ID`.",
+    )
+    configure.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
+    configure.add_argument(
+        "--client-id", help="the client id (asked for when omitted in a terminal; else the stack's current one)"
+    )
+    return parser
+
+
+# ---------------------------------------------------------------- connections
+_SHOWN = ("connection_id", "status", "company_name", "tenant_id", "version", "expires_at", "refresh_at",
+          "refreshed_at", "active_until", "failure_count", "next_attempt_at", "last_error", "outcome_unknown_at",
+          "status_reason", "lease_owner", "lease_until", "created_at", "updated_at", "issuer", "scopes")
+_TIMES = {"expires_at", "refresh_at", "refreshed_at", "active_until", "next_attempt_at", "outcome_unknown_at",
+          "lease_until", "created_at", "updated_at"}
+#: Refresh outcomes after which the connection holds a current token.
+_GOOD_OUTCOMES = {"refreshed", "already_fresh", "race_recovered", "rescue_applied"}
+
+
+def _when(epoch: int | None) -> str:
+    if not epoch:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def connection_view(connection: Connection) -> dict[str, Any]:
+    """What the command shows of a connection: metadata only."""
+    view: dict[str, Any] = {}
+    for name in _SHOWN:
+        value = getattr(connection, name)
+        if name == "status":
+            value = value.value
+        elif name == "scopes":
+            value = " ".join(value)
+        elif name in _TIMES:
+            value = _when(value)
+        view[name] = value
+    return view
+
+
+def _list_connections(as_json: bool) -> int:
+    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect.storage.store import TokenStore
+
+    rows = sorted(TokenStore(get_settings().table_name).list_connections(), key=lambda c: c.connection_id)
+    if as_json:
+        for connection in rows:
+            print(json.dumps(connection_view(connection)))
+        return 0
+    columns = ("connection_id", "status", "company_name", "version", "expires_at", "refresh_at", "failure_count")
+    table = [["-" if (value := connection_view(connection)[name]) in (None, "") else str(value) for name in columns]
+             for connection in rows]
+    widths = [max([len(name), *(len(row[i]) for row in table)]) for i, name in enumerate(columns)]
+    print("  ".join(name.upper().ljust(width) for name, width in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} connection(s)", file=sys.stderr)
+    return 0
+
+
+def _show_connection(connection_id: str, as_json: bool) -> int:
+    from invoiced_connect.core.models import validate_connection_id
+    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect.storage.store import TokenStore
+
+    found = TokenStore(get_settings().table_name).get_connection(validate_connection_id(connection_id))
+    if found is None:
+        print(f"invoiced-connect: no connection {connection_id!r}", file=sys.stderr)
+        return 1
+    view = connection_view(found[0])
+    view["has_tokens"] = found[1] is not None
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        for name, value in view.items():
+            print(f"{name:<20} {'-' if value in (None, '') else value}")
+    return 0
+
+
+def _invoke(action: str, connection_id: str) -> dict[str, Any]:
+    from invoiced_connect.core.models import validate_connection_id
+    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect.sdk.tokens import lambda_invoker
+
+    payload: dict[str, Any] = {"action": action, "connection_id": validate_connection_id(connection_id)}
+    if action == "refresh":
+        payload["force"] = True
+    return lambda_invoker(get_settings().require("connections_function_name"))(payload)
+
+
+def _refresh(connection_id: str) -> int:
+    answer = _invoke("refresh", connection_id)
+    print(json.dumps(answer))
+    return 0 if answer.get("outcome") in _GOOD_OUTCOMES else 1
+
+
+def _disconnect(connection_id: str, yes: bool) -> int:
+    if not yes:
+        if not sys.stdin.isatty():
+            print("invoiced-connect: disconnect needs --yes when not run interactively", file=sys.stderr)
+            return 2
+        reply = input(f"Revoke {connection_id!r} at Invoiced and erase its tokens? [y/N] ")
+        if reply.strip().lower() not in ("y", "yes"):
+            print("Nothing changed.")
+            return 1
+    answer = _invoke("disconnect", connection_id)
+    print(json.dumps(answer))
+    return 0 if answer.get("outcome") in ("disconnected", "already_revoked") else 1
+
+
+def _hint(exc: Exception, args: argparse.Namespace) -> str:
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    from invoiced_connect.core.settings import SettingsError
+
+    if isinstance(exc, SettingsError) and not (args.env_file or args.stack):
+        return " (use --env-file .local/stack.env for the local stack, or --stack NAME for a deployed one)"
+    if isinstance(exc, NoRegionError):
+        return " (set AWS_REGION or configure a default region for your AWS profile)"
+    if isinstance(exc, NoCredentialsError):
+        return " (run `aws configure`, or set AWS_PROFILE to a configured profile)"
+    return ""
+
+
+# ---------------------------------------------------------------- deployment
+def _program() -> str:
+    """How the person typed this command, for the commands it prints."""
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) != "invoiced-connect":
+        return "invoiced-connect"  # python -m, or a test
+    found = shutil.which("invoiced-connect")
+    if found and os.path.realpath(found) == os.path.realpath(typed):
+        return "invoiced-connect"
+    return typed
+
+
+def _ask(prompt: str) -> str:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
+
+
+def _stack_command(args: argparse.Namespace) -> int:
+    from invoiced_connect.cloud import aws
+    from invoiced_connect_tools import deployment
+
+    if args.env_file or not args.stack:
+        raise ValueError(f"{args.command} works on a deployed stack: use --stack NAME (not --env-file)")
+    cloudformation, secretsmanager = aws.client("cloudformation"), aws.client("secretsmanager")
+    if args.command == "next-steps":
+        print(deployment.stack_next_steps(args.stack, cloudformation, secretsmanager, _program()))
+        return 0
+    import getpass
+
+    try:
+        result = deployment.configure(
+            args.stack,
+            cloudformation=cloudformation,
+            secretsmanager=secretsmanager,
+            client_id=args.client_id,
+            stdin=sys.stdin,
+            interactive=sys.stdin.isatty(),
+            getpass=getpass.getpass,
+            ask=_ask,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (KeyboardInterrupt, EOFError):
+        print("\ninvoiced-connect: cancelled", file=sys.stderr)
+        return 130
+    for warning in deployment.samconfig_pins(result.stack, result.client_id):
+        print(warning, file=sys.stderr)
+    print(deployment.configured_message(result, _program()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+        # botocore reads only AWS_DEFAULT_REGION (and the profile); AWS_REGION is the SDKs' common name.
+        os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
+    try:
+        if args.command in ("configure", "next-steps"):
+            return _stack_command(args)
+        if args.env_file:
+            os.environ.update(read_env_file(args.env_file))
+        if args.stack:
+            os.environ.update(stack_environment(args.stack))
+        if args.env_file or args.stack:
+            from invoiced_connect.core.settings import get_settings
+
+            get_settings.cache_clear()  # read what was just configured
+        if args.command == "link" and args.link_command == "create":
+            from invoiced_connect.connect.links import create_connect_link
+
+            print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl))
+            return 0
+        if args.command == "connections":
+            if args.connections_command == "list":
+                return _list_connections(args.json)
+            return _show_connection(args.connection_id, args.json)
+        if args.command == "refresh":
+            return _refresh(args.connection_id)
+        if args.command == "disconnect":
+            return _disconnect(args.connection_id, args.yes)
+    except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError, TokenError) as exc:
+        # ValueError: bad input; OSError: env file; RuntimeError: settings or
+        # secrets; botocore: credentials, region, unknown stack.
+        print(f"invoiced-connect: {exc}{_hint(exc, args)}", file=sys.stderr)
+        return 2
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
