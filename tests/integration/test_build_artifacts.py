@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench import coldstart
-from tests.integration.test_template import sam_cli
+from tests.support.template import sam_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILE = ROOT / "scripts" / "compile-bytecode"
