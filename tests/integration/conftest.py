@@ -4,13 +4,11 @@ keys and secrets from template.yaml, the local Invoiced, and the gateway."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
+
+from tests.support import CLIENT_SECRET_CANARY, RETURN_BASE
 
 # Short enough that the timeout tests stay quick, long enough for this machine.
 os.environ.setdefault("HTTP_TIMEOUT_SECONDS", "2")
@@ -18,9 +16,6 @@ os.environ.setdefault("HTTP_TIMEOUT_SECONDS", "2")
 # holds no request longer than the timeout faults), so a lost answer queued
 # again for its probe does not keep the queues busy for 90 s between tests.
 os.environ.setdefault("UNKNOWN_OUTCOME_SETTLE_SECONDS", "4")
-
-RETURN_BASE = "https://app.example.test/integrations"
-CLIENT_SECRET_CANARY = "CANARYsecret" + "x" * 20
 
 
 @pytest.fixture(scope="session")
@@ -37,45 +32,3 @@ def invoiced(stack):
     yield stack.invoiced
     stack.invoiced.faults.reset()
 
-
-@dataclass
-class StartedFlow:
-    authorize_url: str
-    cookie: str  # the value of the __Host- cookie
-    set_cookie: str
-
-    @property
-    def state(self) -> str:
-        return parse_qs(urlsplit(self.authorize_url).query)["state"][0]
-
-
-COOKIE_RE = re.compile(r"__Host-invoiced-connect=([^;]*)")
-RESULT_COOKIE_RE = re.compile(r"__Host-invoiced-connect-result=([^;]*)")
-
-
-def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = None) -> StartedFlow:
-    """Open a fresh connect link as a browser would; stop at Invoiced."""
-    link = stack.make_link(connection_id, return_to=return_to)
-    response = requests.get(link, allow_redirects=False, timeout=10)
-    assert response.status_code == 302, response.text
-    set_cookie = response.headers["Set-Cookie"]
-    return StartedFlow(response.headers["Location"], COOKIE_RE.search(set_cookie).group(1), set_cookie)
-
-
-def callback(url: str, cookie: str | None) -> requests.Response:
-    """GET the callback as the browser that holds ``cookie``, following the
-    one redirect to the clean ``/callback`` page that shows the outcome."""
-    headers = {"Cookie": f"__Host-invoiced-connect={cookie}"} if cookie else {}
-    first = requests.get(url, headers=headers, allow_redirects=False, timeout=30)
-    location = urlsplit(first.headers.get("Location", ""))
-    if first.status_code != 303 or location.path != "/callback":
-        return first  # e.g. the 303 to the app's return URL
-    assert not location.query, "the outcome page must not carry code or state"
-    assert "__Host-invoiced-connect=; Max-Age=0" in first.headers["Set-Cookie"]
-    result = RESULT_COOKIE_RE.search(first.headers["Set-Cookie"]).group(1)
-    return requests.get(
-        first.headers["Location"],
-        headers={"Cookie": f"__Host-invoiced-connect-result={result}"},
-        allow_redirects=False,
-        timeout=30,
-    )

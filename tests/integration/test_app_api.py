@@ -25,7 +25,7 @@ from invoiced_connect.sdk.tokens import TokenReader, TokenRejected, lambda_invok
 from invoiced_connect.storage.crypto import SealedTokens, TokenCipher, encryption_context
 from invoiced_connect.storage.store import Rescue, TokenStore
 from local.contracts import validator_for
-from tests.integration.lifecycle import connect, expire, invoiced_client, make_due, refresher, row, stored_tokens
+from tests.support.lifecycle import connect, expire, invoiced_client, make_due, refresher, row, stored_tokens
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ import requests
 from local.gateway import LocalFunction
 from local.lambda_api import LambdaApi
 from local.template import FunctionSpec
-from tests.integration.conftest import COOKIE_RE, callback
-from tests.integration.lifecycle import stored_tokens
+from tests.support.browser import COOKIE_RE, callback
+from tests.support.lifecycle import stored_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "examples" / "node"

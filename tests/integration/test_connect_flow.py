@@ -21,15 +21,8 @@ from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_toke
 from invoiced_connect.core.models import ConnectionStatus
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import FlowState, StateRejected, TokenStore
-from tests.integration.conftest import (
-    CLIENT_SECRET_CANARY,
-    COOKIE_RE,
-    RESULT_COOKIE_RE,
-    RETURN_BASE,
-    callback,
-    start_flow,
-)
-from tests.support import b64url, security_header_problems
+from tests.support import CLIENT_SECRET_CANARY, RETURN_BASE, b64url, security_header_problems
+from tests.support.browser import COOKIE_RE, RESULT_COOKIE_RE, callback, start_flow
 
 
 # ------------------------------------------------------------------ helpers

@@ -11,11 +11,9 @@ every invocation writes at most one EMF document.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -24,8 +22,8 @@ from invoiced_connect.connect.links import LinkClaims, sign_link_token
 from invoiced_connect.entry.observability import CONNECT_FAILURE_REASONS
 from local.seed import connect as seed_connection
 from local.seed import invoiced_client, make_due, stored_tokens
-from tests.integration.handler_harness import Capture, Handlers, Metric
-from tests.integration.test_log_hygiene import client_secret, private_refresh_queue
+from tests.support.handlers import Capture, Handlers, Metric
+from tests.support.overrides import bad_setting, client_secret, private_refresh_queue
 
 NAMESPACE = "InvoicedConnect"
 SERVICE = {"service": "invoiced-connect"}
@@ -77,22 +75,6 @@ def signing_key(stack) -> str:
     from invoiced_connect.cloud.secrets import secret_cache
 
     return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
-
-
-@contextlib.contextmanager
-def bad_setting(monkeypatch) -> Iterator[None]:
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.entry import web
-
-    try:
-        with monkeypatch.context() as patch:
-            patch.setenv("RETURN_URL_ALLOWLIST", "app.example.com/settings")  # no scheme
-            get_settings.cache_clear()
-            web.flow.cache_clear()
-            yield
-    finally:
-        get_settings.cache_clear()
-        web.flow.cache_clear()
 
 
 # ------------------------------------------------------------------ /connect

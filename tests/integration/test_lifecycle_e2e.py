@@ -16,8 +16,8 @@ from invoiced_connect_tools import cli
 from invoiced_connect.core.models import ConnectionStatus
 from invoiced_connect.core.settings import get_settings
 from invoiced_connect.sdk import tokens
-from tests.integration.conftest import callback, start_flow
-from tests.integration.lifecycle import expire, invoiced_client, make_due, row, stored_tokens
+from tests.support.browser import callback, start_flow
+from tests.support.lifecycle import expire, invoiced_client, make_due, row, stored_tokens
 
 
 @pytest.fixture

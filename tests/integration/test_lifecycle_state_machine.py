@@ -24,8 +24,7 @@ from invoiced_connect.core.models import ConnectionStatus
 from invoiced_connect.lifecycle.disconnect import Disconnector
 from invoiced_connect.lifecycle.refresh import Mode, Outcome
 from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
-from tests.integration.lifecycle import connect, invoiced_client, make_due, refresher, store, stored_tokens
-from tests.integration.test_token_reader import reader
+from tests.support.lifecycle import connect, invoiced_client, make_due, reader, refresher, store, stored_tokens
 
 FAULTS = [None, "server_error_next", "rate_limit_next", "html_next", "truncate_next", "commit_then_drop_next"]
 SLOTS = ("a", "b", "c")

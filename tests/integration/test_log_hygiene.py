@@ -20,7 +20,6 @@ id.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import uuid
@@ -35,7 +34,8 @@ from invoiced_connect.app_api import service as app_api
 from invoiced_connect.connect import flow as flow_module
 from local.seed import connect as seed_connection
 from local.seed import expire, invoiced_client, make_due, stored_tokens
-from tests.integration.handler_harness import Canaries, Capture, Handlers, Written
+from tests.support.handlers import Canaries, Capture, Handlers, Written
+from tests.support.overrides import client_secret, private_refresh_queue
 
 AUTH_HEADER_CANARY = "Bearer CANARYauthorizationHeader" + "a" * 16
 COOKIE_CANARY = "CANARYforeignCookieValue" + "c" * 16
@@ -137,39 +137,6 @@ def hygiene(stack, invoiced, capfd, monkeypatch) -> Iterator[Hygiene]:
     handlers = Handlers(stack, capture)  # imported now, with the environment above
     with capture.active():
         yield Hygiene(stack, handlers, canaries, capture)
-
-
-@contextlib.contextmanager
-def client_secret(stack, value: str) -> Iterator[None]:
-    """Secrets Manager holds ``value`` as the client secret meanwhile."""
-    from invoiced_connect.cloud.secrets import secret_cache
-
-    manager = boto3.client("secretsmanager")
-    arn = stack.env["CLIENT_SECRET_ARN"]
-    manager.put_secret_value(SecretId=arn, SecretString=json.dumps({"client_secret": value}))
-    secret_cache.clear()
-    try:
-        yield
-    finally:
-        manager.put_secret_value(SecretId=arn, SecretString=json.dumps({"client_secret": stack.client_secret}))
-        secret_cache.clear()
-
-
-@contextlib.contextmanager
-def private_refresh_queue(monkeypatch) -> Iterator[str]:
-    """The scheduler sends to a queue of its own, which no poller drains into the worker meanwhile."""
-    from invoiced_connect.core.settings import get_settings
-
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName=f"hygiene-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    try:
-        with monkeypatch.context() as patch:
-            patch.setenv("REFRESH_QUEUE_URL", url)
-            get_settings.cache_clear()
-            yield url
-    finally:
-        get_settings.cache_clear()
-        sqs.delete_queue(QueueUrl=url)
 
 
 # ------------------------------------------------------------------ /connect

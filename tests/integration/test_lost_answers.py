@@ -29,7 +29,7 @@ from invoiced_connect.sdk.tokens import (
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import TokenStore
 from local.contracts import validator_for
-from tests.integration.lifecycle import connect, make_due, refresher, row
+from tests.support.lifecycle import connect, make_due, refresher, row
 
 #: A fault after which Invoiced has rotated (the answer is lost), and one
 #: after which it has not (the client gave up before Invoiced acted).

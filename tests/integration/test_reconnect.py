@@ -15,8 +15,8 @@ from invoiced_connect.core.models import ConnectionStatus, TokenSet
 from invoiced_connect.lifecycle.disconnect import Disconnector
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import TokenStore
-from tests.integration.conftest import callback, start_flow
-from tests.integration.lifecycle import refresher, row, stored_tokens
+from tests.support.browser import callback, start_flow
+from tests.support.lifecycle import refresher, row, stored_tokens
 
 
 @pytest.fixture

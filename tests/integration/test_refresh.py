@@ -25,7 +25,7 @@ from invoiced_connect.lifecycle.refresh import (
 )
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import DUE_SHARDS, LeaseLost, Rescue, TokenStore
-from tests.integration.lifecycle import (
+from tests.support.lifecycle import (
     CountingClient,
     connect,
     expire,

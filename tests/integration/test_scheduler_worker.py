@@ -16,7 +16,7 @@ from invoiced_connect.lifecycle.scheduler import Scheduler
 from invoiced_connect.lifecycle.worker import process_batch, queue_settle_checks
 from invoiced_connect.storage.crypto import SealedTokens
 from invoiced_connect.storage.store import DUE_SHARDS, Rescue, TokenStore
-from tests.integration.lifecycle import connect, invoiced_client, make_due, refresher, row, stored_tokens
+from tests.support.lifecycle import connect, invoiced_client, make_due, refresher, row, stored_tokens
 
 
 class RecordingClient:

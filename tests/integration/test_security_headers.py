@@ -27,10 +27,9 @@ from invoiced_connect.connect.links import LinkClaims, sign_link_token
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token
 from invoiced_connect.storage.store import FlowState, TokenStore
 from local.gateway import api_event
-from tests.integration.conftest import RETURN_BASE
-from tests.integration.handler_harness import COOKIE_NAME, RESULT_COOKIE_NAME, Handlers
-from tests.integration.test_handler_metrics import bad_setting
-from tests.support import security_header_problems
+from tests.support import RETURN_BASE, security_header_problems
+from tests.support.handlers import COOKIE_NAME, RESULT_COOKIE_NAME, Handlers
+from tests.support.overrides import bad_setting
 
 
 class Responses:

@@ -21,7 +21,7 @@ from invoiced_connect.sdk.tokens import TokenReader
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import TokenStore
 from local.invoiced import LocalInvoiced
-from tests.integration.lifecycle import connect, invoiced_client, refresher, row
+from tests.support.lifecycle import connect, invoiced_client, refresher, row
 
 LIFETIME = 90
 READERS = 4

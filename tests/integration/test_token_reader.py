@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from invoiced_connect.app_api.service import TokenVendor, answer
 from invoiced_connect.core.lifetimes import MIN_VALIDITY_SECONDS, REFERENCE_LIFETIME_SECONDS, ROTATION_MARGIN_SECONDS
 from invoiced_connect.core.models import ConnectionStatus, InvalidConnectionId
 from invoiced_connect.entry import connections as operations
@@ -25,11 +24,13 @@ from invoiced_connect.sdk.tokens import (
     TokenUnavailable,
 )
 from invoiced_connect.storage.crypto import TokenCipher
-from tests.integration.lifecycle import (
+from tests.support.lifecycle import (
     connect,
+    direct_invoker,
     expire,
     invoiced_client,
     make_due,
+    reader,
     refresher,
     row,
     store,
@@ -45,24 +46,6 @@ class CountingKms:
     def decrypt_access(self, connection_id: str, sealed):
         self.decrypts += 1
         return self.cipher.decrypt_access(connection_id, sealed)
-
-
-def direct_invoker(stack, calls: list | None = None):
-    """The tokens function's logic, called in-process (the Lambda path is tested elsewhere)."""
-
-    def invoke(payload: dict) -> dict:
-        if calls is not None:
-            calls.append(payload)
-        vendor = TokenVendor(store=store(stack), cipher=TokenCipher(stack.kms_key_arn),
-                             refresher=lambda: refresher(stack))
-        return answer(lambda: vendor.get_token(payload, remaining_seconds=60))
-
-    return invoke
-
-
-def reader(stack, *, calls=None, clock=time.time, coalesce=True, kms=None) -> TokenReader:
-    return TokenReader(store=store(stack), cipher=kms or TokenCipher(stack.kms_key_arn),
-                       invoke=direct_invoker(stack, calls), clock=clock, coalesce=coalesce)
 
 
 @pytest.fixture

@@ -7,6 +7,11 @@ import json
 
 import requests
 
+#: The one return URL base the integration tests' local stack allows (tests/integration/conftest.py).
+RETURN_BASE = "https://app.example.test/integrations"
+#: The client secret that stack's Secrets Manager holds: a canary no response or log may show.
+CLIENT_SECRET_CANARY = "CANARYsecret" + "x" * 20
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

@@ -1,7 +1,8 @@
 """The example consumer (invoiced_connect.entry.list_invoices and functions/list_invoices): no network.
 
-API sessions come from the fake transport of ``test_api_session``; the token
-SDK is the real ``invoiced_connect.sdk.tokens`` with its default reader replaced.
+API sessions come from the fake transport of tests/support/api_transport.py;
+the token SDK is the real ``invoiced_connect.sdk.tokens`` with its default
+reader replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from invoiced_connect.entry import list_invoices as list_invoices_module
 from invoiced_connect.sdk import tokens as token_sdk
 from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
-from tests.unit.test_api_session import (
+from tests.support.api_transport import (
     API,
     CID,
     SERVER_ERROR,

@@ -31,6 +31,7 @@ from invoiced_connect.lifecycle.refresh import Outcome
 from invoiced_connect.lifecycle.worker import BatchReport
 from invoiced_connect.sdk.tokens import ReadCounts, TokenReader
 from invoiced_connect.storage.crypto import SealedTokens
+from tests.support.tracing import FakeProvider
 
 PACKAGE = Path(flow.__file__).parents[1]
 
@@ -315,28 +316,6 @@ class FakeLogger:
 
     def set_correlation_id(self, value):
         self.correlation_id = value
-
-
-class FakeSubsegment:
-    def __init__(self, name: str) -> None:
-        self.name, self.annotations, self.metadata = name, {}, {}
-
-    def put_annotation(self, key, value):
-        self.annotations[key] = value
-
-    def put_metadata(self, key, value, namespace=None):
-        self.metadata[key] = value
-
-
-class FakeProvider:
-    def __init__(self) -> None:
-        self.subsegments: list[FakeSubsegment] = []
-
-    @contextlib.contextmanager
-    def in_subsegment(self, name=None, **kwargs):
-        subsegment = FakeSubsegment(name)
-        self.subsegments.append(subsegment)
-        yield subsegment
 
 
 def test_a_record_scope_keys_the_log_lines_and_annotates_a_subsegment():

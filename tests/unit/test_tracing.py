@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aws_lambda_powertools import Tracer
 
-from tests.unit.test_metrics import FakeProvider
+from tests.support.tracing import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "CANARY-response-token-" + "t" * 24

@@ -1,6 +1,6 @@
 """Helpers for the token lifecycle tests: connections made for real (the
-local Invoiced's consent and code exchange), and refreshers wired to the
-running local stack with injectable parts."""
+local Invoiced's consent and code exchange), and refreshers and token
+readers wired to the running local stack with injectable parts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from invoiced_connect.app_api.service import TokenVendor, answer
 from invoiced_connect.cloud.events import EventPublisher
 from invoiced_connect.core.models import Connection
 from invoiced_connect.invoiced.client import InvoicedClient
 from invoiced_connect.lifecycle.refresh import Refresher, RefreshPolicy
+from invoiced_connect.sdk.tokens import TokenReader
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import TokenStore
 from local.seed import connect, expire, invoiced_client, make_due, row, store, stored_tokens
@@ -54,6 +56,24 @@ def refresher(stack: Any, *, client: Any = None, clock: Callable[[], float] = ti
         clock=clock,
         sleep=sleep,
     )
+
+
+def direct_invoker(stack, calls: list | None = None):
+    """The tokens function's logic, called in-process (the Lambda path is tested elsewhere)."""
+
+    def invoke(payload: dict) -> dict:
+        if calls is not None:
+            calls.append(payload)
+        vendor = TokenVendor(store=store(stack), cipher=TokenCipher(stack.kms_key_arn),
+                             refresher=lambda: refresher(stack))
+        return answer(lambda: vendor.get_token(payload, remaining_seconds=60))
+
+    return invoke
+
+
+def reader(stack, *, calls=None, clock=time.time, coalesce=True, kms=None) -> TokenReader:
+    return TokenReader(store=store(stack), cipher=kms or TokenCipher(stack.kms_key_arn),
+                       invoke=direct_invoker(stack, calls), clock=clock, coalesce=coalesce)
 
 
 class RecordingEvents(EventPublisher):
