@@ -54,7 +54,7 @@ def empty_table(stack) -> str:
 
 
 @pytest.fixture
-def queue() -> str:
+def queue_url() -> str:
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"due-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     yield url
@@ -86,7 +86,7 @@ def drain(queue_url: str) -> list[dict]:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_the_scheduler_reads_only_what_is_due_with_queries(empty_table, queue):
+def test_the_scheduler_reads_only_what_is_due_with_queries(empty_table, queue_url):
     store = TokenStore(empty_table)
     now = int(time.time())
     window = 900
@@ -97,7 +97,7 @@ def test_the_scheduler_reads_only_what_is_due_with_queries(empty_table, queue):
         plant(store, connection_id, now + (number % 3) * 300 - 600)  # overdue, due now, inside the window
     store.put_rescue(Rescue("kept-1", SealedTokens(access=b"a", refresh=b"r"), 1, now + 3600, now, "test"))
     client = RecordingClient(boto3.client("dynamodb"))
-    scheduler = Scheduler(store=TokenStore(empty_table, client_factory=lambda: client), queue_url=queue,
+    scheduler = Scheduler(store=TokenStore(empty_table, client_factory=lambda: client), queue_url=queue_url,
                           window_seconds=window)
 
     report = scheduler.run()
@@ -106,17 +106,17 @@ def test_the_scheduler_reads_only_what_is_due_with_queries(empty_table, queue):
     assert report.items_read == 26  # grows with what is due, not with the 86-item table
     assert report.shards == DUE_SHARDS
     assert set(client.operations) == {"query"}  # never a Scan, never the table itself
-    bodies = drain(queue)
+    bodies = drain(queue_url)
     assert {body["connection_id"] for body in bodies if body["kind"] == "refresh"} == due_ids
     assert [body for body in bodies if body["kind"] == "recover"] == [{"connection_id": "kept-1", "kind": "recover"}]
 
 
-def test_the_scheduler_stops_early_when_time_runs_short(empty_table, queue):
+def test_the_scheduler_stops_early_when_time_runs_short(empty_table, queue_url):
     store = TokenStore(empty_table)
     now = int(time.time())
     for number in range(30):
         plant(store, f"due-{number}", now - 10)
-    report = Scheduler(store=store, queue_url=queue, window_seconds=900).run(remaining_seconds=lambda: 5)
+    report = Scheduler(store=store, queue_url=queue_url, window_seconds=900).run(remaining_seconds=lambda: 5)
     assert report.stopped_early
     assert report.queued == report.due  # what it read, it queued
 
@@ -205,7 +205,7 @@ def test_a_recover_message_applies_kept_aside_tokens(stack, invoiced):
     assert stored_tokens(stack, connection_id) == (rotated.access_token, rotated.refresh_token)
 
 
-def test_a_lost_answer_is_queued_again_delayed_until_its_probe(stack, invoiced, queue):
+def test_a_lost_answer_is_queued_again_delayed_until_its_probe(stack, invoiced, queue_url):
     lost, fine = (f"wk-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("lost", "fine"))
     for connection_id in (lost, fine):
         connect(stack, connection_id)
@@ -218,10 +218,10 @@ def test_a_lost_answer_is_queued_again_delayed_until_its_probe(stack, invoiced, 
     assert connection_id == lost and retry_at == row(stack, lost).next_attempt_at
 
     sqs = RecordingClient(boto3.client("sqs"))
-    assert queue_settle_checks(sqs, queue, report.settle_checks, now=retry_at - 90) == 1
+    assert queue_settle_checks(sqs, queue_url, report.settle_checks, now=retry_at - 90) == 1
     assert sqs.operations == ["send_message_batch"]
-    assert drain(queue) == []  # not before its probe is due
-    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=queue,
+    assert drain(queue_url) == []  # not before its probe is due
+    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url,
                                                           AttributeNames=["ApproximateNumberOfMessagesDelayed"])
     assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
 

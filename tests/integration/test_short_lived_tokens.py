@@ -41,7 +41,8 @@ class Clock:
 
 
 @pytest.fixture
-def short_lived(stack):
+def short_lived_invoiced(stack):
+    """A local Invoiced of its own that issues LIFETIME-second access tokens, and the clock it runs on."""
     clock = Clock()
     server = LocalInvoiced(client_id=stack.client_id, client_secret=stack.client_secret,
                            redirect_uris=[stack.callback_url], access_token_ttl=LIFETIME, clock=clock)
@@ -60,8 +61,8 @@ def test_the_margins_of_a_90_second_token_are_a_share_of_the_one_hour_ones():
     assert policy.next_refresh_at(expires_at=4600, now=1000, active_until=9000) == 4600
 
 
-def test_ninety_second_tokens_serve_every_reader_with_about_one_rotation_per_lifetime(stack, short_lived):
-    server, clock = short_lived
+def test_ninety_second_tokens_serve_every_reader_with_about_one_rotation_per_lifetime(stack, short_lived_invoiced):
+    server, clock = short_lived_invoiced
     client = invoiced_client(stack, invoiced=server, clock=clock)
 
     def vendor_invoke(payload: dict) -> dict:  # the tokens function, in process, on the simulated clock
@@ -96,8 +97,8 @@ def test_ninety_second_tokens_serve_every_reader_with_about_one_rotation_per_lif
     assert server.token_request_count("refresh_token") == sum(rotations)
 
 
-def test_a_larger_validity_than_a_short_token_can_give_is_capped_not_a_refresh_storm(stack, short_lived):
-    server, clock = short_lived
+def test_a_larger_validity_than_a_short_token_can_give_is_capped_not_a_refresh_storm(stack, short_lived_invoiced):
+    server, clock = short_lived_invoiced
     client = invoiced_client(stack, invoiced=server, clock=clock)
     vendor = TokenVendor(store=TokenStore(stack.table_name), cipher=TokenCipher(stack.kms_key_arn),
                          refresher=lambda: refresher(stack, client=client, clock=clock), clock=clock)

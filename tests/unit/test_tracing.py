@@ -37,7 +37,7 @@ class RecordingTracer(Tracer):
 
 
 @pytest.fixture
-def load(monkeypatch):
+def load_function(monkeypatch):
     """Import a function's app.py afresh; its Tracer records how it was made and what it traces."""
     import aws_lambda_powertools
 
@@ -87,10 +87,10 @@ def assert_no_response_captured(provider: FakeProvider, response) -> None:
     assert handler_segment.annotations.get("ColdStart") is not None  # the decorator did trace the handler
 
 
-def test_the_scheduler_never_captures_its_response(load, monkeypatch):
+def test_the_scheduler_never_captures_its_response(load_function, monkeypatch):
     from invoiced_connect.lifecycle.scheduler import ScheduleReport
 
-    module, handler = load("scheduler")
+    module, handler = load_function("scheduler")
     assert RecordingTracer.made == [{"patch_modules": ("botocore",)}]
 
     class Scheduler:
@@ -104,10 +104,10 @@ def test_the_scheduler_never_captures_its_response(load, monkeypatch):
     assert provider.annotations == {"queued": 1}
 
 
-def test_the_worker_never_captures_its_response_and_traces_each_record(load, monkeypatch):
+def test_the_worker_never_captures_its_response_and_traces_each_record(load_function, monkeypatch):
     from invoiced_connect.lifecycle.refresh import Outcome, RefreshResult
 
-    module, handler = load("refresh_worker")
+    module, handler = load_function("refresh_worker")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]
 
     class Refresher:
@@ -132,10 +132,10 @@ def test_the_worker_never_captures_its_response_and_traces_each_record(load, mon
                                                    {"outcome": "malformed"}]
 
 
-def test_the_connections_function_never_captures_its_response(load, monkeypatch):
+def test_the_connections_function_never_captures_its_response(load_function, monkeypatch):
     from invoiced_connect.entry import connections as operations
 
-    module, handler = load("connections")
+    module, handler = load_function("connections")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]
     monkeypatch.setattr(operations, "handle", lambda event, remaining: {
         "connection_id": "acme-1", "outcome": "refreshed", "status": "active", "version": 2, "note": CANARY})
@@ -145,8 +145,8 @@ def test_the_connections_function_never_captures_its_response(load, monkeypatch)
     assert provider.annotations == {"connection_id": "acme-1", "outcome": "refreshed"}
 
 
-def test_the_example_consumer_never_captures_its_response(load, monkeypatch):
-    module, handler = load("list_invoices")
+def test_the_example_consumer_never_captures_its_response(load_function, monkeypatch):
+    module, handler = load_function("list_invoices")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]
     monkeypatch.setattr(module, "handle_list_invoices",
                         lambda event: {"connection_id": "acme-1", "count": 1, "invoices": [{"number": CANARY}]})
@@ -157,8 +157,8 @@ def test_the_example_consumer_never_captures_its_response(load, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["connect", "callback"])
-def test_the_api_handlers_build_no_tracer(load, name):
-    module, _ = load(name)
+def test_the_api_handlers_build_no_tracer(load_function, name):
+    module, _ = load_function(name)
     assert RecordingTracer.made == []
     assert not any(isinstance(value, Tracer) for value in vars(module).values())
 
