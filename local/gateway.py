@@ -1,58 +1,45 @@
-"""A loopback stand-in for API Gateway (HTTP API, payload format 2.0) and Lambda.
+"""The local API Gateway: an HTTP API (payload format 2.0) on loopback.
 
-Each request becomes the 2.0 event API Gateway would send, the route's
-function runs in-process, and its 2.0 response becomes the HTTP response.
+Each request is matched against the template's HTTP API routes
+(:class:`Router`: literal paths before parameters, greedy parameters and
+``$default``), becomes the 2.0 event API Gateway would send
+(:func:`api_event`), the route's function runs in-process (a
+:class:`local.lambda_runtime.LocalFunction`, one execution environment per
+concurrent request), and its 2.0 response becomes the HTTP response
+(:func:`http_response`); no route is API Gateway's 404, a failing function
+its 500. The socket is a :class:`local.http_server.LoopbackServer`.
 
-Lambda runs one request at a time per execution environment, and handler
-modules keep per-request state at module level (Powertools' resolver holds
-the current event on ``app``). So each function has a pool of environments,
-each a separately imported copy of its handler module: a request takes an
-idle one or imports a new one (a cold start), and concurrent requests run
-concurrently, never sharing a module. What the copies do share is the
-process: its environment variables and the ``invoiced_connect`` package's
-caches (settings, boto3 clients, secrets) behave like one warm environment.
+:mod:`local.stack` serves the template's API with it (``make run``);
+:func:`gateway_for_template` serves one without provisioning anything, for
+tests of the gateway itself; tests and benchmarks that call handlers
+directly build their events with :func:`api_event`.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
-import itertools
 import json
 import logging
 import os
 import re
 import sys
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from local.template import (
-    ACCOUNT_ID,
-    FunctionSpec,
-    Resolver,
-    RouteSpec,
-    function_spec,
-    http_routes,
-    load_template,
-    resources_of_type,
-)
+from local.http_server import HttpResponse, LoopbackServer
+from local.lambda_runtime import LocalFunction, local_functions
+from local.template import ACCOUNT_ID, Resolver, RouteSpec, http_routes, load_template, resources_of_type
 
 logger = logging.getLogger(__name__)
 
 NOT_FOUND = (404, [("Content-Type", "application/json")], b'{"message":"Not Found"}')
 INTERNAL_ERROR = (500, [("Content-Type", "application/json")], b'{"message":"Internal Server Error"}')
-
-HttpResponse = tuple[int, list[tuple[str, str]], bytes]
 
 
 # ---------------------------------------------------------------- events and responses
@@ -190,210 +177,6 @@ def _header_value(value: Any) -> str:
     return str(value)
 
 
-# ---------------------------------------------------------------- Lambda
-@dataclass
-class LambdaContext:
-    """The parts of Lambda's context object that handlers and Powertools read."""
-
-    function_name: str
-    memory_limit_in_mb: int
-    invoked_function_arn: str
-    aws_request_id: str
-    timeout_s: float = 3.0
-    function_version: str = "$LATEST"
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def log_group_name(self) -> str:
-        return f"/aws/lambda/{self.function_name}"
-
-    @property
-    def log_stream_name(self) -> str:
-        return f"{time.strftime('%Y/%m/%d')}/[$LATEST]local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.started + self.timeout_s - time.monotonic()) * 1000))
-
-
-_module_counter = itertools.count(1)
-_import_lock = threading.Lock()
-
-
-class _CurrentStream(io.TextIOBase):
-    """Writes to whatever ``sys.<name>`` is at the time of writing.
-
-    Handler modules keep the stream they saw at import (Powertools' Logger
-    holds ``sys.stdout``). In Lambda stdout never changes; in a local
-    process it does (pytest captures per test) while environments stay warm,
-    so each import sees this stand-in and logs go where stdout is now.
-    """
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._name = name
-        self.fallback: Any = getattr(sys, name)
-
-    def _target(self) -> Any:
-        current = getattr(sys, self._name)
-        return self.fallback if current is self else current
-
-    def write(self, text: str) -> int:
-        return self._target().write(text)
-
-    def flush(self) -> None:
-        self._target().flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return self._target().isatty()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self._target(), "encoding", "utf-8")
-
-
-_STDOUT = _CurrentStream("stdout")
-_STDERR = _CurrentStream("stderr")
-
-
-def import_handler(handler_file: Path, handler_name: str, label: str) -> tuple[ModuleType, Callable[..., Any]]:
-    """Import a fresh, private copy of a handler module (one execution environment)."""
-    if not handler_file.is_file():
-        raise FileNotFoundError(f"{label}: handler file {handler_file} does not exist")
-    safe_label = re.sub(r"\W", "_", label)
-    module_name = f"_local_lambda_{safe_label}_{next(_module_counter)}"
-    spec = importlib.util.spec_from_file_location(module_name, handler_file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and typing look modules up here
-    with _import_lock:  # sys.stdout is process-wide: one import at a time swaps it
-        _STDOUT.fallback, _STDERR.fallback = saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _STDOUT, _STDERR
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
-        finally:
-            sys.stdout, sys.stderr = saved
-    handler = getattr(module, handler_name, None)
-    if not callable(handler):
-        raise AttributeError(f"{label}: {handler_file} has no function {handler_name}")
-    return module, handler
-
-
-class LocalFunction:
-    """One function and its pool of execution environments."""
-
-    def __init__(self, spec: FunctionSpec, *, function_name: str, arn: str) -> None:
-        self.spec = spec
-        self.function_name = function_name
-        self.arn = arn
-        self._idle: list[Callable[..., Any]] = []
-        self._lock = threading.Lock()
-        self.cold_starts = 0
-
-    def context(self, request_id: str | None = None) -> LambdaContext:
-        return LambdaContext(
-            function_name=self.function_name,
-            memory_limit_in_mb=self.spec.memory_mb,
-            invoked_function_arn=self.arn,
-            aws_request_id=request_id or str(uuid.uuid4()),
-            timeout_s=self.spec.timeout_s,
-        )
-
-    def invoke(self, event: Mapping[str, Any], *, request_id: str | None = None) -> Any:
-        """Run the handler in an idle environment (or a new one); return its JSON result.
-
-        ``request_id`` becomes the context's ``aws_request_id`` (default: a new one).
-        """
-        with self._lock:
-            handler = self._idle.pop() if self._idle else None
-            if handler is None:
-                self.cold_starts += 1
-        if handler is None:
-            _, handler = import_handler(self.spec.handler_file, self.spec.handler_name, self.spec.logical_id)
-        try:
-            context = self.context(request_id)
-            # Through JSON both ways, as Lambda does: no shared objects, and a
-            # result Lambda could not serialise fails here as it would there.
-            result = json.loads(json.dumps(handler(json.loads(json.dumps(event)), context)))
-            elapsed = time.monotonic() - context.started
-            if elapsed > self.spec.timeout_s:
-                logger.warning("%s ran %.1fs, longer than its %ss timeout", self.spec.logical_id, elapsed,
-                               self.spec.timeout_s)
-            return result
-        finally:
-            with self._lock:
-                self._idle.append(handler)
-
-
-class Activity:
-    """Invocations in flight, shared by everything that invokes functions in the background.
-
-    ``started`` only grows, so a caller can tell "nothing ran in between"
-    from "something started and finished in between" (see
-    :meth:`local.queues.QueuePollers.wait_drained`).
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self.in_flight = 0
-        self.started = 0
-
-    def begin(self) -> None:
-        with self._condition:
-            self.in_flight += 1
-            self.started += 1
-
-    def end(self) -> None:
-        with self._condition:
-            self.in_flight -= 1
-            self._condition.notify_all()
-
-    def snapshot(self) -> tuple[int, int]:
-        """``(in_flight, started)`` at one instant."""
-        with self._condition:
-            return self.in_flight, self.started
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is in flight; ``False`` if ``timeout`` passed first."""
-        with self._condition:
-            return self._condition.wait_for(lambda: self.in_flight == 0, timeout)
-
-
-def error_location(exc: BaseException) -> str:
-    """Where ``exc`` was raised (``file:line in function``): loggable, unlike its message."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown location"
-    frame = frames[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
-
-
-def load_handler(template_path: str | Path, logical_id: str) -> Callable[..., Any]:
-    """A fresh environment of ``logical_id``'s handler: ``handler(event, context=None)``.
-
-    For tests that call a handler directly; the process environment must
-    already hold what the function needs. ``context`` defaults to a
-    :class:`LambdaContext` for the function.
-    """
-    template_path = Path(template_path)
-    template = load_template(template_path)
-    resolver = Resolver(template, unchecked_patterns=set(template.get("Parameters") or {}))
-    spec = function_spec(template, logical_id, template_path.parent, resolver)
-    physical = resolver.resource(logical_id)
-    function = LocalFunction(spec, function_name=physical.ref, arn=physical.attributes["Arn"])
-    _, handler = import_handler(spec.handler_file, spec.handler_name, logical_id)
-
-    def invoke(event: Mapping[str, Any], context: Any = None) -> Any:
-        return handler(event, context if context is not None else function.context())
-
-    return invoke
-
-
 # ---------------------------------------------------------------- routing
 @dataclass(frozen=True)
 class _CompiledRoute:
@@ -438,7 +221,7 @@ class Router:
         return None
 
 
-# ---------------------------------------------------------------- the HTTP server
+# ---------------------------------------------------------------- the HTTP API
 class Gateway:
     """The HTTP API on ``host:port``; ``bind()`` reserves the port, ``start()`` serves."""
 
@@ -559,103 +342,7 @@ class Gateway:
             return INTERNAL_ERROR
 
 
-#: Turns one request (the stdlib handler, for its method, path, headers and
-#: peer) and its body into status, headers and body.
-Responder = Callable[[BaseHTTPRequestHandler, bytes | None], HttpResponse]
-
-
-class LoopbackServer(ThreadingHTTPServer):
-    """A threaded HTTP server that hands every request to ``respond``
-    (the local API Gateway and the local Lambda API are both one)."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], respond: Responder, *, name: str) -> None:
-        self.respond, self.name = respond, name
-        self._thread: threading.Thread | None = None
-        super().__init__(address, _Handler)
-
-    def serve_in_background(self) -> None:
-        """Serve from a daemon thread (once; the port is already bound)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                            name=self.name, daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Stop serving (if it was) and release the port."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: LoopbackServer
-
-    def version_string(self) -> str:
-        return self.server.name
-
-    def _serve(self) -> None:
-        status, headers, data = self.server.respond(self, read_request_body(self))
-        send_http_response(self, status, headers, data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # each server keeps its own access log, without query strings
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        logger.debug(self.server.name + ": " + format, *args)
-
-
-def read_request_body(handler: BaseHTTPRequestHandler) -> bytes | None:
-    """The request's body (``Content-Length`` or chunked), ``None`` without one."""
-    length = handler.headers.get("Content-Length")
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks = []
-        while True:
-            size = int(handler.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while handler.rfile.readline().strip():  # trailers
-                    pass
-                return b"".join(chunks)
-            chunks.append(handler.rfile.read(size))
-            handler.rfile.readline()
-    if length:
-        return handler.rfile.read(int(length))
-    return None
-
-
-def send_http_response(handler: BaseHTTPRequestHandler, status: int, headers: Iterable[tuple[str, str]],
-                       data: bytes) -> None:
-    """Write status, headers (framing ones replaced by ours) and body."""
-    handler.send_response(status)
-    for name, value in headers:
-        if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-            handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    if handler.command != "HEAD":
-        handler.wfile.write(data)
-
-
 # ---------------------------------------------------------------- from a template
-def local_functions(template: Mapping[str, Any], base_dir: Path, resolver: Resolver) -> dict[str, LocalFunction]:
-    """Every ``AWS::Serverless::Function`` of the template, ready to invoke."""
-    functions = {}
-    for logical_id in resources_of_type(template, "AWS::Serverless::Function"):
-        physical = resolver.resource(logical_id)
-        functions[logical_id] = LocalFunction(
-            function_spec(template, logical_id, base_dir, resolver),
-            function_name=physical.ref,
-            arn=physical.attributes["Arn"],
-        )
-    return functions
-
-
 def gateway_for_template(
     template_path: str | Path,
     *,

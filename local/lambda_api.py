@@ -1,7 +1,7 @@
 """A loopback stand-in for Lambda's Invoke API, for code that invokes functions with boto3.
 
 moto's Lambda runs function code only in Docker; this runs the template's
-functions in-process (:class:`local.gateway.LocalFunction`, the same
+functions in-process (:class:`local.lambda_runtime.LocalFunction`, the same
 execution environments the HTTP gateway uses), behind the one operation
 callers use::
 
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from local.gateway import Activity, HttpResponse, LocalFunction, LoopbackServer, error_location
+from local.http_server import HttpResponse, LoopbackServer
+from local.lambda_runtime import Activity, LocalFunction, error_location
 from local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from local.aws import boto_client
-from local.gateway import Activity, LocalFunction
 from local.lambda_api import log_failure
+from local.lambda_runtime import Activity, LocalFunction
 from local.template import Resolver, TemplateError, resources_of_type
 
 logger = logging.getLogger(__name__)

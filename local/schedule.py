@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from local.gateway import Activity, LocalFunction
 from local.lambda_api import log_failure
+from local.lambda_runtime import Activity, LocalFunction
 from local.template import ACCOUNT_ID, PARTITION, REGION, Resolver, TemplateError, physical_name, resources_of_type
 
 logger = logging.getLogger(__name__)

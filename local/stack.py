@@ -10,7 +10,8 @@
   parameters a local run needs (client id, public URL, return allowlist).
 * The HTTP API's routes are read from the template too and served by a
   loopback gateway that speaks API Gateway's payload format 2.0 to the
-  handlers, which run in-process (see :mod:`local.gateway`).
+  handlers, which run in-process (see :mod:`local.gateway` and
+  :mod:`local.lambda_runtime`).
 * What else invokes the functions in AWS is played too: Lambda's Invoke API
   (:mod:`local.lambda_api`, reached through boto3's standard
   ``AWS_ENDPOINT_URL_LAMBDA``), the SQS event sources (:mod:`local.queues`),
@@ -52,8 +53,10 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from local.aws import MotoServer, Provisioned, aws_environment, boto_client, port_is_free, provision
 from local.events import EventTap, event_summary
-from local.gateway import Activity, Gateway, HttpResponse, LocalFunction, api_logical_id, local_functions
+from local.gateway import Gateway, api_logical_id
+from local.http_server import HttpResponse
 from local.lambda_api import LambdaApi
+from local.lambda_runtime import Activity, LocalFunction, local_functions
 from local.queues import PollerStats, QueuePollers, sqs_event_sources
 from local.schedule import Scheduler, schedule_specs
 from local.template import (

@@ -421,7 +421,7 @@ def default_reader(monkeypatch: pytest.MonkeyPatch, inv: LocalInvoiced) -> types
 
 
 def run_handler(event: dict[str, Any]) -> dict[str, Any]:
-    from local.gateway import LambdaContext, import_handler
+    from local.lambda_runtime import LambdaContext, import_handler
 
     _, handler = import_handler(ROOT / "functions" / "list_invoices" / "app.py", "handler", "ListInvoicesFunction")
     context = LambdaContext(function_name="list-invoices", memory_limit_in_mb=256, aws_request_id="req-live",

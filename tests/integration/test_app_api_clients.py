@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import requests
 
-from local.gateway import LocalFunction
 from local.lambda_api import LambdaApi
+from local.lambda_runtime import LocalFunction
 from local.template import FunctionSpec
 from tests.support.browser import COOKIE_RE, callback
 from tests.support.lifecycle import stored_tokens

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from local.gateway import load_handler
+from local.lambda_runtime import load_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -37,8 +37,8 @@ from invoiced_connect_tools.cli import read_env_file
 
 from local.aws import boto_client, dependency_order, provision
 from local.events import EventTap, event_summary
-from local.gateway import Activity, local_functions
 from local.lambda_api import LambdaApi, function_name_of
+from local.lambda_runtime import Activity, local_functions
 from local.queues import QueuePollers, failed_message_ids, redrive_of, sqs_event_sources
 from local.schedule import Scheduler, parse_schedule, schedule_specs
 from local.stack import _EnvironmentPatch, _print_event, _run_parser
@@ -467,7 +467,7 @@ def test_a_handler_exception_is_a_function_error_and_only_its_type_is_logged(dri
     assert error["requestId"] == response["ResponseMetadata"]["RequestId"]
     assert error["stackTrace"] and all(isinstance(line, str) for line in error["stackTrace"])
     assert "in boom" in error["stackTrace"][-1]
-    assert not any("lambda_api.py" in line or "gateway.py" in line for line in error["stackTrace"])
+    assert not any("lambda_api.py" in line or "lambda_runtime.py" in line for line in error["stackTrace"])
     assert "BoomFunction failed: ValueError" in caplog.text
     assert CANARY not in caplog.text
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from local.gateway import api_event, gateway_for_template, load_handler
+from local.gateway import api_event, gateway_for_template
+from local.lambda_runtime import load_handler
 from local.stack import _EnvironmentPatch, main, upstream_from_env
 from local.template import (
     Physical,

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
-from local.gateway import api_event, import_handler
+from local.gateway import api_event
+from local.lambda_runtime import import_handler
 
 FUNCTIONS = {
     "connect": "ConnectFunction",

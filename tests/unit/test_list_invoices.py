@@ -46,14 +46,14 @@ def metrics_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def load_handler():
-    from local.gateway import import_handler
+    from local.lambda_runtime import import_handler
 
     _, handler = import_handler(ROOT / "functions" / "list_invoices" / "app.py", "handler", "ListInvoicesFunction")
     return handler
 
 
 def context():
-    from local.gateway import LambdaContext
+    from local.lambda_runtime import LambdaContext
 
     return LambdaContext(function_name="list-invoices", memory_limit_in_mb=128,
                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:list-invoices",

@@ -41,7 +41,7 @@ def load_function(monkeypatch):
     """Import a function's app.py afresh; its Tracer records how it was made and what it traces."""
     import aws_lambda_powertools
 
-    from local.gateway import import_handler
+    from local.lambda_runtime import import_handler
 
     monkeypatch.delenv("POWERTOOLS_TRACER_CAPTURE_RESPONSE", raising=False)
     monkeypatch.delenv("POWERTOOLS_TRACER_CAPTURE_ERROR", raising=False)
@@ -61,7 +61,7 @@ def load_function(monkeypatch):
 
 
 def context():
-    from local.gateway import LambdaContext
+    from local.lambda_runtime import LambdaContext
 
     return LambdaContext(function_name="fn", memory_limit_in_mb=128, aws_request_id="req-1", timeout_s=120,
                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:fn")
