@@ -48,8 +48,9 @@ build: $(SAM_VENV)/.installed ## sam build, then bytecode for python3.13 if one 
 	SAM_CLI_TELEMETRY=0 PYTHON="$(CURDIR)/$(SAM_VENV)/bin/python" $(SAM) build --template template.yaml
 	@scripts/compile-bytecode .aws-sam/build
 
-lint: $(VENV)/.installed ## ruff over the code and tests
-	$(VENV)/bin/ruff check layers functions local tests bench
+lint: $(VENV)/.installed ## ruff over the code and tests; the import contracts (pyproject.toml [tool.importlinter])
+	$(VENV)/bin/ruff check layers functions local tests bench examples tools
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install lint validate ## Install everything, lint, check the template, run every test (browser included)
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) || { if [ -n "$$CI" ]; then exit 1; fi; }; \

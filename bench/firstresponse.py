@@ -126,24 +126,24 @@ import app
 _t_import = time.perf_counter()
 import boto3
 _t_boto3 = time.perf_counter()
-from invoiced_connect.cloud import aws as _aws
+from invoiced_connect import runtime as _runtime
 _services, _calls, _inside, _open = [], [], {{"aws": 0.0, "http": 0.0}}, []
-_real_client = _aws.client
+_real_client = _runtime.Runtime.client
 def _before_call(model, **_):
     _calls.append(model.service_model.service_name + ":" + model.name)
     _open.append(time.perf_counter())
 def _after_call(**_):
     _inside["aws"] += time.perf_counter() - _open.pop()
-def _client(service):
-    made = _real_client(service)
+def _client(self, service):
+    made = _real_client(self, service)
     if service not in _services:
         _services.append(service)
         made.meta.events.register("before-call", _before_call)
         made.meta.events.register("after-call", _after_call)
     return made
-_aws.client = _client
+_runtime.Runtime.client = _client
 for _service in {services!r}:
-    _client(_service)
+    _runtime.current().client(_service)
 _t_clients = time.perf_counter()
 if {with_requests!r}:
     import requests

@@ -71,10 +71,10 @@ class CallCounter:
         self._busy_since: dict[str, float] = {}
 
     def attach(self) -> None:
-        from invoiced_connect.cloud import aws
+        from invoiced_connect import runtime
 
         for service in SERVICES:
-            events = aws.client(service).meta.events
+            events = runtime.current().client(service).meta.events
             events.register("before-call", self._before)
             events.register("after-call", self._after)
 
@@ -374,10 +374,10 @@ def run(connections: int, table_size: int, latency_ms: float, scheduler_rows: in
         })
 
         # 3. The reader SDK, as a consumer Lambda uses it (refresh via the Invoke API).
-        from invoiced_connect.sdk import tokens
+        from invoiced_connect import runtime
 
-        tokens.default_reader.cache_clear()
-        reader = tokens.default_reader()
+        runtime.current().override(reader=None)  # a new reader: a consumer Lambda's first call
+        reader = runtime.current().reader
         target = ids[0]
         with output.capture("reader"):
             with counter.measure(this_thread_only=True) as cold:
@@ -476,9 +476,9 @@ def _app_api(stack: Any, counter: CallCounter, output: Output, target: str,
         answer = lam.invoke(FunctionName=f"{stack.stack_name}-{function}", Payload=json.dumps(payload).encode())
         return json.loads(answer["Payload"].read())
 
-    from invoiced_connect.app_api import service as app_api
+    from invoiced_connect import runtime
 
-    app_api.shared_vendor.cache_clear()  # a cold tokens function: what the counter sees inside it
+    runtime.current().override(vendor=None)  # a cold tokens function: what the counter sees inside it
     with output.capture("tokens function, cold"), counter.measure() as cold_token:
         invoke("tokens", {"connection_id": target})
     with output.capture("tokens function, warm"), counter.measure() as warm_token:

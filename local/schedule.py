@@ -5,7 +5,7 @@ a function becomes a rule in moto (so it is listed, and has a real ARN) and,
 for ``rate(...)`` expressions, a thread that invokes the function with
 EventBridge's Scheduled Event on that rate (or every ``every`` seconds, to
 demonstrate faster than the template says). ``cron(...)`` expressions fire
-only on demand (:meth:`Scheduler.fire`). An event with ``Input`` delivers
+only on demand (:meth:`ScheduleFirer.fire`). An event with ``Input`` delivers
 that constant JSON instead of the Scheduled Event, as EventBridge does; one
 that is disabled (``Enabled: false`` or ``State: DISABLED``) fires only on
 demand.
@@ -126,7 +126,7 @@ def schedule_specs(template: Mapping[str, Any], resolver: Resolver, *, name_suff
     return specs
 
 
-class Scheduler:
+class ScheduleFirer:
     """Fires the schedules: on their rate in threads once :meth:`start`\\ed, or now with :meth:`fire`.
 
     ``every`` (seconds) replaces every rate-based schedule's interval (for
@@ -167,7 +167,7 @@ class Scheduler:
         self.auto = False
 
     # ---------------------------------------------------------------- lifecycle
-    def create_rules(self) -> Scheduler:
+    def create_rules(self) -> ScheduleFirer:
         """Create each schedule's rule in EventBridge (moto), for its ARN; no targets."""
         if self._created:
             return self
@@ -187,7 +187,7 @@ class Scheduler:
         self._created = True
         return self
 
-    def start(self, auto: bool = True) -> Scheduler:
+    def start(self, auto: bool = True) -> ScheduleFirer:
         """Create the rules; with ``auto``, fire each enabled rate schedule on its interval."""
         self.create_rules()
         self.auto = auto

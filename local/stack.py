@@ -58,7 +58,7 @@ from local.http_server import HttpResponse
 from local.lambda_api import LambdaApi
 from local.lambda_runtime import Activity, LocalFunction, local_functions
 from local.queues import PollerStats, QueuePollers, sqs_event_sources
-from local.schedule import Scheduler, schedule_specs
+from local.schedule import ScheduleFirer, schedule_specs
 from local.template import (
     DEFAULT_STACK_NAME,
     REGION,
@@ -120,15 +120,9 @@ def upstream_from_env(env: Mapping[str, str]) -> InvoicedUpstream | None:
 
 def reset_package_caches() -> None:
     """Make the invoiced_connect package re-read the environment on next use."""
-    from invoiced_connect.cloud import aws
-    from invoiced_connect.cloud.secrets import secret_cache
-    from invoiced_connect.core import settings
-    from invoiced_connect.entry import web
+    from invoiced_connect import runtime
 
-    settings.get_settings.cache_clear()
-    aws.reset_clients()
-    web.flow.cache_clear()
-    secret_cache.clear()
+    runtime.reset()
 
 
 class _EnvironmentPatch:
@@ -295,7 +289,7 @@ class LocalStack:
         self.activity = Activity()  # every background invocation, for wait_for_queues
         self.lambda_api: LambdaApi | None = None
         self.pollers: QueuePollers | None = None
-        self.scheduler: Scheduler | None = None
+        self.scheduler: ScheduleFirer | None = None
         self.event_tap: EventTap | None = None
         self._cleanup = contextlib.ExitStack()
         self._started = False
@@ -404,7 +398,7 @@ class LocalStack:
         self._cleanup.callback(self.pollers.stop)  # before moto resets and the environment is restored
         self.pollers.start()
 
-        self.scheduler = Scheduler(
+        self.scheduler = ScheduleFirer(
             schedule_specs(template, resolver, name_suffix=name_suffix), self.functions,
             region=region, account_id=account, events_client=boto_client("events", self.moto_url, region),
             every=self._schedule_every, activity=self.activity,
@@ -478,7 +472,7 @@ class LocalStack:
                   ttl: timedelta = timedelta(hours=1)) -> str:
         """A signed connect link, made as an integrating app makes one (key read from Secrets Manager)."""
         self._require_started()
-        from invoiced_connect.connect.links import create_connect_link
+        from invoiced_connect import create_connect_link
 
         return create_connect_link(connection_id, return_to, ttl)
 

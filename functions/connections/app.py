@@ -6,8 +6,7 @@ Log lines carry the invocation's request id as their correlation id and the
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from invoiced_connect.entry import connections as operations
-from invoiced_connect.entry import observability
+from invoiced_connect.entry import connections, observability
 from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()
@@ -21,14 +20,14 @@ use_handler_logger(logger)
 @metrics.log_metrics
 def handler(event, context):
     observability.correlate(logger, context)
-    action = operations.requested_action(event)
+    action = connections.requested_action(event)
     connection_id = observability.event_connection_id(event)
     if connection_id:
         logger.append_keys(connection_id=connection_id)
         tracer.put_annotation(key="connection_id", value=connection_id)
-    answer = operations.handle(event, context.get_remaining_time_in_millis() / 1000)
+    answer = connections.handle(event, context.get_remaining_time_in_millis() / 1000)
     outcome = str(answer.get("outcome") or answer.get("error"))
     tracer.put_annotation(key="outcome", value=outcome)
-    observability.add_counts(metrics, operations.metric_counts(answer, action))
+    observability.add_counts(metrics, connections.metric_counts(answer, action))
     logger.info("request handled", extra={"action": action, "outcome": outcome})
     return answer

@@ -6,8 +6,7 @@ never logged; the log line says the outcome and the connection id only.
 
 from aws_lambda_powertools import Logger, Metrics
 
-from invoiced_connect.app_api import service as app_api
-from invoiced_connect.entry import observability
+from invoiced_connect.entry import app_api, observability
 from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()

@@ -8,12 +8,9 @@ answer is queued again for its probe (delayed; sqs:SendMessage on its own queue)
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from invoiced_connect.cloud import aws
-from invoiced_connect.core.settings import get_settings
 from invoiced_connect.entry import observability
-from invoiced_connect.entry.connections import shared_refresher
 from invoiced_connect.entry.logs import use_handler_logger
-from invoiced_connect.lifecycle.worker import process_batch, queue_settle_checks
+from invoiced_connect.entry.pipeline import refresh_batch
 
 logger = Logger()
 metrics = Metrics()
@@ -26,15 +23,7 @@ use_handler_logger(logger)
 @metrics.log_metrics
 def handler(event, context):
     observability.correlate(logger, context)
-    shared = shared_refresher()
-    report = process_batch(
-        event.get("Records", []),
-        shared,
-        lambda: context.get_remaining_time_in_millis() / 1000,
-        reserve_seconds=shared.policy.lease_seconds / 2,
-        record_scope=observability.record_scope(logger, tracer),
-    )
-    if report.settle_checks and get_settings().refresh_queue_url:  # lost answers: back for their probe
-        queue_settle_checks(aws.client("sqs"), get_settings().refresh_queue_url, report.settle_checks)
+    report = refresh_batch(event.get("Records", []), lambda: context.get_remaining_time_in_millis() / 1000,
+                           observability.record_scope(logger, tracer))
     observability.add_counts(metrics, {**report.metrics(), **report.aggregates()})
     return report.response()

@@ -8,7 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from invoiced_connect.entry import observability
 from invoiced_connect.entry.logs import use_handler_logger
-from invoiced_connect.lifecycle.scheduler import default_scheduler
+from invoiced_connect.entry.pipeline import run_schedule
 
 logger = Logger()
 metrics = Metrics()
@@ -21,7 +21,7 @@ use_handler_logger(logger)
 @metrics.log_metrics
 def handler(event, context):
     observability.correlate(logger, context)
-    report = default_scheduler().run(lambda: context.get_remaining_time_in_millis() / 1000)
+    report = run_schedule(lambda: context.get_remaining_time_in_millis() / 1000)
     observability.add_counts(metrics, {"ConnectionsDue": report.due, "ConnectionsQueued": report.queued})
     tracer.put_annotation(key="queued", value=report.queued)
     return report.as_dict()

@@ -7,8 +7,7 @@ The answer holds a token: it is never logged, traced or put in a metric.
 
 from aws_lambda_powertools import Logger, Metrics
 
-from invoiced_connect.app_api import service as app_api
-from invoiced_connect.entry import observability
+from invoiced_connect.entry import app_api, observability
 from invoiced_connect.entry.logs import use_handler_logger
 
 logger = Logger()

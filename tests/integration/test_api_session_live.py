@@ -1,4 +1,4 @@
-"""`InvoicedApi` (invoiced_connect.sdk.api) against the local Invoiced over real loopback HTTP.
+"""`InvoicedApi` (invoiced_connect.sdk.api's ApiSession, with the process's reader by default) against the local Invoiced over real loopback HTTP.
 
 Tokens come from a real consent + code exchange with ``InvoicedClient``; the
 token source is a fake that hands them out and records ``token_rejected``.
@@ -24,21 +24,21 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from invoiced_connect import InvoicedApi
 from invoiced_connect.connect import pkce
 from invoiced_connect.core.models import TokenSet
 from invoiced_connect.invoiced.client import InvoicedClient
-from invoiced_connect.sdk import tokens as token_sdk
 from invoiced_connect.sdk.api import (
     ApiAuthError,
     ApiRateLimitError,
     ApiRequestError,
     ApiServerError,
     ApiUrlError,
-    InvoicedApi,
 )
 from invoiced_connect.sdk.tokens import ConnectionRevoked
 from local.invoiced import LocalInvoiced
 from local.invoiced.models import INVOICES_PER_COMPANY
+from tests.support.runtime import use_parts
 
 CLIENT_ID = "Lp4Xc8Vn2Rb6Tm1Qw9Zs3Hd7"
 CLIENT_SECRET = "Ky2Fh7Wq4Nc9Dv1Bx6Mt3Js8Pr5Gz0La"
@@ -410,13 +410,15 @@ def test_no_token_in_any_log_record_or_error_across_failures(
 # ================================================================== the example consumer, end to end
 @pytest.fixture
 def default_reader(monkeypatch: pytest.MonkeyPatch, inv: LocalInvoiced) -> types.SimpleNamespace:
-    """The real invoiced_connect.sdk.tokens, its default reader serving ``.current``; settings point at ``inv``."""
+    """The process runtime's reader serving ``.current``; settings point at ``inv``."""
     reader = types.SimpleNamespace(current=None)
-    monkeypatch.setattr(token_sdk, "default_reader", lambda: reader.current)
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")  # as template.yaml's Globals set it
-    from invoiced_connect.core import settings
 
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=inv.api_url))
+    class Current:  # whatever the test has put in reader.current
+        def __getattr__(self, name: str) -> Any:
+            return getattr(reader.current, name)
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InvoicedConnect")  # as template.yaml's Globals set it
+    use_parts(monkeypatch, reader=Current(), settings=types.SimpleNamespace(configured_api_url=inv.api_url))
     return reader
 
 

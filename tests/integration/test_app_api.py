@@ -15,12 +15,12 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
+from invoiced_connect import InvoicedApi, runtime
 from invoiced_connect.app_api.service import TokenVendor
 from invoiced_connect.app_api.service import answer as typed_answer
-from invoiced_connect.cloud import aws
 from invoiced_connect.core.models import Attention, ConnectionStatus, TokenSet
 from invoiced_connect.sdk import tokens as token_sdk
-from invoiced_connect.sdk.api import ApiAuthError, ApiEnvironmentError, InvoicedApi
+from invoiced_connect.sdk.api import ApiAuthError, ApiEnvironmentError
 from invoiced_connect.sdk.tokens import TokenReader, TokenRejected, lambda_invoker
 from invoiced_connect.storage.crypto import SealedTokens, TokenCipher, encryption_context
 from invoiced_connect.storage.store import Rescue, TokenStore
@@ -178,7 +178,7 @@ def test_connections_needing_attention_are_listed_from_the_index_page_by_page(st
     seen: dict[str, str] = {}
     calls: list[str] = []
     # The functions' own client (they run in this process): what the listing asks DynamoDB.
-    aws.client("dynamodb").meta.events.register("before-call.dynamodb.*",
+    runtime.current().client("dynamodb").meta.events.register("before-call.dynamodb.*",
                                                 lambda model, **_: calls.append(model.name))
     next_token = None
     pages = 0
@@ -218,19 +218,17 @@ def consumer_environment(stack, monkeypatch, **extra: str) -> None:
     monkeypatch.setenv("TOKENS_FUNCTION_NAME", stack.env["TOKENS_FUNCTION_NAME"])
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
-    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect import runtime
 
-    get_settings.cache_clear()
-    token_sdk.default_reader.cache_clear()
+    runtime.reset()
 
 
 @pytest.fixture
 def restore_settings():
-    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect import runtime
 
     yield
-    get_settings.cache_clear()
-    token_sdk.default_reader.cache_clear()
+    runtime.reset()
 
 
 def test_a_reader_configured_with_only_the_outputs_reaches_its_connections_api(stack, cid, monkeypatch,

@@ -99,8 +99,8 @@ def test_every_module_of_every_artifact_has_runtime_bytecode(compiled):
 def test_bytecode_is_never_checked_against_the_sources_and_names_the_lambda_paths(compiled):
     samples = {
         compiled / "ConnectFunction" / "app.py": "/var/task/app.py",
-        compiled / "InvoicedConnectLayer" / "python" / "invoiced_connect" / "flow.py":
-            "/opt/python/invoiced_connect/flow.py",
+        compiled / "InvoicedConnectLayer" / "python" / "invoiced_connect" / "connect" / "flow.py":
+            "/opt/python/invoiced_connect/connect/flow.py",
     }
     for source, lambda_path in samples.items():
         data = cached_file(source).read_bytes()
@@ -157,6 +157,16 @@ def test_every_handler_imports_from_the_artifacts_and_api_handlers_stay_light(co
         assert loaded[name]["requests"] is False, name
         assert loaded[name]["boto3"] is False, name
         assert loaded[name]["xray"] is False, name
+
+
+def test_the_powertools_utilities_imported_on_first_use_are_in_the_layer(compiled):
+    """The worker's batch processor and the secret cache's Parameters are
+    imported on first use, not by ``import app``: import them from the artifacts."""
+    artifacts = {a.name: a for a in coldstart.find_artifacts(compiled)}
+    layer = artifacts["InvoicedConnectLayer"]
+    for name, module in (("RefreshWorkerFunction", "aws_lambda_powertools.utilities.batch"),
+                         ("ConnectFunction", "aws_lambda_powertools.utilities.parameters")):
+        coldstart.probe(module, coldstart.lambda_environment(artifacts[name], layer), compiled)
 
 
 def test_handlers_import_from_sources_only_builds_too(sources_only):
@@ -216,7 +226,7 @@ def test_the_bytecode_is_used_after_sam_packages_it(compiled, tmp_path):
     }
     # The handler, a module of the package and one of Powertools: all read from their .pyc.
     expected = {str(cached_file(p)) for p in (function.code_dir / "app.py",
-                                               layer.code_dir / "invoiced_connect" / "flow.py",
+                                               layer.code_dir / "invoiced_connect" / "connect" / "flow.py",
                                                layer.code_dir / "aws_lambda_powertools" / "logging" / "logger.py")}
     assert expected <= loaded_from_bytecode, sorted(expected - loaded_from_bytecode)
     assert "bytecode is stale" not in verbose.stderr

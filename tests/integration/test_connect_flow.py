@@ -37,9 +37,9 @@ def stored(stack, connection_id: str):
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
 
-    return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
+    return runtime.current().secrets.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
 
 def connect_url_for(stack, token: str) -> str:
@@ -418,7 +418,7 @@ def test_a_link_signed_with_a_rotated_key_works_at_once_and_the_old_key_keeps_wo
     key must not be refused for the cache's lifetime."""
     import json
 
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
     from invoiced_connect.entry import web
 
     # Earlier tests' foreign-key links may have spent this minute's re-read
@@ -440,7 +440,7 @@ def test_a_link_signed_with_a_rotated_key_works_at_once_and_the_old_key_keeps_wo
         assert_safe_page(requests.get(connect_url_for(stack, foreign), allow_redirects=False, timeout=10), 403)
     finally:
         secrets.put_secret_value(SecretId=arn, SecretString=original)
-        secret_cache.clear()
+        runtime.current().secrets.clear()
 
 
 HOSTILE_RETURNS = [

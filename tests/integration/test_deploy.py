@@ -30,7 +30,7 @@ from botocore.stub import Stubber
 from invoiced_connect_tools import cli, deployment
 from invoiced_connect_tools.deployment import DeployError, StackParameterUpdater
 
-from invoiced_connect.cloud import aws
+from invoiced_connect import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMCONFIG = ROOT / "samconfig.toml"
@@ -99,9 +99,9 @@ def aws_env(moto_url, monkeypatch, tmp_path) -> Iterator[dict[str, str]]:
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    aws.reset_clients()
+    runtime.reset()
     yield values
-    aws.reset_clients()
+    runtime.reset()
 
 
 def client(service: str, moto_url: str):
@@ -139,7 +139,7 @@ def stack_parameters(moto_url: str, name: str) -> dict[str, str]:
 def record_update_stack_calls() -> list[dict]:
     """The UpdateStack requests the command's CloudFormation client sends."""
     calls: list[dict] = []
-    aws.client("cloudformation").meta.events.register(
+    runtime.current().client("cloudformation").meta.events.register(
         "provide-client-params.cloudformation.UpdateStack", lambda params, **_: calls.append(dict(params))
     )
     return calls

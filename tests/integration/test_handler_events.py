@@ -76,19 +76,16 @@ def test_unexpected_error_is_a_plain_500_page_that_leaks_nothing(monkeypatch, ca
 
 @pytest.mark.usefixtures("stack")
 def test_a_configuration_error_is_a_503_page_and_a_log_line_naming_the_variable(monkeypatch, capfd):
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.entry import web
+    from invoiced_connect import runtime
 
     monkeypatch.setenv("RETURN_URL_ALLOWLIST", "app.example.com/settings")  # no scheme
-    get_settings.cache_clear()
-    web.flow.cache_clear()
+    runtime.reset()
     try:
         handler = load_handler(ROOT / "template.yaml", "ConnectFunction")
         response = handler(load_event("connect.json"))
     finally:
         monkeypatch.undo()
-        get_settings.cache_clear()
-        web.flow.cache_clear()
+        runtime.reset()
     assert response["statusCode"] == 503
     assert "not configured yet" in response["body"]
     assert "RETURN_URL_ALLOWLIST entry" in "".join(capfd.readouterr())

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from invoiced_connect.connect.links import LinkClaims, sign_link_token
-from invoiced_connect.entry.observability import CONNECT_FAILURE_REASONS
+from invoiced_connect.core.metrics import CONNECT_FAILURE_REASONS
 from local.seed import connect as seed_connection
 from local.seed import invoiced_client, make_due, stored_tokens
 from tests.support.handlers import Capture, Handlers, Metric
@@ -72,9 +72,9 @@ def new_id(prefix: str) -> str:
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
 
-    return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
+    return runtime.current().secrets.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
 
 # ------------------------------------------------------------------ /connect

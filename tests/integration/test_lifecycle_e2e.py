@@ -13,9 +13,8 @@ import boto3
 import pytest
 from invoiced_connect_tools import cli
 
+from invoiced_connect import runtime
 from invoiced_connect.core.models import ConnectionStatus
-from invoiced_connect.core.settings import get_settings
-from invoiced_connect.sdk import tokens
 from tests.support.browser import callback, start_flow
 from tests.support.lifecycle import expire, invoiced_client, make_due, row, stored_tokens
 
@@ -27,9 +26,9 @@ def cid(invoiced) -> str:
 
 @pytest.fixture
 def reader():
-    tokens.default_reader.cache_clear()
-    yield tokens.default_reader()
-    tokens.default_reader.cache_clear()
+    runtime.reset()
+    yield runtime.current().reader
+    runtime.reset()
 
 
 def connect_in_browser(stack, connection_id: str) -> None:
@@ -203,7 +202,7 @@ def test_the_cli_reads_a_stack_by_name(stack, cid, capsys, monkeypatch):
     shown = capsys.readouterr().out
     assert f"connection_id        {cid}" in shown and "has_tokens           True" in shown
     monkeypatch.undo()
-    get_settings.cache_clear()
+    runtime.reset()
 
 
 def test_readers_in_many_lambdas_at_once_cause_one_token_request_through_the_invoke_api(stack, cid):

@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from invoiced_connect.core.models import ConnectionStatus
 from invoiced_connect.lifecycle.disconnect import Disconnector
-from invoiced_connect.lifecycle.refresh import Mode, Outcome
+from invoiced_connect.lifecycle.refresh import Mode, RefreshOutcome
 from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 from tests.support.lifecycle import connect, invoiced_client, make_due, reader, refresher, store, stored_tokens
 
@@ -64,7 +64,7 @@ class Lifecycle(RuleBasedStateMachine):
             self.stack.invoiced.faults.set(**{fault: 1})
         result = refresher(self.stack, clock=self._past_cooldown(slot)).refresh(self.cid(slot), mode=Mode.FORCED)
         self.stack.invoiced.faults.reset()
-        if result.outcome is Outcome.NEEDS_REAUTH:
+        if result.outcome is RefreshOutcome.NEEDS_REAUTH:
             self.behind_our_back.discard(slot)
 
     @rule(slot=st.sampled_from(SLOTS))

@@ -40,7 +40,7 @@ from local.events import EventTap, event_summary
 from local.lambda_api import LambdaApi, function_name_of
 from local.lambda_runtime import Activity, local_functions
 from local.queues import QueuePollers, failed_message_ids, redrive_of, sqs_event_sources
-from local.schedule import Scheduler, parse_schedule, schedule_specs
+from local.schedule import ScheduleFirer, parse_schedule, schedule_specs
 from local.stack import _EnvironmentPatch, _print_event, _run_parser
 from local.template import ACCOUNT_ID, REGION, Resolver, TemplateError, function_environment, load_template
 
@@ -324,9 +324,9 @@ class Drivers:
         self._stops.append(api.stop)
         return api
 
-    def scheduler(self, *functions: str, every: float | None = None) -> Scheduler:
+    def scheduler(self, *functions: str, every: float | None = None) -> ScheduleFirer:
         specs = [spec for spec in schedule_specs(self.template, self.resolver) if spec.function in functions]
-        scheduler = Scheduler(specs, self.functions, events_client=self.events, every=every, activity=self.activity)
+        scheduler = ScheduleFirer(specs, self.functions, events_client=self.events, every=every, activity=self.activity)
         self._stops.append(scheduler.stop)
         return scheduler
 

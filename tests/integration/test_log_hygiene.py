@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import boto3
 import pytest
 
-from invoiced_connect.app_api import service as app_api
+from invoiced_connect import runtime
 from invoiced_connect.connect import flow as flow_module
 from local.seed import connect as seed_connection
 from local.seed import expire, invoiced_client, make_due, stored_tokens
@@ -94,11 +94,11 @@ class Hygiene:
 def hygiene(stack, invoiced, capfd, monkeypatch) -> Iterator[Hygiene]:
     assert stack.wait_for_queues(30)
     canaries = Canaries()
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
 
     canaries.add("client secret", stack.client_secret)
     canaries.add("wrong client secret", WRONG_SECRET_CANARY)
-    canaries.add("link signing key", secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current"))
+    canaries.add("link signing key", runtime.current().secrets.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current"))
     canaries.add("authorization header", AUTH_HEADER_CANARY.split(" ", 1)[1])
     canaries.add("foreign cookie", COOKIE_CANARY)
     canaries.add("event field", EVENT_CANARY)
@@ -346,7 +346,7 @@ def test_the_app_api_functions_write_no_secret(hygiene):
 
     for expiring in (False, True):
         if expiring:  # a cold function and an expiring token: a refresh, so more tokens are issued
-            app_api.shared_vendor.cache_clear()
+            runtime.current().override(vendor=None)
             expire(stack, connection_id)
         request_id = str(uuid.uuid4())
         token = handlers.invoke("tokens", {"connection_id": connection_id}, request_id=request_id)

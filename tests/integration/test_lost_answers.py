@@ -18,7 +18,7 @@ import pytest
 
 from invoiced_connect.app_api.service import TokenVendor, answer
 from invoiced_connect.core.models import ConnectionStatus
-from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.lifecycle.refresh import RefreshOutcome
 from invoiced_connect.sdk.tokens import (
     RECHECK_SECONDS,
     NeedsReauthorization,
@@ -59,7 +59,7 @@ def in_process_reader(stack, *, clock=time.time, calls: list | None = None) -> T
 def lose_an_answer(stack, cid: str, faults: dict) -> None:
     make_due(stack, cid)
     stack.invoiced.faults.set(**faults)
-    assert refresher(stack).refresh(cid).outcome is Outcome.UNKNOWN_OUTCOME
+    assert refresher(stack).refresh(cid).outcome is RefreshOutcome.UNKNOWN_OUTCOME
     stack.invoiced.faults.reset()
 
 

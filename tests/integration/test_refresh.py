@@ -20,7 +20,7 @@ from invoiced_connect.lifecycle.refresh import (
     ROTATED_ANSWER_LOST,
     UNKNOWN_OUTCOME_COOLDOWN_SECONDS,
     Mode,
-    Outcome,
+    RefreshOutcome,
     RefreshPolicy,
 )
 from invoiced_connect.storage.crypto import TokenCipher
@@ -59,7 +59,7 @@ def test_a_connection_not_due_is_left_alone(stack, cid):
     connect(stack, cid)
     before = refresh_calls(stack)
     result = refresher(stack).refresh(cid, mode=Mode.SCHEDULED)
-    assert result.outcome is Outcome.ALREADY_FRESH
+    assert result.outcome is RefreshOutcome.ALREADY_FRESH
     assert refresh_calls(stack) == before
     assert row(stack, cid).version == 1
 
@@ -69,7 +69,7 @@ def test_a_due_connection_is_rotated_and_committed_with_the_next_version(stack, 
     old_access, old_refresh = stored_tokens(stack, cid)
     make_due(stack, cid)
     result = refresher(stack).refresh(cid, mode=Mode.SCHEDULED)
-    assert result.outcome is Outcome.REFRESHED and result.version == 2
+    assert result.outcome is RefreshOutcome.REFRESHED and result.version == 2
     current = row(stack, cid)
     assert current.status is ConnectionStatus.ACTIVE and current.lease_owner is None
     assert current.refresh_at == current.expires_at  # still in active use: kept fresh ahead of expiry
@@ -84,7 +84,7 @@ def test_an_idle_connection_is_scheduled_only_for_keep_alive(stack, cid):
     keepalive = RefreshPolicy().keepalive_seconds
     assert current.refresh_at is not None and current.refresh_at >= current.refreshed_at + keepalive
     make_due(stack, cid)  # the keep-alive day has come
-    assert refresher(stack).refresh(cid).outcome is Outcome.REFRESHED
+    assert refresher(stack).refresh(cid).outcome is RefreshOutcome.REFRESHED
     assert row(stack, cid).refresh_at >= int(time.time()) + keepalive - 5
     assert_live(stack, cid)
 
@@ -127,7 +127,7 @@ def test_a_busy_lease_is_reported_not_waited_for_by_the_scheduler(stack, cid):
     store(stack).take_lease(cid, owner="someone-else", version=current.version, now=now, until=now + 60)
     before = refresh_calls(stack)
     result = refresher(stack).refresh(cid, mode=Mode.SCHEDULED)
-    assert result.outcome is Outcome.BUSY
+    assert result.outcome is RefreshOutcome.BUSY
     assert refresh_calls(stack) == before
     store(stack).release_lease(cid, owner="someone-else")
 
@@ -138,7 +138,7 @@ def test_an_expired_lease_is_taken_over(stack, cid):
     current = row(stack, cid)
     now = int(time.time())
     store(stack).take_lease(cid, owner="crashed-worker", version=current.version, now=now - 120, until=now - 1)
-    assert refresher(stack).refresh(cid).outcome is Outcome.REFRESHED
+    assert refresher(stack).refresh(cid).outcome is RefreshOutcome.REFRESHED
     assert_live(stack, cid)
 
 
@@ -164,7 +164,7 @@ def test_a_refresh_that_lost_the_race_is_success_not_failure(stack, cid):
     client = CountingClient(invoiced_client(stack), before=rotate_elsewhere)
     events = refresher(stack).events
     result = refresher(stack, client=client, events=events).refresh(cid)
-    assert result.outcome is Outcome.RACE_RECOVERED
+    assert result.outcome is RefreshOutcome.RACE_RECOVERED
     current = row(stack, cid)
     assert current.status is ConnectionStatus.ACTIVE and current.lease_owner is None
     # The result is the row as re-read, the winner's version, not the one leased.
@@ -209,7 +209,7 @@ def test_transient_failures_back_off_and_keep_the_connection(stack, cid, fault):
     stack.invoiced.faults.set(**{fault: 1})
     events = refresher(stack).events
     result = refresher(stack, events=events).refresh(cid)
-    assert result.outcome is Outcome.TRANSIENT
+    assert result.outcome is RefreshOutcome.TRANSIENT
     current = row(stack, cid)
     assert current.status is ConnectionStatus.ACTIVE and current.version == 1 and current.lease_owner is None
     assert current.failure_count == 1 and current.last_error
@@ -225,7 +225,7 @@ def test_transient_failures_back_off_and_keep_the_connection(stack, cid, fault):
     # During the cooldown nobody calls Invoiced, not even on demand.
     before = refresh_calls(stack)
     again = refresher(stack).refresh(cid, mode=Mode.ON_DEMAND, stale_version=1)
-    assert again.outcome is Outcome.COOLING_DOWN and again.retry_at == current.next_attempt_at
+    assert again.outcome is RefreshOutcome.COOLING_DOWN and again.retry_at == current.next_attempt_at
     assert refresh_calls(stack) == before
     assert events.types_for(cid) == []  # one blip is not "failing"
 
@@ -240,13 +240,13 @@ def test_repeated_failures_grow_the_backoff_publish_failing_once_and_recover(sta
         make_due(stack, cid, at=int(time.time()) + clock_offset[0])
         stack.invoiced.faults.set(server_error_next=1)
         result = r.refresh(cid)
-        assert result.outcome is Outcome.TRANSIENT
+        assert result.outcome is RefreshOutcome.TRANSIENT
         delays.append(result.retry_at - int(time.time() + clock_offset[0]))
         clock_offset[0] += delays[-1] + 1  # jump past the cooldown
     assert delays[3] > delays[0] and all(15 <= d <= 1800 for d in delays), delays
     assert events.types_for(cid) == [lifecycle.CONNECTION_REFRESH_FAILING]
     assert row(stack, cid).failure_count == 4
-    assert r.refresh(cid, mode=Mode.FORCED).outcome is Outcome.REFRESHED
+    assert r.refresh(cid, mode=Mode.FORCED).outcome is RefreshOutcome.REFRESHED
     recovered = row(stack, cid)
     assert recovered.failure_count == 0 and recovered.next_attempt_at == 0 and recovered.last_error is None
     assert_live(stack, cid)
@@ -267,7 +267,7 @@ def lose_an_answer(stack, cid: str, faults: dict, events=None):
     make_due(stack, cid)
     stack.invoiced.faults.set(**faults)
     result = refresher(stack, events=events).refresh(cid)
-    assert result.outcome is Outcome.UNKNOWN_OUTCOME
+    assert result.outcome is RefreshOutcome.UNKNOWN_OUTCOME
     return result
 
 
@@ -290,10 +290,10 @@ def test_a_lost_answer_is_settled_by_a_probe_in_seconds_and_a_dead_pair_is_needs
     before = refresh_calls(stack)
     make_due(stack, cid)
     for mode, stale in ((Mode.SCHEDULED, None), (Mode.ON_DEMAND, 1), (Mode.FORCED, None)):
-        assert refresher(stack).refresh(cid, mode=mode, stale_version=stale).outcome is Outcome.COOLING_DOWN
+        assert refresher(stack).refresh(cid, mode=mode, stale_version=stale).outcome is RefreshOutcome.COOLING_DOWN
     # Then the old access token answers: Invoiced revoked it when it rotated.
     settled = after_settling(stack, events=events).refresh(cid)
-    assert settled.outcome is Outcome.NEEDS_REAUTH
+    assert settled.outcome is RefreshOutcome.NEEDS_REAUTH
     assert refresh_calls(stack) == before  # settled without spending a token request
     current = row(stack, cid)
     assert current.status is ConnectionStatus.NEEDS_REAUTH and current.status_reason == ROTATED_ANSWER_LOST
@@ -303,7 +303,7 @@ def test_a_lost_answer_is_settled_by_a_probe_in_seconds_and_a_dead_pair_is_needs
 def test_a_timeout_before_invoiced_acted_is_settled_alive_and_refreshed_at_once(stack, cid):
     lose_an_answer(stack, cid, {"timeout_next": 1, "timeout_seconds": 3})
     before = refresh_calls(stack)
-    assert after_settling(stack).refresh(cid).outcome is Outcome.REFRESHED
+    assert after_settling(stack).refresh(cid).outcome is RefreshOutcome.REFRESHED
     assert refresh_calls(stack) == before + 1
     current = row(stack, cid)
     assert current.outcome_unknown_at == 0 and current.failure_count == 0 and current.attention is None
@@ -315,7 +315,7 @@ def test_a_probe_found_alive_then_a_failed_refresh_clears_the_flag_and_backs_off
     lose_an_answer(stack, cid, {"timeout_next": 1, "timeout_seconds": 3})
     stack.invoiced.faults.set(server_error_next=1)
     result = after_settling(stack).refresh(cid)
-    assert result.outcome is Outcome.TRANSIENT
+    assert result.outcome is RefreshOutcome.TRANSIENT
     current = row(stack, cid)
     assert current.outcome_unknown_at == 0 and current.status is ConnectionStatus.ACTIVE
     assert current.failure_count == 2 and current.attention is None
@@ -330,20 +330,20 @@ def test_a_probe_without_an_answer_keeps_the_flag_and_the_long_cooldown(stack, c
     stack.invoiced.faults.set(api_gateway_error_next=1)
     before = refresh_calls(stack)
     result = after_settling(stack).refresh(cid)
-    assert result.outcome is Outcome.UNKNOWN_OUTCOME
+    assert result.outcome is RefreshOutcome.UNKNOWN_OUTCOME
     current = row(stack, cid)
     assert current.outcome_unknown_at > 0 and current.status is ConnectionStatus.ACTIVE
     assert current.next_attempt_at >= time.time() + RefreshPolicy().settle_seconds + UNKNOWN_OUTCOME_COOLDOWN_SECONDS - 5
     assert refresh_calls(stack) == before
     # The next probe, after the cooldown, settles it.
     later = after_settling(stack, extra=UNKNOWN_OUTCOME_COOLDOWN_SECONDS + 60)
-    assert later.refresh(cid).outcome is Outcome.NEEDS_REAUTH
+    assert later.refresh(cid).outcome is RefreshOutcome.NEEDS_REAUTH
     assert refresh_calls(stack) == before
 
 
 @pytest.mark.parametrize(("faults", "outcome"), [
-    ({"commit_then_drop_next": 1}, Outcome.NEEDS_REAUTH),
-    ({"timeout_next": 1, "timeout_seconds": 3}, Outcome.REFRESHED),
+    ({"commit_then_drop_next": 1}, RefreshOutcome.NEEDS_REAUTH),
+    ({"timeout_next": 1, "timeout_seconds": 3}, RefreshOutcome.REFRESHED),
 ], ids=["rotated", "not rotated"])
 def test_when_the_old_access_token_expired_anyway_the_old_refresh_token_tells(stack, cid, faults, outcome):
     lose_an_answer(stack, cid, faults)
@@ -360,13 +360,13 @@ def test_a_revoked_refresh_token_means_needs_reauth_with_an_event(stack, cid):
     invoiced_client(stack).revoke(access)  # e.g. the customer removed the app in Invoiced
     events = refresher(stack).events
     result = refresher(stack, events=events).refresh(cid)
-    assert result.outcome is Outcome.NEEDS_REAUTH
+    assert result.outcome is RefreshOutcome.NEEDS_REAUTH
     current = row(stack, cid)
     assert current.status is ConnectionStatus.NEEDS_REAUTH and current.refresh_at is None  # left the due-index
     assert current.version == 1 and stored_tokens(stack, cid)  # kept, not deleted
     assert events.types_for(cid) == [lifecycle.CONNECTION_NEEDS_REAUTH]
     before = refresh_calls(stack)
-    assert refresher(stack).refresh(cid, mode=Mode.FORCED).outcome is Outcome.NOT_ACTIVE
+    assert refresher(stack).refresh(cid, mode=Mode.FORCED).outcome is RefreshOutcome.NOT_ACTIVE
     assert refresh_calls(stack) == before  # no more retries
 
 
@@ -377,7 +377,7 @@ def test_invalid_client_credentials_leave_the_connection_untouched(stack, cid):
     reads = []
     wrong._client_secret = lambda force: reads.append(force) or "not-the-secret"
     result = refresher(stack, client=wrong).refresh(cid)
-    assert result.outcome is Outcome.CLIENT_AUTH_FAILED
+    assert result.outcome is RefreshOutcome.CLIENT_AUTH_FAILED
     assert reads == [False, True]  # the secret was re-read once before giving up
     current = row(stack, cid)
     assert (current.status, current.version, current.failure_count, current.lease_owner) == (
@@ -405,7 +405,7 @@ def test_a_throttled_commit_is_retried(stack, cid):
     connect(stack, cid)
     make_due(stack, cid)
     throttled = ThrottledStore(stack.table_name, failures=2)
-    assert refresher(stack, store_=throttled, sleep=lambda s: None).refresh(cid).outcome is Outcome.REFRESHED
+    assert refresher(stack, store_=throttled, sleep=lambda s: None).refresh(cid).outcome is RefreshOutcome.REFRESHED
     assert throttled.failures == 0
     assert_live(stack, cid)
 
@@ -417,7 +417,7 @@ def test_tokens_whose_commit_keeps_failing_are_kept_aside_and_recovered(stack, c
     events = refresher(stack).events
     result = refresher(stack, store_=throttled, sleep=lambda s: None, events=events).refresh(cid)
     # Kept aside, alarmed, then applied at once (the row was still at the version read).
-    assert result.outcome is Outcome.RESCUE_APPLIED
+    assert result.outcome is RefreshOutcome.RESCUE_APPLIED
     assert store(stack).get_rescue(cid) is None
     assert row(stack, cid).version == 2
     assert_live(stack, cid)
@@ -445,7 +445,7 @@ def test_a_write_sneaking_in_before_the_commit_never_loses_a_live_grant(stack, c
 
     client._client.refresh = remember
     result = refresher(stack, client=client).refresh(cid)
-    assert result.outcome is Outcome.RESCUE_DISCARDED
+    assert result.outcome is RefreshOutcome.RESCUE_DISCARDED
     assert stored_tokens(stack, cid) == issued["reconnected"]  # the reconnect's pair is the connection
     assert_live(stack, cid)
     rotated = issued["rotated"]
@@ -464,7 +464,7 @@ def test_kept_aside_tokens_are_recovered_when_the_stored_token_is_rejected(stack
     blob = TokenCipher(stack.kms_key_arn).encrypt(cid, rotated.access_token, rotated.refresh_token)
     store(stack).put_rescue(Rescue(cid, blob, current.version, rotated.expires_at, int(time.time()), "test"))
     result = refresher(stack).refresh(cid)
-    assert result.outcome is Outcome.RESCUE_APPLIED
+    assert result.outcome is RefreshOutcome.RESCUE_APPLIED
     assert stored_tokens(stack, cid) == (rotated.access_token, rotated.refresh_token)
     assert row(stack, cid).status is ConnectionStatus.ACTIVE
     assert store(stack).get_rescue(cid) is None
@@ -483,6 +483,6 @@ def test_a_throttled_encrypt_of_new_tokens_is_retried(stack, cid):
         return real_encrypt(*args)
 
     r.cipher.encrypt = flaky_encrypt
-    assert r.refresh(cid).outcome is Outcome.REFRESHED
+    assert r.refresh(cid).outcome is RefreshOutcome.REFRESHED
     assert failures == [0]
     assert_live(stack, cid)

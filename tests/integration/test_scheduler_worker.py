@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from invoiced_connect.core.models import TokenSet
-from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.lifecycle.refresh import RefreshOutcome
 from invoiced_connect.lifecycle.scheduler import Scheduler
 from invoiced_connect.lifecycle.worker import process_batch, queue_settle_checks
 from invoiced_connect.storage.crypto import SealedTokens
@@ -201,7 +201,7 @@ def test_a_recover_message_applies_kept_aside_tokens(stack, invoiced):
                                                    int(time.time()), "test"))
     body = json.dumps({"connection_id": connection_id, "kind": "recover"})
     report = process_batch([record(body)], refresher(stack), lambda: 100.0, reserve_seconds=30)
-    assert report.outcomes == {Outcome.RESCUE_APPLIED.value: 1}
+    assert report.outcomes == {RefreshOutcome.RESCUE_APPLIED.value: 1}
     assert stored_tokens(stack, connection_id) == (rotated.access_token, rotated.refresh_token)
 
 

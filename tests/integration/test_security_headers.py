@@ -75,9 +75,9 @@ def new_id(prefix: str) -> str:
 
 
 def signing_key(stack) -> str:
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
 
-    return secret_cache.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
+    return runtime.current().secrets.get_field(stack.env["LINK_SIGNING_SECRET_ARN"], "current")
 
 
 def link_for(stack, connection_id: str, return_to: str | None = None, expires_in: int = 600) -> str:

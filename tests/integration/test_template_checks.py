@@ -47,14 +47,14 @@ def test_the_metric_contract_is_what_the_code_emits():
     """The alarms' metric names are the code's: the shared names, one
     ``Refresh<Outcome>`` per refresh outcome, and RefreshFailed aggregating
     exactly the outcomes the README and docs/operations.md list for it."""
-    from invoiced_connect.entry import observability
-    from invoiced_connect.lifecycle.refresh import Outcome
+    from invoiced_connect.core import metrics
+    from invoiced_connect.lifecycle.refresh import RefreshOutcome
 
-    emitted = {observability.CONNECT_STARTED, observability.CONNECT_FAILED, observability.CONNECTED,
-               observability.RECONNECTED, observability.REFRESH_FAILED, observability.REFRESH_PERMANENT_FAILURE,
-               observability.TOKEN_READS} | {outcome.metric_name for outcome in Outcome}
+    emitted = {metrics.CONNECT_STARTED, metrics.CONNECT_FAILED, metrics.CONNECTED,
+               metrics.RECONNECTED, metrics.REFRESH_FAILED, metrics.REFRESH_PERMANENT_FAILURE,
+               metrics.TOKEN_READS} | {outcome.metric_name for outcome in RefreshOutcome}
     assert not EMITTED_METRICS - emitted
-    aggregated = set(observability.REFRESH_FAILED_OUTCOMES)
+    aggregated = set(metrics.REFRESH_FAILED_OUTCOMES)
     assert aggregated == {"transient", "unknown_outcome", "needs_reauth", "client_auth_failed", "kept_aside"}
 
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 from requests.adapters import BaseAdapter
 
-from invoiced_connect.sdk.api import InvoicedApi
+from invoiced_connect import InvoicedApi
 
 API = "https://api.invoiced.test"
 CID = "acme-42"

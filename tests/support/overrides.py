@@ -15,48 +15,45 @@ import boto3
 
 @contextlib.contextmanager
 def bad_setting(monkeypatch) -> Iterator[None]:
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.entry import web
+    from invoiced_connect import runtime
 
     try:
         with monkeypatch.context() as patch:
             patch.setenv("RETURN_URL_ALLOWLIST", "app.example.com/settings")  # no scheme
-            get_settings.cache_clear()
-            web.flow.cache_clear()
+            runtime.reset()
             yield
     finally:
-        get_settings.cache_clear()
-        web.flow.cache_clear()
+        runtime.reset()
 
 
 @contextlib.contextmanager
 def client_secret(stack, value: str) -> Iterator[None]:
     """Secrets Manager holds ``value`` as the client secret meanwhile."""
-    from invoiced_connect.cloud.secrets import secret_cache
+    from invoiced_connect import runtime
 
     manager = boto3.client("secretsmanager")
     arn = stack.env["CLIENT_SECRET_ARN"]
     manager.put_secret_value(SecretId=arn, SecretString=json.dumps({"client_secret": value}))
-    secret_cache.clear()
+    runtime.current().secrets.clear()
     try:
         yield
     finally:
         manager.put_secret_value(SecretId=arn, SecretString=json.dumps({"client_secret": stack.client_secret}))
-        secret_cache.clear()
+        runtime.current().secrets.clear()
 
 
 @contextlib.contextmanager
 def private_refresh_queue(monkeypatch) -> Iterator[str]:
     """The scheduler sends to a queue of its own, which no poller drains into the worker meanwhile."""
-    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect import runtime
 
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"hygiene-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     try:
         with monkeypatch.context() as patch:
             patch.setenv("REFRESH_QUEUE_URL", url)
-            get_settings.cache_clear()
+            runtime.reset()
             yield url
     finally:
-        get_settings.cache_clear()
+        runtime.reset()
         sqs.delete_queue(QueueUrl=url)

@@ -680,11 +680,11 @@ def check_alarms(tpl: dict[str, Any]) -> list[str]:
     the refresh metrics that need a person each have an alarm; each notifies
     AlarmTopicArn (when set) both ways, treats no data as OK and says where
     to read what to do."""
-    from invoiced_connect.lifecycle.refresh import Outcome
+    from invoiced_connect.lifecycle.refresh import RefreshOutcome
 
     problems = []
     # The contract names the code's own refresh outcomes the way the code does.
-    for outcome in (Outcome.NEEDS_REAUTH, Outcome.UNKNOWN_OUTCOME, Outcome.KEPT_ASIDE, Outcome.CLIENT_AUTH_FAILED):
+    for outcome in (RefreshOutcome.NEEDS_REAUTH, RefreshOutcome.UNKNOWN_OUTCOME, RefreshOutcome.KEPT_ASIDE, RefreshOutcome.CLIENT_AUTH_FAILED):
         if outcome.metric_name not in EMITTED_METRICS:
             problems.append(f"the code counts {outcome.value} as {outcome.metric_name}, not a contract metric")
     env = function_env(tpl, next(iter(functions(tpl))))

@@ -1,4 +1,4 @@
-"""`InvoicedApi` (invoiced_connect.sdk.api) against a fake transport: no network.
+"""`InvoicedApi` (invoiced_connect.sdk.api's ApiSession, with the process's reader by default) against a fake transport: no network.
 
 The fake (tests/support/api_transport.py) is a requests transport adapter
 mounted on a real ``requests.Session``, so requests itself prepares every
@@ -21,8 +21,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import requests
 
+from invoiced_connect import InvoicedApi
 from invoiced_connect.invoiced.client import ApiError, InvoicedError, TransientError, UnknownOutcomeError
-from invoiced_connect.sdk import tokens as token_sdk
 from invoiced_connect.sdk.api import (
     ApiAuthError,
     ApiConnectionError,
@@ -35,7 +35,6 @@ from invoiced_connect.sdk.api import (
     ApiStatusError,
     ApiUnknownOutcomeError,
     ApiUrlError,
-    InvoicedApi,
     TokenSource,
 )
 from invoiced_connect.sdk.tokens import AccessToken
@@ -57,6 +56,7 @@ from tests.support.api_transport import (
     ok,
     scripted,
 )
+from tests.support.runtime import use_parts
 
 
 def assert_clean_error(exc: BaseException) -> None:
@@ -475,10 +475,7 @@ def test_no_log_record_carries_the_token(caplog):
 # ================================================================== construction
 def test_defaults_come_from_the_token_sdk_and_the_settings_lazily(monkeypatch):
     fake_tokens = FakeTokens()
-    monkeypatch.setattr(token_sdk, "default_reader", lambda: fake_tokens)
-    from invoiced_connect.core import settings
-
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API + "/"))
+    use_parts(monkeypatch, reader=fake_tokens, settings=types.SimpleNamespace(configured_api_url=API + "/"))
     api = InvoicedApi(CID)
     assert api.api_url == API  # INVOICED_API_URL, when set, pins the API
     assert api._tokens is fake_tokens
@@ -547,10 +544,7 @@ def test_a_connection_whose_api_is_unknown_needs_an_api_url():
 
 def test_the_default_reader_without_invoiced_api_url_follows_the_connection(monkeypatch):
     tokens = EnvironmentTokens(SANDBOX_API)
-    monkeypatch.setattr(token_sdk, "default_reader", lambda: tokens)
-    from invoiced_connect.core import settings
-
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=None))
+    use_parts(monkeypatch, reader=tokens, settings=types.SimpleNamespace(configured_api_url=None))
     api = InvoicedApi(CID)
     assert api.api_url is None
     transport = FakeTransport(scripted(ok({})))

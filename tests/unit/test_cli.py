@@ -9,6 +9,8 @@ import pytest
 from invoiced_connect_tools import cli
 from invoiced_connect_tools.deployment import DeployError
 
+from invoiced_connect import runtime
+
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800)])
 def test_durations(text, seconds):
@@ -32,17 +34,17 @@ def test_env_file_is_parsed_and_bad_lines_are_named(tmp_path):
 
 
 def test_missing_configuration_is_one_clear_line(monkeypatch, capsys, tmp_path):
-    from invoiced_connect.core.settings import get_settings
+    from invoiced_connect import runtime
 
     for name in ("TABLE_NAME", "KMS_KEY_ID", "PUBLIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
+    runtime.reset()
     assert cli.main(["link", "create", "acme-1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "invoiced-connect: TABLE_NAME is not set "
         "(use --env-file .local/stack.env for the local stack, or --stack NAME for a deployed one)"
     )
-    get_settings.cache_clear()
+    runtime.reset()
 
 
 def test_env_file_and_stack_are_exclusive(capsys):
@@ -100,14 +102,13 @@ def test_stack_environment_reads_outputs_and_parameters():
 def test_unknown_stack_is_one_clear_line(monkeypatch, capsys):
     from moto import mock_aws
 
-    from invoiced_connect.cloud import aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    aws.reset_clients()
+    runtime.reset()
     with mock_aws():
         assert cli.main(["--stack", "does-not-exist", "link", "create", "acme-1"]) == 2
-    aws.reset_clients()
+    runtime.reset()
     err = capsys.readouterr().err
     assert err.startswith("invoiced-connect: ") and "does-not-exist" in err
 

@@ -10,8 +10,8 @@ import pytest
 
 from invoiced_connect.connect.flow import (
     LINK_KEYS_REREAD_SECONDS,
-    BadRequest,
     ConnectFlow,
+    RequestRefused,
     _single,
     parse_cookies,
     parse_query,
@@ -45,7 +45,7 @@ def test_parse_query_keeps_repeats_and_single_refuses_them():
     assert query == {"state": ["a", "b"], "code": ["c"], "empty": [""]}
     assert _single(query, "code") == "c"
     assert _single(query, "missing") is None
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(RequestRefused) as info:
         _single(query, "state")
     assert info.value.status == 400
 

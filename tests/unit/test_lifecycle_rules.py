@@ -8,11 +8,12 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
+from invoiced_connect import runtime
 from invoiced_connect.cloud import events
 from invoiced_connect.core.lifetimes import max_min_validity, min_validity, rotation_margin, scaled
 from invoiced_connect.core.models import Connection, ConnectionStatus
 from invoiced_connect.entry import connections as operations
-from invoiced_connect.lifecycle.refresh import BACKOFF_CAP_SECONDS, Outcome, RefreshPolicy
+from invoiced_connect.lifecycle.refresh import BACKOFF_CAP_SECONDS, RefreshOutcome, RefreshPolicy
 from invoiced_connect.lifecycle.worker import BatchReport, parse_message
 from invoiced_connect.sdk.tokens import MIN_VALIDITY_SECONDS, ROTATION_MARGIN_SECONDS, TokenReader
 
@@ -57,9 +58,9 @@ def test_the_lease_outlasts_two_token_requests_and_the_commit():
 
 
 def test_outcome_metric_names():
-    assert Outcome.UNKNOWN_OUTCOME.metric_name == "RefreshUnknownOutcome"
-    assert Outcome.KEPT_ASIDE.metric_name == "RefreshKeptAside"
-    assert len({outcome.metric_name for outcome in Outcome}) == len(Outcome)
+    assert RefreshOutcome.UNKNOWN_OUTCOME.metric_name == "RefreshUnknownOutcome"
+    assert RefreshOutcome.KEPT_ASIDE.metric_name == "RefreshKeptAside"
+    assert len({outcome.metric_name for outcome in RefreshOutcome}) == len(RefreshOutcome)
 
 
 # ------------------------------------------------------------------ requests and messages
@@ -90,7 +91,7 @@ class RecordingRefresher:
         from invoiced_connect.lifecycle.refresh import RefreshResult
 
         self.calls.append((connection_id, kwargs))
-        return RefreshResult(connection_id, Outcome.ALREADY_FRESH, "active", 3)
+        return RefreshResult(connection_id, RefreshOutcome.ALREADY_FRESH, "active", 3)
 
 
 def test_a_refresh_request_waits_as_asked_within_the_invocation():
@@ -172,14 +173,13 @@ def test_the_lambda_client_waits_as_long_as_a_locked_refresh_may_take(monkeypatc
     from invoiced_connect.cloud import aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    aws.reset_clients()
-    try:
-        # The connections function runs up to 60 s (it may wait for a lease):
-        # a shorter read timeout would make boto3 retry, i.e. invoke it again.
-        assert aws.client("lambda").meta.config.read_timeout > 60
-        assert aws.client("dynamodb").meta.config.read_timeout == 10
-    finally:
-        aws.reset_clients()
+    # The connections function runs up to 60 s (it may wait for a lease):
+    # a shorter read timeout would make boto3 retry, i.e. invoke it again.
+    assert aws.new_client("lambda").meta.config.read_timeout > 60
+    assert aws.new_client("dynamodb").meta.config.read_timeout == 10
+    clients = runtime.Runtime()
+    assert clients.client("lambda").meta.config.read_timeout > 60  # the runtime's clients are the same
+    assert clients.client("lambda") is clients.client("lambda")
 
 
 # ------------------------------------------------------------------ margins by lifetime

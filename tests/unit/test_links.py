@@ -14,8 +14,8 @@ from invoiced_connect.connect.links import (
     sign_link_token,
     verify_link_token,
 )
-from invoiced_connect.connect.return_urls import ReturnUrlError
 from invoiced_connect.core.models import InvalidConnectionId
+from invoiced_connect.core.return_urls import ReturnUrlError
 
 KEY = "k" * 48
 OTHER_KEY = "o" * 48

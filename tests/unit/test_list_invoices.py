@@ -29,14 +29,15 @@ from tests.support.api_transport import (
     make,
     scripted,
 )
+from tests.support.runtime import use_parts
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def default_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real token SDK, whose default reader is a fake (never AWS)."""
-    monkeypatch.setattr(token_sdk, "default_reader", FakeTokens)
+    """The process runtime's reader is a fake (never AWS)."""
+    use_parts(monkeypatch, reader=FakeTokens())
 
 
 @pytest.fixture(autouse=True)
@@ -132,10 +133,7 @@ def test_handler_maps_the_token_sdks_errors(error_class, kind, monkeypatch, capf
         def get_token(self, connection_id: str) -> str:
             raise error_class(connection_id, f"detail with {TOKEN}")
 
-    monkeypatch.setattr(token_sdk, "default_reader", Failing)
-    from invoiced_connect.core import settings
-
-    monkeypatch.setattr(settings, "get_settings", lambda: types.SimpleNamespace(configured_api_url=API))
+    use_parts(monkeypatch, reader=Failing(), settings=types.SimpleNamespace(configured_api_url=API))
     result = load_handler()({"connection_id": "acme-42"}, context())
     assert result["error"] == kind
     assert result["message"] and TOKEN not in result["message"]
@@ -183,6 +181,5 @@ def test_the_real_token_sdk_exposes_the_errors_the_handler_maps():
     for error_class in mapped:
         assert issubclass(error_class, Exception)
         assert getattr(token_sdk, error_class.__name__) is error_class
-    assert callable(token_sdk.default_reader)
     # The real reader has the TokenSource methods.
     assert callable(token_sdk.TokenReader.get_access_token) and callable(token_sdk.TokenReader.token_rejected)

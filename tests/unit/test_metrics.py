@@ -14,20 +14,20 @@ import pytest
 from aws_lambda_powertools import Metrics
 
 from invoiced_connect.connect import flow
-from invoiced_connect.connect.flow import BadRequest, FlowReport
+from invoiced_connect.connect.flow import FlowReport, RequestRefused
+from invoiced_connect.core.metrics import (
+    CONNECT_FAILURE_REASONS,
+    REFRESH_FAILED_OUTCOMES,
+    REFRESH_PERMANENT_OUTCOMES,
+    outcome_metric_name,
+    refresh_aggregates,
+)
 from invoiced_connect.core.models import Connection, ConnectionStatus
 from invoiced_connect.entry import connections as operations
 from invoiced_connect.entry import observability
 from invoiced_connect.entry.logs import QUIET_LOGGERS, quiet_library_loggers
-from invoiced_connect.entry.observability import (
-    CONNECT_FAILURE_REASONS,
-    REFRESH_FAILED_OUTCOMES,
-    REFRESH_PERMANENT_OUTCOMES,
-    count_flow,
-    outcome_metric_name,
-    refresh_aggregates,
-)
-from invoiced_connect.lifecycle.refresh import Outcome
+from invoiced_connect.entry.observability import count_flow
+from invoiced_connect.lifecycle.refresh import RefreshOutcome
 from invoiced_connect.lifecycle.worker import BatchReport
 from invoiced_connect.sdk.tokens import ReadCounts, TokenReader
 from invoiced_connect.storage.crypto import SealedTokens
@@ -53,7 +53,7 @@ def emf_documents(text: str) -> list[dict]:
 
 # ------------------------------------------------------------------ refresh outcomes
 def test_refresh_outcome_metrics_keep_their_names():
-    for outcome in Outcome:
+    for outcome in RefreshOutcome:
         assert outcome_metric_name(outcome.value) == outcome.metric_name
     # The alarms in template.yaml watch these three.
     assert [outcome_metric_name(o) for o in ("kept_aside", "unknown_outcome", "client_auth_failed")] == [
@@ -63,7 +63,7 @@ def test_refresh_outcome_metrics_keep_their_names():
 
 
 def test_the_failure_aggregates_count_what_left_a_connection_without_a_new_token():
-    values = {outcome.value for outcome in Outcome}
+    values = {outcome.value for outcome in RefreshOutcome}
     assert REFRESH_PERMANENT_OUTCOMES <= REFRESH_FAILED_OUTCOMES <= values
     assert {"transient", "unknown_outcome", "needs_reauth", "client_auth_failed",
             "kept_aside"} == REFRESH_FAILED_OUTCOMES
@@ -106,11 +106,11 @@ def test_only_known_actions_are_taken_from_a_request():
 
 # ------------------------------------------------------------------ the connect flow
 def _bad_request_reasons() -> set[str]:
-    """Every reason a BadRequest is raised with in flow.py (its last argument)."""
+    """Every reason a RequestRefused is raised with in flow.py (its last argument)."""
     tree = ast.parse((PACKAGE / "connect" / "flow.py").read_text())
     reasons = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "BadRequest":
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RequestRefused":
             last = node.args[-1]
             assert isinstance(last, ast.Constant), ast.unparse(node)
             reasons.add(last.value)
@@ -130,7 +130,7 @@ def _reported_reasons() -> set[str]:
 
 def test_every_connect_failure_reason_is_one_of_the_fixed_set():
     raised = _bad_request_reasons()
-    assert raised == set(flow._FAILURE_REASON), "each BadRequest reason maps to a metric reason explicitly"
+    assert raised == set(flow._FAILURE_REASON), "each RequestRefused reason maps to a metric reason explicitly"
     assert set(flow._FAILURE_REASON.values()) <= CONNECT_FAILURE_REASONS
     reported = _reported_reasons()
     assert reported <= CONNECT_FAILURE_REASONS
@@ -152,10 +152,10 @@ def test_a_flow_report_keeps_the_first_word():
     assert (connected.outcome, connected.reason) == ("connected", None)
 
     refused = FlowReport()
-    refused.refused(BadRequest(400, "t", "m", "no_cookie"))
+    refused.refused(RequestRefused(400, "t", "m", "no_cookie"))
     assert refused.reason == "state_rejected"
     refused = FlowReport()
-    refused.refused(BadRequest(400, "t", "m", "something new"))
+    refused.refused(RequestRefused(400, "t", "m", "something new"))
     assert refused.reason == "bad_request"
 
 

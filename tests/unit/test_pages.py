@@ -29,7 +29,7 @@ def test_connected_page_without_company_name_still_reads_well():
 
 def test_every_page_carries_the_security_headers():
     for result in (pages.error_page(400, "t", "m", "r"), pages.connected_page("Acme"), pages.redirect("https://x.test/"),
-                   pages.Outcome(502, "t", "m", "r").render(), pages.Outcome(200, "t", "", "r", connected=True).render()):
+                   pages.OutcomePage(502, "t", "m", "r").render(), pages.OutcomePage(200, "t", "", "r", connected=True).render()):
         headers = result.headers
         assert security_header_problems(headers) == []
         assert headers["Cache-Control"] == "no-store"

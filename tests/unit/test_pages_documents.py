@@ -41,8 +41,8 @@ def test_the_success_and_error_looks_are_the_styled_ones():
 def test_pages_and_outcomes_pass_their_cookies_on():
     assert pages.connected_page("Acme", (COOKIE,)).cookies == (COOKIE,)
     assert pages.error_page(400, "t", "m", "r", (COOKIE,)).cookies == (COOKIE,)
-    assert pages.Outcome(400, "t", "m", "r").render((COOKIE,)).cookies == (COOKIE,)
-    assert pages.Outcome(200, "t", "", "r", company="Acme", connected=True).render((COOKIE,)).cookies == (COOKIE,)
+    assert pages.OutcomePage(400, "t", "m", "r").render((COOKIE,)).cookies == (COOKIE,)
+    assert pages.OutcomePage(200, "t", "", "r", company="Acme", connected=True).render((COOKIE,)).cookies == (COOKIE,)
     assert pages.redirect("https://app.example.test/", cookies=(COOKIE,)).cookies == (COOKIE,)
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invoiced_connect.connect.links import LinkClaims, LinkError, sign_link_token, verify_link_token
-from invoiced_connect.connect.return_urls import ReturnUrlError, check_return_url
+from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 
 KEY = "k" * 48
 NOW = 1_800_000_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from invoiced_connect.connect.return_urls import ReturnUrlError, check_return_url, validate_allowlist_entry
+from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url, validate_allowlist_entry
 
 ALLOW = ("https://app.example.com/settings", "http://127.0.0.1:8080")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from aws_lambda_powertools import Tracer
 
+from tests.support.runtime import use_parts
 from tests.support.tracing import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_the_scheduler_never_captures_its_response(load_function, monkeypatch):
         def run(self, remaining):
             return ScheduleReport(due=1, queued=1, kinds={CANARY: 1})
 
-    monkeypatch.setattr(module, "default_scheduler", Scheduler)
+    use_parts(monkeypatch, scheduler=Scheduler())
     provider = traced(module)
     response = handler({"id": "event-1", "detail-type": "Scheduled Event"}, context())
     assert_no_response_captured(provider, response)
@@ -105,7 +106,7 @@ def test_the_scheduler_never_captures_its_response(load_function, monkeypatch):
 
 
 def test_the_worker_never_captures_its_response_and_traces_each_record(load_function, monkeypatch):
-    from invoiced_connect.lifecycle.refresh import Outcome, RefreshResult
+    from invoiced_connect.lifecycle.refresh import RefreshOutcome, RefreshResult
 
     module, handler = load_function("refresh_worker")
     assert RecordingTracer.made == [{"patch_modules": ("botocore", "requests")}]
@@ -116,9 +117,9 @@ def test_the_worker_never_captures_its_response_and_traces_each_record(load_func
         def refresh(self, connection_id, mode):
             if connection_id == "acme-2":
                 raise RuntimeError("DynamoDB unavailable")  # the message fails: its id is in the response
-            return RefreshResult(connection_id, Outcome.TRANSIENT, "active", 3)
+            return RefreshResult(connection_id, RefreshOutcome.TRANSIENT, "active", 3)
 
-    monkeypatch.setattr(module, "shared_refresher", Refresher)
+    use_parts(monkeypatch, refresher=Refresher())
     provider = traced(module)
     records = [{"messageId": "m-1", "body": json.dumps({"connection_id": "acme-1", "kind": "refresh"})},
                {"messageId": CANARY, "body": json.dumps({"connection_id": "acme-2", "kind": "refresh"})},

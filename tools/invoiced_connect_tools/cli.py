@@ -77,10 +77,10 @@ def read_env_file(path: str) -> dict[str, str]:
 
 def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, str]:
     """The settings of a deployed stack, read from its outputs and parameters."""
-    from invoiced_connect.cloud import aws
+    from invoiced_connect import runtime
     from invoiced_connect_tools.deployment import describe_stack
 
-    stack = describe_stack(cloudformation or aws.client("cloudformation"), stack_name)
+    stack = describe_stack(cloudformation or runtime.current().client("cloudformation"), stack_name)
     return {
         "PUBLIC_BASE_URL": stack.output("ConnectUrl").removesuffix("/connect"),
         "LINK_SIGNING_SECRET_ARN": stack.output("LinkSigningSecretArn"),
@@ -178,10 +178,9 @@ def connection_view(connection: Connection) -> dict[str, Any]:
 
 
 def _list_connections(as_json: bool) -> int:
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.storage.store import TokenStore
+    from invoiced_connect import runtime
 
-    rows = sorted(TokenStore(get_settings().table_name).list_connections(), key=lambda c: c.connection_id)
+    rows = sorted(runtime.current().store.list_connections(), key=lambda c: c.connection_id)
     if as_json:
         for connection in rows:
             print(json.dumps(connection_view(connection)))
@@ -198,11 +197,10 @@ def _list_connections(as_json: bool) -> int:
 
 
 def _show_connection(connection_id: str, as_json: bool) -> int:
+    from invoiced_connect import runtime
     from invoiced_connect.core.models import validate_connection_id
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.storage.store import TokenStore
 
-    found = TokenStore(get_settings().table_name).get_connection(validate_connection_id(connection_id))
+    found = runtime.current().store.get_connection(validate_connection_id(connection_id))
     if found is None:
         print(f"invoiced-connect: no connection {connection_id!r}", file=sys.stderr)
         return 1
@@ -217,14 +215,13 @@ def _show_connection(connection_id: str, as_json: bool) -> int:
 
 
 def _invoke(action: str, connection_id: str) -> dict[str, Any]:
+    from invoiced_connect import runtime
     from invoiced_connect.core.models import validate_connection_id
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.sdk.tokens import lambda_invoker
 
     payload: dict[str, Any] = {"action": action, "connection_id": validate_connection_id(connection_id)}
     if action == "refresh":
         payload["force"] = True
-    return lambda_invoker(get_settings().require("connections_function_name"))(payload)
+    return runtime.current().connections_invoker()(payload)
 
 
 def _refresh(connection_id: str) -> int:
@@ -282,12 +279,12 @@ def _ask(prompt: str) -> str:
 
 
 def _stack_command(args: argparse.Namespace) -> int:
-    from invoiced_connect.cloud import aws
+    from invoiced_connect import runtime
     from invoiced_connect_tools import deployment
 
     if args.env_file or not args.stack:
         raise ValueError(f"{args.command} works on a deployed stack: use --stack NAME (not --env-file)")
-    cloudformation, secretsmanager = aws.client("cloudformation"), aws.client("secretsmanager")
+    cloudformation, secretsmanager = runtime.current().client("cloudformation"), runtime.current().client("secretsmanager")
     if args.command == "next-steps":
         print(deployment.stack_next_steps(args.stack, cloudformation, secretsmanager, _program()))
         return 0
@@ -327,11 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stack:
             os.environ.update(stack_environment(args.stack))
         if args.env_file or args.stack:
-            from invoiced_connect.core.settings import get_settings
+            from invoiced_connect import runtime
 
-            get_settings.cache_clear()  # read what was just configured
+            runtime.reset()  # read what was just configured
         if args.command == "link" and args.link_command == "create":
-            from invoiced_connect.connect.links import create_connect_link
+            from invoiced_connect import create_connect_link
 
             print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl))
             return 0

@@ -23,7 +23,6 @@ nothing escapes unhandled.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -149,7 +148,7 @@ def create_link(event: Any, *, settings: Any, signing_key: Callable[[], str], no
                 ) -> dict[str, Any]:
     """``links.request`` -> ``links.answer`` (the link's URL and expiry)."""
     from invoiced_connect.connect.links import build_claims, link_url, sign_link_token
-    from invoiced_connect.connect.return_urls import ReturnUrlError
+    from invoiced_connect.core.return_urls import ReturnUrlError
 
     request = parse(event, required=("connection_id",), optional=("return_to", "ttl_seconds"))
     connection_id = connection_id_of(request)
@@ -199,23 +198,23 @@ class TokenVendor:
 
     def _refresh(self, request: FreshTokenRequest) -> AccessToken:
         """A locked refresh here (the lease makes it the only one), then the stored token."""
-        from invoiced_connect.lifecycle.refresh import Mode, Outcome
+        from invoiced_connect.lifecycle.refresh import Mode, RefreshOutcome
 
         refresher = self._refresher()
         result = refresher.refresh(request.connection_id, mode=Mode.ON_DEMAND, stale_version=request.stale_version,
                                    wait_seconds=self.wait_seconds, after_rejection=request.rejected)
         cid, outcome = request.connection_id, result.outcome
-        if outcome is Outcome.NOT_FOUND:
+        if outcome is RefreshOutcome.NOT_FOUND:
             raise ConnectionNotFound(cid, f"no connection {cid!r}")
-        if outcome is Outcome.NEEDS_REAUTH or result.status == "needs_reauth":
+        if outcome is RefreshOutcome.NEEDS_REAUTH or result.status == "needs_reauth":
             raise NeedsReauthorization(cid, f"connection {cid!r} needs to be reconnected")
         if result.status == "revoked":
             raise ConnectionRevoked(cid, f"connection {cid!r} was disconnected")
-        if outcome is Outcome.TOKEN_REJECTED:
+        if outcome is RefreshOutcome.TOKEN_REJECTED:
             raise TokenRejected(cid, "Invoiced rejected the token again after it was replaced for that reason; "
                                 "check where it is sent", retry_at=result.retry_at)
-        if outcome not in (Outcome.REFRESHED, Outcome.RACE_RECOVERED, Outcome.ALREADY_FRESH,
-                           Outcome.RESCUE_APPLIED):
+        if outcome not in (RefreshOutcome.REFRESHED, RefreshOutcome.RACE_RECOVERED, RefreshOutcome.ALREADY_FRESH,
+                           RefreshOutcome.RESCUE_APPLIED):
             raise TokenUnavailable(cid, f"no fresh token now ({outcome.value})", retry_at=result.retry_at)
         return self.reader.read_stored(cid)
 
@@ -301,44 +300,3 @@ def _is_index_key(start: Any) -> bool:
     return (isinstance(start, dict) and set(start) <= {"pk", "attention", "updated_at"} and "pk" in start
             and all(isinstance(v, dict) and len(v) == 1 and set(v) <= {"S", "N"}
                     and all(isinstance(x, str) for x in v.values()) for v in start.values()))
-
-
-# ---------------------------------------------------------------- per execution environment
-@functools.cache
-def shared_vendor() -> TokenVendor:
-    """The tokens function's vendor (its cache lives as long as the execution environment)."""
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.lifecycle.refresh import default_refresher
-    from invoiced_connect.storage.crypto import TokenCipher
-    from invoiced_connect.storage.store import TokenStore
-
-    settings = get_settings()
-    return TokenVendor(store=TokenStore(settings.table_name), cipher=TokenCipher(settings.kms_key_id),
-                       refresher=functools.cache(default_refresher), window_seconds=settings.refresh_window_seconds)
-
-
-def handle_create_link(event: Any) -> dict[str, Any]:
-    """The links function: a link signed with the key from Secrets Manager (cached)."""
-    from invoiced_connect.cloud.secrets import secret_cache
-    from invoiced_connect.core.settings import get_settings
-
-    def call() -> dict[str, Any]:
-        settings = get_settings()
-        secret_arn = settings.require("link_signing_secret_arn")
-        return create_link(event, settings=settings,
-                           signing_key=lambda: secret_cache.get_field(secret_arn, "current"))
-
-    return answer(call)
-
-
-def handle_get_token(event: Any, remaining_seconds: float) -> dict[str, Any]:
-    """The tokens function."""
-    return answer(lambda: shared_vendor().get_token(event, remaining_seconds))
-
-
-def handle_connection_state(event: Any) -> dict[str, Any]:
-    """The connection-state function."""
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.storage.store import TokenStore
-
-    return answer(lambda: connection_state(event, store=TokenStore(get_settings().table_name)))

@@ -59,9 +59,9 @@ def event_detail(connection: Connection, *, reason: str | None = None, now: floa
 class EventPublisher:
     """Puts lifecycle events on one bus; with no bus configured it only logs."""
 
-    def __init__(self, bus_name: str | None, client_factory: Callable[[], Any] = lambda: aws.client("events")) -> None:
+    def __init__(self, bus_name: str | None, client_factory: Callable[[], Any] | None = None) -> None:
         self.bus_name = bus_name
-        self._client_factory = client_factory
+        self._client_factory = client_factory or aws.lazy_client("events")
 
     def publish(self, detail_type: str, connection: Connection, *, reason: str | None = None) -> bool:
         if detail_type not in DETAIL_TYPES:

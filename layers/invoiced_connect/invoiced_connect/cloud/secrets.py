@@ -23,11 +23,11 @@ class SecretCache:
     def __init__(
         self,
         ttl_seconds: float = 300,
-        client_factory: Callable[[], Any] = lambda: aws.client("secretsmanager"),
+        client_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl_seconds
-        self._client_factory = client_factory
+        self._client_factory = client_factory or aws.lazy_client("secretsmanager")
         self._clock = clock
         self._lock = threading.Lock()
         self._values: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -66,7 +66,3 @@ class SecretCache:
         if not isinstance(value, str) or not value:
             raise SecretError(f"secret {secret_id} has no value for {name!r}")
         return value
-
-
-# One cache per process, shared by every module that needs a secret.
-secret_cache = SecretCache()

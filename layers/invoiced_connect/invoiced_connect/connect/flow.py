@@ -35,11 +35,11 @@ from invoiced_connect.cloud import events as lifecycle
 from invoiced_connect.cloud.events import EventPublisher
 from invoiced_connect.cloud.secrets import SecretError
 from invoiced_connect.connect import pages
-from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureError, usable_key, verify_link_token
+from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureError, verify_link_token
 from invoiced_connect.connect.pages import HttpResult
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
-from invoiced_connect.connect.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core import b64url
+from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core.settings import Settings, SettingsError
 from invoiced_connect.invoiced.client import (
     ClientAuthError,
@@ -87,7 +87,7 @@ KNOWN_AUTHORIZE_ERRORS = frozenset(
 Query = Mapping[str, Sequence[str]]
 
 
-class BadRequest(Exception):
+class RequestRefused(Exception):
     """Input the flow refuses; becomes a 4xx page, never a 5xx."""
 
     def __init__(self, status: int, title: str, message: str, reason: str) -> None:
@@ -96,8 +96,8 @@ class BadRequest(Exception):
 
 
 # What the flow reports (see FlowReport): the outcomes, and for a failure one
-# of a small fixed set of reasons (invoiced_connect.entry.observability.CONNECT_FAILURE_REASONS);
-# the logs keep the finer BadRequest reason.
+# of a small fixed set of reasons (invoiced_connect.core.metrics.CONNECT_FAILURE_REASONS);
+# the logs keep the finer RequestRefused reason.
 STARTED, CONNECTED, RECONNECTED, FAILED = "started", "connected", "reconnected", "failed"
 _FAILURE_REASON = {
     "no_link": "link_invalid",
@@ -146,7 +146,7 @@ class FlowReport:
         if self.outcome is None:
             self.outcome, self.reason = FAILED, reason
 
-    def refused(self, exc: BadRequest) -> None:
+    def refused(self, exc: RequestRefused) -> None:
         self.fail(_FAILURE_REASON.get(exc.reason, "bad_request"))
 
 
@@ -172,9 +172,9 @@ def parse_cookies(cookie_values: Sequence[str]) -> dict[str, str]:
 def _single(query: Query, name: str) -> str | None:
     values = query.get(name) or []
     if len(values) > 1:
-        raise BadRequest(400, "Invalid request", f"The {name} parameter was given more than once.", "duplicate_param")
+        raise RequestRefused(400, "Invalid request", f"The {name} parameter was given more than once.", "duplicate_param")
     if values and len(values[0]) > MAX_PARAM_LENGTH:
-        raise BadRequest(400, "Invalid request", f"The {name} parameter is too long.", "param_too_long")
+        raise RequestRefused(400, "Invalid request", f"The {name} parameter is too long.", "param_too_long")
     return values[0] if values else None
 
 
@@ -217,7 +217,7 @@ class ConnectFlow:
         report = report or FlowReport()
         try:
             return self._start(query, report)
-        except BadRequest as exc:
+        except RequestRefused as exc:
             report.refused(exc)
             logger.info("connect refused", extra={"reason": exc.reason, "reference": reference})
             return pages.error_page(exc.status, exc.title, exc.message, reference)
@@ -245,20 +245,20 @@ class ConnectFlow:
         client = self._invoiced  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
-            raise BadRequest(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
+            raise RequestRefused(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
         try:
             claims = self._verify_link(token)
         except LinkError as exc:
-            raise BadRequest(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
+            raise RequestRefused(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
         report.identify(claims.connection_id)
         if claims.return_to is not None:
             try:
                 check_return_url(claims.return_to, self.settings.return_url_allowlist)
             except ReturnUrlError:
-                raise BadRequest(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
+                raise RequestRefused(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
         link_hash = fingerprint(claims.link_id)
         if self.store.is_link_used(link_hash):
-            raise BadRequest(403, "Link already used", LINK_USED_MESSAGE, "link_used")
+            raise RequestRefused(403, "Link already used", LINK_USED_MESSAGE, "link_used")
 
         state, binding, verifier = random_token(32), random_token(32), new_verifier()
         now = int(self.clock())
@@ -299,14 +299,14 @@ class ConnectFlow:
         report = report or FlowReport()
         try:
             result = self._callback(query, cookies, reference, report)
-        except BadRequest as exc:
+        except RequestRefused as exc:
             report.refused(exc)
             logger.info("callback refused", extra={"reason": exc.reason, "reference": reference})
-            result = pages.Outcome(exc.status, exc.title, exc.message, reference)
+            result = pages.OutcomePage(exc.status, exc.title, exc.message, reference)
         except (SettingsError, SecretError) as exc:
             report.fail("not_configured")
             logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
-            result = pages.Outcome(503, "Not available", "This connection service is not configured yet.", reference)
+            result = pages.OutcomePage(503, "Not available", "This connection service is not configured yet.", reference)
         if isinstance(result, HttpResult):
             return result
         return pages.redirect(self.settings.redirect_uri, cookies=(CLEAR_COOKIE, outcome_cookie(result)))
@@ -320,16 +320,16 @@ class ConnectFlow:
         return outcome.render(cookies=(CLEAR_RESULT_COOKIE,))
 
     def _callback(self, query: Query, cookies: Mapping[str, str], reference: str,
-                  report: FlowReport) -> pages.Outcome | HttpResult:
+                  report: FlowReport) -> pages.OutcomePage | HttpResult:
         state = _single(query, "state")
         code = _single(query, "code")
         error = _single(query, "error")
         error_description = _single(query, "error_description")
         if not state:
-            raise BadRequest(400, "Invalid request", "The sign-in response has no state. Start again from your link.", "no_state")
+            raise RequestRefused(400, "Invalid request", "The sign-in response has no state. Start again from your link.", "no_state")
         binding = cookies.get(COOKIE_NAME)
         if not binding:
-            raise BadRequest(
+            raise RequestRefused(
                 400,
                 "Session not found",
                 "This browser did not start the connection (or its cookie expired). "
@@ -342,7 +342,7 @@ class ConnectFlow:
         try:
             flow = self.store.consume_state(fingerprint(state), fingerprint(binding), int(self.clock()))
         except StateRejected:
-            raise BadRequest(
+            raise RequestRefused(
                 400,
                 "Link expired",
                 "This sign-in attempt has expired, was already used, or was started in another browser. "
@@ -351,18 +351,18 @@ class ConnectFlow:
             ) from None
         report.identify(flow.connection_id)
         if flow.issuer != self.settings.issuer:
-            raise BadRequest(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
+            raise RequestRefused(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
 
         if error is not None or (error_description is not None and not code):
             return self._denied(flow, error, error_description, reference, report)
         if not code:
-            raise BadRequest(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
+            raise RequestRefused(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
 
         now = int(self.clock())
         try:
             self.store.claim_link(flow.link_hash, connection_id=flow.connection_id, expires_at=flow.link_expires_at, now=now)
         except LinkAlreadyUsed:
-            raise BadRequest(400, "Link already used", LINK_USED_MESSAGE, "link_used") from None
+            raise RequestRefused(400, "Link already used", LINK_USED_MESSAGE, "link_used") from None
         try:
             tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
         except InvoicedError as exc:
@@ -406,11 +406,11 @@ class ConnectFlow:
                 with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
                 cookies=(CLEAR_COOKIE,),
             )
-        return pages.Outcome(200, "Connected", "", reference, company=company_name, connected=True)
+        return pages.OutcomePage(200, "Connected", "", reference, company=company_name, connected=True)
 
     def _denied(
         self, flow: FlowState, error: str | None, description: str | None, reference: str, report: FlowReport
-    ) -> pages.Outcome | HttpResult:
+    ) -> pages.OutcomePage | HttpResult:
         # Invoiced's own deny redirect has only error_description; stock
         # servers send error=access_denied. Both mean the user said no.
         denied = error in (None, "access_denied")
@@ -426,12 +426,12 @@ class ConnectFlow:
         if denied:
             # Invoiced's own wording ("The resource owner or authorization
             # server denied the request.") is not for people.
-            return pages.Outcome(200, "Not connected", DENIED_MESSAGE, reference)
-        return pages.Outcome(400, "Not connected", f"Invoiced reported: {description or error}", reference)
+            return pages.OutcomePage(200, "Not connected", DENIED_MESSAGE, reference)
+        return pages.OutcomePage(400, "Not connected", f"Invoiced reported: {description or error}", reference)
 
-    def _exchange_failure(self, exc: InvoicedError, reference: str, report: FlowReport) -> pages.Outcome:
+    def _exchange_failure(self, exc: InvoicedError, reference: str, report: FlowReport) -> pages.OutcomePage:
         if isinstance(exc, InvalidGrantError):
-            raise BadRequest(
+            raise RequestRefused(
                 400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
                 "Start again from your connect link.", "code_invalid"
             )
@@ -443,7 +443,7 @@ class ConnectFlow:
         else:
             message = "Invoiced did not answer in time. Start again from your connect link."
         logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
-        return pages.Outcome(502, "Could not connect", message, reference)
+        return pages.OutcomePage(502, "Could not connect", message, reference)
 
     def _revoke_replaced(self, client: InvoicedClient, connection_id: str, replaced: SealedTokens) -> str:
         """Revoke the grant a reconnect replaced (nobody holds its tokens any more).
@@ -485,7 +485,7 @@ def _clip(text: str | None, limit: int) -> str | None:
     return text if text is None or len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def outcome_cookie(outcome: pages.Outcome) -> str:
+def outcome_cookie(outcome: pages.OutcomePage) -> str:
     """The outcome, carried to the redirected page in a short-lived cookie.
 
     Only this origin can set a ``__Host-`` cookie, and the page escapes what
@@ -503,13 +503,13 @@ def outcome_cookie(outcome: pages.Outcome) -> str:
     return f"{RESULT_COOKIE_NAME}={value}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
 
 
-def decode_outcome(value: str) -> pages.Outcome | None:
+def decode_outcome(value: str) -> pages.OutcomePage | None:
     """Read an outcome cookie; anything malformed is ``None``."""
     if not value or len(value) > 3000:
         return None
     try:
         payload = json.loads(b64url.decode(value))
-        outcome = pages.Outcome(
+        outcome = pages.OutcomePage(
             status=int(payload["s"]),
             title=str(payload["t"]),
             message=str(payload["m"]),
@@ -520,30 +520,3 @@ def decode_outcome(value: str) -> pages.Outcome | None:
     except (ValueError, KeyError, TypeError):
         return None
     return outcome if outcome.status in _SHOWN_STATUSES else None
-
-
-def default_flow() -> ConnectFlow:
-    """The flow wired to this deployment's settings, table, key and secrets."""
-    from invoiced_connect.cloud.secrets import secret_cache
-    from invoiced_connect.core.settings import get_settings
-
-    settings = get_settings()
-
-    def link_keys(force: bool = False) -> list[str]:
-        secret = secret_cache.get_json(settings.require("link_signing_secret_arn"), force=force)
-        keys = [secret.get("current"), *([secret["previous"]] if secret.get("previous") else [])]
-        if not all(usable_key(key) for key in keys):
-            raise SecretError("the link signing secret needs a 'current' (and optional 'previous') key of 32+ characters")
-        return keys
-
-    def client_secret(force: bool) -> str:
-        return secret_cache.get_field(settings.require("client_secret_arn"), "client_secret", force=force)
-
-    return ConnectFlow(
-        settings=settings,
-        store=TokenStore(settings.table_name),
-        cipher=TokenCipher(settings.kms_key_id),
-        link_keys=link_keys,
-        client_secret=client_secret,
-        events=EventPublisher(settings.event_bus_name),
-    )

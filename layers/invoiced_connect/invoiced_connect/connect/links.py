@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from invoiced_connect.connect.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core import b64url
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 
 VERSION = "v1"
 DEFAULT_TTL = timedelta(hours=1)
@@ -136,39 +136,11 @@ def link_url(connect_url: str, token: str) -> str:
     return f"{connect_url}?{urlencode({'link': token})}"
 
 
-def create_connect_link(
-    connection_id: str,
-    return_to: str | None = None,
-    ttl: timedelta = DEFAULT_TTL,
-) -> str:
-    """Make a hosted connect link for one of your customers.
-
-    ``connection_id`` is your own id for the customer (1-128 characters of
-    letters, digits and ``. _ : @ -``); the tokens are stored under it.
-    ``return_to``, if given, must match ``RETURN_URL_ALLOWLIST``; the browser
-    is sent there after connecting, with ``connection_id`` and ``status``.
-    The link expires after ``ttl`` (default one hour, at most 30 days) and
-    completes at most one connection.
-
-    Needs the deployment's environment (``PUBLIC_BASE_URL``,
-    ``LINK_SIGNING_SECRET_ARN``, ...) and permission to read the signing key.
-    Raises ``ValueError`` for bad input.
-    """
-    from invoiced_connect.cloud.secrets import secret_cache
-    from invoiced_connect.core.settings import get_settings
-
-    settings = get_settings()
-    claims = build_claims(connection_id, return_to, ttl, settings.return_url_allowlist)
-    key = secret_cache.get_field(settings.require("link_signing_secret_arn"), "current")
-    return link_url(settings.connect_url, sign_link_token(claims, key))
-
-
 __all__ = [
     "LinkClaims",
     "LinkError",
     "ReturnUrlError",
     "build_claims",
-    "create_connect_link",
     "link_url",
     "sign_link_token",
     "verify_link_token",

@@ -89,7 +89,7 @@ def error_page(status: int, title: str, message: str, reference: str, cookies: t
 
 
 @dataclass(frozen=True)
-class Outcome:
+class OutcomePage:
     """How a callback ended, as the browser will be shown it."""
 
     status: int

@@ -7,7 +7,6 @@ misconfigured deployment fails with a sentence, not a stack trace.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -150,7 +149,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         entry.strip() for entry in env.get("RETURN_URL_ALLOWLIST", "").split(",") if entry.strip()
     )
     # Imported here to keep the dependency one-way (return_urls needs no settings).
-    from invoiced_connect.connect.return_urls import ReturnUrlError, validate_allowlist_entry
+    from invoiced_connect.core.return_urls import ReturnUrlError, validate_allowlist_entry
 
     for entry in allowlist:
         try:
@@ -197,9 +196,3 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),
         unknown_outcome_settle_seconds=_whole_number(env, "UNKNOWN_OUTCOME_SETTLE_SECONDS", 0, 1, 900) or None,
     )
-
-
-@functools.cache
-def get_settings() -> Settings:
-    """The process-wide settings, loaded on first use (not at import)."""
-    return load_settings()

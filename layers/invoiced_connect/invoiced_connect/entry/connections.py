@@ -11,44 +11,44 @@ may invoke it still needs the table and key to read one.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
+from invoiced_connect import runtime
+from invoiced_connect.core.metrics import refresh_aggregates
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
-from invoiced_connect.entry.observability import outcome_metric_name, refresh_aggregates
-from invoiced_connect.lifecycle.disconnect import OUTCOMES as DISCONNECT_OUTCOMES
-from invoiced_connect.lifecycle.disconnect import Disconnector
-from invoiced_connect.lifecycle.refresh import Mode, Outcome, Refresher, default_refresher
+from invoiced_connect.lifecycle.disconnect import Disconnector, DisconnectOutcome
+from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 
 ACTIONS = ("refresh", "disconnect")
+_DISCONNECT_OUTCOMES = frozenset(outcome.value for outcome in DisconnectOutcome)
 #: Leave this much of the invocation for the refresh itself and the answer.
 RESERVE_SECONDS = 30.0
 
 
-class BadRequest(ValueError):
+class InvalidConnectionsRequest(ValueError):
     pass
 
 
 def _parse(event: Any) -> tuple[str, str, int | None, bool, float | None]:
     if not isinstance(event, Mapping):
-        raise BadRequest("the request must be a JSON object")
+        raise InvalidConnectionsRequest("the request must be a JSON object")
     action = event.get("action")
     if action not in ACTIONS:
-        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
+        raise InvalidConnectionsRequest(f"action must be one of {', '.join(ACTIONS)}")
     try:
         connection_id = validate_connection_id(event.get("connection_id"))
     except InvalidConnectionId as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidConnectionsRequest(str(exc)) from None
     stale = event.get("stale_version")
     if stale is not None and (isinstance(stale, bool) or not isinstance(stale, int) or stale < 0):
-        raise BadRequest("stale_version must be a non-negative integer")
+        raise InvalidConnectionsRequest("stale_version must be a non-negative integer")
     force = event.get("force", False)
     if not isinstance(force, bool):
-        raise BadRequest("force must be true or false")
+        raise InvalidConnectionsRequest("force must be true or false")
     wait = event.get("wait_seconds")
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300):
-        raise BadRequest("wait_seconds must be a number from 0 to 300")
+        raise InvalidConnectionsRequest("wait_seconds must be a number from 0 to 300")
     return action, connection_id, stale, force, wait
 
 
@@ -56,9 +56,9 @@ def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = N
     """Carry out one request; bad input gets ``{"error": "bad_request", ...}``."""
     try:
         action, connection_id, stale, force, asked_wait = _parse(event)
-    except BadRequest as exc:
+    except InvalidConnectionsRequest as exc:
         return {"error": "bad_request", "message": str(exc)}
-    refresher = refresher or shared_refresher()
+    refresher = refresher or runtime.current().refresher
     # Wait for another refresher's lease as long as asked, within this invocation.
     wait = max(0.0, remaining_seconds - RESERVE_SECONDS)
     if asked_wait is not None:
@@ -67,12 +67,6 @@ def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = N
         return Disconnector(refresher).disconnect(connection_id, wait_seconds=wait).as_dict()
     mode = Mode.FORCED if force else Mode.ON_DEMAND
     return refresher.refresh(connection_id, mode=mode, stale_version=stale, wait_seconds=wait).as_dict()
-
-
-@functools.cache
-def shared_refresher() -> Refresher:
-    """One refresher (and Invoiced connection pool) per execution environment."""
-    return default_refresher()
 
 
 def requested_action(event: Any) -> str | None:
@@ -90,10 +84,10 @@ def metric_name(answer: Mapping[str, Any], action: str | None = None) -> str | N
     if "error" in answer:
         return "BadRequests"
     outcome = answer.get("outcome")
-    if outcome in DISCONNECT_OUTCOMES and action != "refresh":
-        return outcome_metric_name(str(outcome), prefix="Disconnect")
+    if outcome in _DISCONNECT_OUTCOMES and action != "refresh":
+        return DisconnectOutcome(outcome).metric_name
     try:
-        return Outcome(outcome).metric_name
+        return RefreshOutcome(outcome).metric_name
     except ValueError:
         return None
 

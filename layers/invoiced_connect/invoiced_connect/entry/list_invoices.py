@@ -1,5 +1,5 @@
 """The example consumer's logic: parse the event, list the connection's invoices
-through :class:`~invoiced_connect.sdk.api.InvoicedApi`, map errors to answers.
+through :class:`invoiced_connect.InvoicedApi`, map errors to answers.
 
 ``functions/list_invoices`` is a thin Lambda around :func:`handle_list_invoices`.
 """
@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
+from invoiced_connect.facade import InvoicedApi
 from invoiced_connect.invoiced.client import ApiError, TransientError
-from invoiced_connect.sdk.api import ApiAuthError, InvoicedApi, TokenSource, positive_int
+from invoiced_connect.sdk.api import ApiAuthError, TokenSource, positive_int
 from invoiced_connect.sdk.tokens import ConnectionNotFound, ConnectionRevoked, NeedsReauthorization, TokenUnavailable
 
 #: The invoice fields the example consumer (functions/list_invoices) returns.
@@ -30,7 +31,7 @@ _TOKEN_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 )
 
 
-class BadRequest(ValueError):
+class InvalidListRequest(ValueError):
     """The example consumer's event is malformed."""
 
 
@@ -41,20 +42,20 @@ def invoice_summary(invoice: Mapping[str, Any]) -> dict[str, Any]:
 
 def _parse_list_event(event: object) -> tuple[str, str | None, int | None]:
     if not isinstance(event, Mapping):
-        raise BadRequest("the event must be a JSON object")
+        raise InvalidListRequest("the event must be a JSON object")
     try:
         connection_id = validate_connection_id(event.get("connection_id"))  # type: ignore[arg-type]
     except InvalidConnectionId as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidListRequest(str(exc)) from None
     status = event.get("status")
     if status is not None and status not in INVOICE_STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(sorted(INVOICE_STATUSES))}")
+        raise InvalidListRequest(f"status must be one of {', '.join(sorted(INVOICE_STATUSES))}")
     max_pages = event.get("max_pages")
     if max_pages is not None:
         try:
             max_pages = positive_int("max_pages", max_pages, maximum=MAX_EVENT_PAGES)
         except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidListRequest(str(exc)) from None
     return connection_id, status, max_pages
 
 
@@ -83,7 +84,7 @@ def handle_list_invoices(
     """
     try:
         connection_id, status, max_pages = _parse_list_event(event)
-    except BadRequest as exc:
+    except InvalidListRequest as exc:
         return {"error": "bad_request", "message": str(exc)}
     try:
         with InvoicedApi(connection_id, tokens=tokens, api_url=api_url) as api:

@@ -13,7 +13,6 @@ imported here: ``/connect`` pays every import at cold start.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import uuid
@@ -21,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.event_handler import Response
 
+from invoiced_connect import runtime
 from invoiced_connect.cloud.secrets import SecretError
 from invoiced_connect.connect import pages
-from invoiced_connect.connect.flow import ConnectFlow, FlowReport, default_flow, parse_cookies, parse_query
+from invoiced_connect.connect.flow import ConnectFlow, FlowReport, parse_cookies, parse_query
 from invoiced_connect.core.settings import SettingsError
 from invoiced_connect.entry import observability
 from invoiced_connect.entry.logs import use_handler_logger
@@ -62,10 +62,9 @@ def to_response(result: pages.HttpResult) -> Response:
     )
 
 
-@functools.cache
 def flow() -> ConnectFlow:
-    """One flow per execution environment, built on first request."""
-    return default_flow()
+    """This execution environment's flow (built on the first request)."""
+    return runtime.current().flow
 
 
 def reference(app: APIGatewayHttpResolver) -> str:

@@ -38,7 +38,6 @@ from invoiced_connect.core.models import Company, TokenSet
 if TYPE_CHECKING:
     import requests
 
-    from invoiced_connect.core.settings import Settings
 
 # ``requests`` is imported on first use, not here: building the authorize URL
 # (all that GET /connect needs from this module) must not pay for it at cold
@@ -401,22 +400,3 @@ class InvoicedClient:
             raise error(f"companies/current answered {response.status_code}", status=response.status_code)
         name = body.get("name")
         return Company(id=str(body.get("id", "")), name=name if isinstance(name, str) else "")
-
-
-def client_from_settings(settings: Settings) -> InvoicedClient:
-    """The client for this deployment: its Invoiced hosts, client id, and the
-    client secret read from Secrets Manager (cached; re-read when rejected)."""
-    from invoiced_connect.cloud.secrets import secret_cache
-
-    secret_arn = settings.require("client_secret_arn")
-
-    def client_secret(force: bool) -> str:
-        return secret_cache.get_field(secret_arn, "client_secret", force=force)
-
-    return InvoicedClient(
-        base_url=settings.invoiced_base_url,
-        api_url=settings.invoiced_api_url,
-        client_id=settings.require_client_id(),
-        client_secret=client_secret,
-        timeout=settings.http_timeout,
-    )

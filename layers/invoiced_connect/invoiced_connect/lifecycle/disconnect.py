@@ -14,31 +14,47 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 
 from invoiced_connect.cloud import events as lifecycle
 from invoiced_connect.core.lifetimes import min_validity
+from invoiced_connect.core.metrics import outcome_metric_name
 from invoiced_connect.core.models import Connection, ConnectionStatus
 from invoiced_connect.invoiced.client import InvoicedError, TransientError
-from invoiced_connect.lifecycle.refresh import Mode, Outcome, Refresher, new_owner
+from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 from invoiced_connect.storage.crypto import SealedTokens
-from invoiced_connect.storage.store import LeaseLost
 
 logger = logging.getLogger(__name__)
-OUTCOMES = ("disconnected", "already_revoked", "not_found", "busy", "unavailable")
+
+
+class DisconnectOutcome(StrEnum):
+    """How a disconnect ended (the connections function's ``outcome``)."""
+
+    DISCONNECTED = "disconnected"
+    ALREADY_REVOKED = "already_revoked"
+    NOT_FOUND = "not_found"
+    BUSY = "busy"  # another refresher held the lease past the wait
+    UNAVAILABLE = "unavailable"  # Invoiced could not be reached: nothing changed, try again
+
+    @property
+    def metric_name(self) -> str:
+        return outcome_metric_name(self.value, prefix="Disconnect")
+
+
 # After these refresh outcomes the row has a current token (or is dead): look again.
-_LOOK_AGAIN = frozenset({Outcome.REFRESHED, Outcome.ALREADY_FRESH, Outcome.RACE_RECOVERED, Outcome.NEEDS_REAUTH,
-                         Outcome.NOT_ACTIVE, Outcome.RESCUE_APPLIED})
+_LOOK_AGAIN = frozenset({RefreshOutcome.REFRESHED, RefreshOutcome.ALREADY_FRESH, RefreshOutcome.RACE_RECOVERED,
+                         RefreshOutcome.NEEDS_REAUTH, RefreshOutcome.NOT_ACTIVE, RefreshOutcome.RESCUE_APPLIED})
 
 
 @dataclass(frozen=True)
 class DisconnectResult:
     connection_id: str
-    outcome: str  # disconnected | already_revoked | not_found | busy | unavailable
+    outcome: DisconnectOutcome
     status: str | None = None
     version: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"connection_id": self.connection_id, "outcome": self.outcome, "status": self.status,
+        return {"connection_id": self.connection_id, "outcome": self.outcome.value, "status": self.status,
                 "version": self.version}
 
 
@@ -55,15 +71,14 @@ class Disconnector:
         while True:
             found = r.store.get_connection(connection_id)
             if found is None:
-                return DisconnectResult(connection_id, "not_found")
+                return DisconnectResult(connection_id, DisconnectOutcome.NOT_FOUND)
             row, blob = found
             now = int(r.clock())
             if row.status is ConnectionStatus.REVOKED:
-                return self._result(row, "already_revoked")
+                return self._result(row, DisconnectOutcome.ALREADY_REVOKED)
             if row.leased_by_other(None, now):
-                if r.clock() >= deadline:
-                    return self._result(row, "busy")
-                r._wait_for_change(row, deadline)
+                if not r.wait_out_lease(row, deadline):
+                    return self._result(row, DisconnectOutcome.BUSY)
                 continue
             if row.status is ConnectionStatus.ACTIVE and row.expires_at - now < min_validity(row.token_lifetime):
                 # Revoke takes an access token, and an expired one may no
@@ -71,26 +86,22 @@ class Disconnector:
                 # committed) refresh, then look again.
                 refreshed = r.refresh(connection_id, mode=Mode.ON_DEMAND, wait_seconds=max(0.0, deadline - r.clock()))
                 if refreshed.outcome not in _LOOK_AGAIN:
-                    return self._result(row, "unavailable")
+                    return self._result(row, DisconnectOutcome.UNAVAILABLE)
                 attempts += 1
                 if attempts > 3:
-                    return self._result(row, "unavailable")
+                    return self._result(row, DisconnectOutcome.UNAVAILABLE)
                 continue
-            owner = new_owner()
-            try:
-                row, blob = r.store.take_lease(
-                    connection_id, owner=owner, version=row.version, now=now, until=now + r.policy.lease_seconds,
-                    statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
-                )
-            except LeaseLost:
-                continue
+            lease = r.take_lease(row, statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH))
+            if lease is None:
+                continue  # changed or leased since the read: look again
+            row, blob, owner = lease.row, lease.sealed, lease.owner
             try:
                 reason = self._revoke(row, blob)
             except TransientError as exc:
                 r.store.release_lease(connection_id, owner=owner)
                 logger.warning("disconnect postponed: Invoiced unreachable",
                                extra={"connection_id": connection_id, "reason": exc.reason})
-                return self._result(row, "unavailable")
+                return self._result(row, DisconnectOutcome.UNAVAILABLE)
             except BaseException:
                 r.store.release_lease(connection_id, owner=owner)
                 raise
@@ -99,7 +110,7 @@ class Disconnector:
             self._discard_rescue(connection_id)
             logger.info("connection disconnected", extra={"connection_id": connection_id, "reason": reason})
             r.events.publish(lifecycle.CONNECTION_DISCONNECTED, revoked, reason=reason)
-            return self._result(revoked, "disconnected")
+            return self._result(revoked, DisconnectOutcome.DISCONNECTED)
 
     def _revoke(self, row: Connection, blob: SealedTokens | None) -> str:
         """Revoke the live grant, if there is one; the reason recorded on the row."""
@@ -108,7 +119,7 @@ class Disconnector:
             return "disconnected_dead_grant"
         access_token = r.cipher.decrypt_access_any_format(row.connection_id, blob)  # revoke takes an access token
         try:
-            r._invoiced().revoke(access_token)
+            r.revoke(access_token)
         except TransientError:
             raise
         except InvoicedError:
@@ -120,5 +131,5 @@ class Disconnector:
             self.r.recover(connection_id)  # revokes the kept-aside grant too
 
     @staticmethod
-    def _result(row: Connection, outcome: str) -> DisconnectResult:
+    def _result(row: Connection, outcome: DisconnectOutcome) -> DisconnectResult:
         return DisconnectResult(row.connection_id, outcome, row.status.value, row.version)

@@ -54,8 +54,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from invoiced_connect.cloud import events as lifecycle
 from invoiced_connect.core.lifetimes import REFERENCE_LIFETIME_SECONDS, min_validity, scaled
+from invoiced_connect.core.metrics import outcome_metric_name
 from invoiced_connect.core.models import Connection, ConnectionStatus
-from invoiced_connect.entry.observability import outcome_metric_name
 from invoiced_connect.invoiced.client import (
     ClientAuthError,
     InvalidGrantError,
@@ -100,7 +100,7 @@ _RETRYABLE_WRITE_ERRORS = frozenset({
 })
 
 
-class Outcome(StrEnum):
+class RefreshOutcome(StrEnum):
     """What a refresh (or a recovery) came to."""
 
     REFRESHED = "refreshed"
@@ -136,7 +136,7 @@ class Mode(StrEnum):
 @dataclass(frozen=True)
 class RefreshResult:
     connection_id: str
-    outcome: Outcome
+    outcome: RefreshOutcome
     status: str | None = None
     version: int | None = None
     retry_at: int | None = None
@@ -205,6 +205,16 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A connection's row leased by ``owner``: no other refresher (or disconnect)
+    acts on it until the lease is committed, released or runs out."""
+
+    row: Connection
+    sealed: SealedTokens | None
+    owner: str
+
+
 class Refresher:
     """Refreshes one connection at a time, safely under concurrency (see module doc)."""
 
@@ -270,46 +280,80 @@ class Refresher:
         while True:
             found = self.store.get_connection(connection_id)
             if found is None:
-                return RefreshResult(connection_id, Outcome.NOT_FOUND)
+                return RefreshResult(connection_id, RefreshOutcome.NOT_FOUND)
             row, _ = found
             now = int(self.clock())
             if row.status is not ConnectionStatus.ACTIVE:
-                return self._result(row, Outcome.NOT_ACTIVE)
+                return self._result(row, RefreshOutcome.NOT_ACTIVE)
             if not self._needed(row, mode, stale_version, now):
                 raced = stale_version is not None and row.version > stale_version
-                return self._result(row, Outcome.RACE_RECOVERED if raced else Outcome.ALREADY_FRESH)
+                return self._result(row, RefreshOutcome.RACE_RECOVERED if raced else RefreshOutcome.ALREADY_FRESH)
             if row.next_attempt_at > now:
-                return self._result(row, Outcome.COOLING_DOWN, retry_at=row.next_attempt_at)
+                return self._result(row, RefreshOutcome.COOLING_DOWN, retry_at=row.next_attempt_at)
             if row.leased_by_other(None, now):
-                if self.clock() >= deadline:
-                    return self._result(row, Outcome.BUSY, retry_at=row.lease_until)
-                self._wait_for_change(row, deadline)
+                if not self.wait_out_lease(row, deadline):
+                    return self._result(row, RefreshOutcome.BUSY, retry_at=row.lease_until)
                 continue  # another refresher's new pair answers a rejection too
             if after_rejection and row.rejected_refresh_at > now - self.policy.rejected_token_window_seconds:
                 return self._rejected_again(row, now)
-            owner = new_owner()
-            try:
-                leased, sealed = self.store.take_lease(
-                    connection_id, owner=owner, version=row.version, now=now, until=now + self.policy.lease_seconds,
-                    rejected_since=now - self.policy.rejected_token_window_seconds if after_rejection else None,
-                )
-            except LeaseLost:
+            lease = self.take_lease(
+                row, rejected_since=now - self.policy.rejected_token_window_seconds if after_rejection else None)
+            if lease is None:
                 continue  # changed or leased since the read: look again
-            return self._refresh_under_lease(leased, sealed, owner, mode)
+            return self._refresh_under_lease(lease.row, lease.sealed, lease.owner, mode)
+
+    # ---------------------------------------------------------------- the lease, for whoever acts on a row
+    def take_lease(self, row: Connection, *, statuses: tuple[ConnectionStatus, ...] = (ConnectionStatus.ACTIVE,),
+                   rejected_since: int | None = None) -> Lease | None:
+        """Lease ``row`` as read (its version, one of ``statuses``) for
+        :attr:`RefreshPolicy.lease_seconds`; ``None`` when it changed or was
+        leased since the read (read it again)."""
+        owner = new_owner()
+        now = int(self.clock())
+        try:
+            leased, sealed = self.store.take_lease(
+                row.connection_id, owner=owner, version=row.version, now=now, until=now + self.policy.lease_seconds,
+                statuses=statuses, rejected_since=rejected_since,
+            )
+        except LeaseLost:
+            return None
+        return Lease(leased, sealed, owner)
+
+    def wait_out_lease(self, row: Connection, deadline: float) -> bool:
+        """``row`` is leased by someone else: wait (polling, consistently) until
+        it changes or the lease ends, at most until ``deadline``. ``False``
+        without waiting when the deadline has passed: the caller is busy."""
+        if self.clock() >= deadline:
+            return False
+        delay = 0.05
+        while self.clock() < deadline:
+            self.sleep(min(delay, max(0.0, deadline - self.clock())))
+            delay = min(delay * 2, 0.5)
+            found = self.store.get_connection(row.connection_id)
+            if found is None:
+                break
+            current = found[0]
+            if current.version != row.version or not current.leased_by_other(None, int(self.clock())):
+                break
+        return True
+
+    def revoke(self, access_token: str) -> None:
+        """Revoke a grant at Invoiced by its access token (its refresh token goes with it)."""
+        self._invoiced().revoke(access_token)
 
     def recover(self, connection_id: str) -> RefreshResult:
         """Apply or discard tokens kept aside for ``connection_id`` (see module doc)."""
         rescue = self.store.get_rescue(connection_id)
         if rescue is None:
             found = self.store.get_connection(connection_id)
-            return self._result(found[0], Outcome.ALREADY_FRESH) if found else RefreshResult(
-                connection_id, Outcome.NOT_FOUND)
+            return self._result(found[0], RefreshOutcome.ALREADY_FRESH) if found else RefreshResult(
+                connection_id, RefreshOutcome.NOT_FOUND)
         found = self.store.get_connection(connection_id)
         row = found[0] if found else None
         now = int(self.clock())
         if row is not None and row.version == rescue.base_version and row.status is not ConnectionStatus.REVOKED:
             if row.leased_by_other(None, now):
-                return self._result(row, Outcome.BUSY, retry_at=row.lease_until)
+                return self._result(row, RefreshOutcome.BUSY, retry_at=row.lease_until)
             owner = new_owner()
             try:
                 leased, _ = self.store.take_lease(
@@ -318,32 +362,32 @@ class Refresher:
                     statuses=(ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_REAUTH),
                 )
             except LeaseLost:
-                return self._result(row, Outcome.BUSY)
+                return self._result(row, RefreshOutcome.BUSY)
             try:
                 committed = self._commit(leased, owner, rescue.sealed, rescue.expires_at, lifetime=rescue.lifetime)
             except LeaseLost:
-                return self._result(row, Outcome.BUSY)
+                return self._result(row, RefreshOutcome.BUSY)
             except BaseException:
                 self.store.release_lease(connection_id, owner=owner)  # the rescue row stays for the next run
                 raise
             self.store.delete_rescue(rescue)
             logger.warning("kept-aside tokens recovered", extra={"connection_id": connection_id,
                                                                   "version": committed.version})
-            return self._result(committed, Outcome.RESCUE_APPLIED)
+            return self._result(committed, RefreshOutcome.RESCUE_APPLIED)
         # The connection moved on (reconnected, disconnected, gone): the kept
         # tokens belong to a grant nobody uses. Revoke it rather than leave
         # a live grant behind, then forget it.
         access_token = self.cipher.decrypt_access_any_format(connection_id, rescue.sealed)
         try:
-            self._invoiced().revoke(access_token)
+            self.revoke(access_token)
         except TransientError:
-            return RefreshResult(connection_id, Outcome.TRANSIENT, retry_at=now + self.policy.backoff(1, self.rng))
+            return RefreshResult(connection_id, RefreshOutcome.TRANSIENT, retry_at=now + self.policy.backoff(1, self.rng))
         except InvoicedError:
             pass  # refused: the token is not live anyway
         self.store.delete_rescue(rescue)
         logger.warning("kept-aside tokens discarded (connection moved on)", extra={"connection_id": connection_id})
-        return self._result(row, Outcome.RESCUE_DISCARDED) if row else RefreshResult(
-            connection_id, Outcome.RESCUE_DISCARDED)
+        return self._result(row, RefreshOutcome.RESCUE_DISCARDED) if row else RefreshResult(
+            connection_id, RefreshOutcome.RESCUE_DISCARDED)
 
     # ---------------------------------------------------------------- the decision
     def _requirement(self, mode: Mode, stale_version: int | None, now: int) -> dict[str, int] | None:
@@ -365,7 +409,7 @@ class Refresher:
                               "alarm": "token_rejected"})
         if self.store.note_rejection(row.connection_id, now=now, rotated_at=row.rejected_refresh_at):
             self.events.publish(lifecycle.CONNECTION_TOKEN_REJECTED, row, reason="token_rejected")
-        return self._result(row, Outcome.TOKEN_REJECTED, retry_at=retry_at)
+        return self._result(row, RefreshOutcome.TOKEN_REJECTED, retry_at=retry_at)
 
     def _needed(self, row: Connection, mode: Mode, stale_version: int | None, now: int) -> bool:
         if stale_version is not None:
@@ -377,19 +421,6 @@ class Refresher:
         if mode is Mode.ON_DEMAND:
             return row.expires_at - now < min_validity(row.token_lifetime)
         return True
-
-    def _wait_for_change(self, row: Connection, deadline: float) -> None:
-        """Poll (consistently) until the row changes, its lease ends, or the deadline."""
-        delay = 0.05
-        while self.clock() < deadline:
-            self.sleep(min(delay, max(0.0, deadline - self.clock())))
-            delay = min(delay * 2, 0.5)
-            found = self.store.get_connection(row.connection_id)
-            if found is None:
-                return
-            current = found[0]
-            if current.version != row.version or not current.leased_by_other(None, int(self.clock())):
-                return
 
     # ---------------------------------------------------------------- under the lease
     def _refresh_under_lease(self, row: Connection, sealed: SealedTokens | None, owner: str,
@@ -412,7 +443,7 @@ class Refresher:
             self.store.release_lease(connection_id, owner=owner)
             logger.error("client authentication failed on refresh: check the client id and secret",
                          extra={"connection_id": connection_id, "reason": exc.reason, "alarm": "client_auth_failed"})
-            return self._result(row, Outcome.CLIENT_AUTH_FAILED)
+            return self._result(row, RefreshOutcome.CLIENT_AUTH_FAILED)
         except (UnknownOutcomeError, InvalidTokenResponseError) as exc:
             # Invoiced may have rotated: the stored pair may be dead. Flag it;
             # the probe settles it once nothing can still be in flight.
@@ -434,7 +465,7 @@ class Refresher:
             return self._keep_aside(row, owner, ciphertext, tokens.expires_at, type(exc).__name__, tokens.lifetime)
         if row.outcome_unknown_at:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
-        return self._result(committed, Outcome.REFRESHED)
+        return self._result(committed, RefreshOutcome.REFRESHED)
 
     def _probe(self, row: Connection, sealed: SealedTokens, owner: str) -> RefreshResult | bool:
         """Settle a lost answer with the old access token (see the module doc).
@@ -502,10 +533,10 @@ class Refresher:
         except (ClientError, BotoCoreError, InvoicedError) as exc:
             logger.warning("recovery postponed", extra={"connection_id": row.connection_id,
                                                          "error_type": type(exc).__name__})
-            return self._result(row, Outcome.KEPT_ASIDE)
-        if with_recovery.outcome in (Outcome.RESCUE_APPLIED, Outcome.RESCUE_DISCARDED):
+            return self._result(row, RefreshOutcome.KEPT_ASIDE)
+        if with_recovery.outcome in (RefreshOutcome.RESCUE_APPLIED, RefreshOutcome.RESCUE_DISCARDED):
             return with_recovery
-        return self._result(row, Outcome.KEPT_ASIDE)
+        return self._result(row, RefreshOutcome.KEPT_ASIDE)
 
     def _refresh_token_dead(self, row: Connection, owner: str, exc: InvoicedError) -> RefreshResult:
         found = self.store.get_connection(row.connection_id)
@@ -513,7 +544,7 @@ class Refresher:
         if current is None or current.version != row.version or current.lease_owner != owner:
             # Someone else rotated (or reconnected) meanwhile: theirs is the live pair.
             self.store.release_lease(row.connection_id, owner=owner)
-            return self._result(current or row, Outcome.RACE_RECOVERED)
+            return self._result(current or row, RefreshOutcome.RACE_RECOVERED)
         rescue = self.store.get_rescue(row.connection_id)
         if rescue is not None and rescue.base_version == row.version:
             self.store.release_lease(row.connection_id, owner=owner)
@@ -527,11 +558,11 @@ class Refresher:
             marked = self.store.mark_needs_reauth(row.connection_id, owner=owner, version=row.version, now=now,
                                                   reason=reason)
         except LeaseLost:
-            return self._result(row, Outcome.RACE_RECOVERED)
+            return self._result(row, RefreshOutcome.RACE_RECOVERED)
         logger.warning("refresh token rejected: the connection needs re-authorization",
                        extra={"connection_id": row.connection_id, "reason": reason})
         self.events.publish(lifecycle.CONNECTION_NEEDS_REAUTH, marked, reason=reason)
-        return self._result(marked, Outcome.NEEDS_REAUTH)
+        return self._result(marked, RefreshOutcome.NEEDS_REAUTH)
 
     def _failed(self, row: Connection, owner: str, reason: str, *, outcome_unknown: bool = False,
                 probe_failed: bool = False, settled: bool = False) -> RefreshResult:
@@ -559,7 +590,7 @@ class Refresher:
                                                failing=failures >= FAILING_EVENT_AFTER,
                                                refresh_at=now + delay + self.policy.window_seconds)
         except LeaseLost:
-            return self._result(row, Outcome.RACE_RECOVERED)
+            return self._result(row, RefreshOutcome.RACE_RECOVERED)
         extra = {"connection_id": row.connection_id, "reason": reason, "failures": failures, "retry_in": delay}
         if outcome_unknown:
             logger.error("refresh outcome unknown: the answer was lost; probing once nothing can be in flight",
@@ -569,36 +600,9 @@ class Refresher:
         if outcome_unknown or failures == FAILING_EVENT_AFTER:
             self.events.publish(lifecycle.CONNECTION_REFRESH_FAILING, marked, reason=reason)
         flagged = outcome_unknown or probe_failed or (bool(row.outcome_unknown_at) and not settled)
-        outcome = Outcome.UNKNOWN_OUTCOME if flagged else Outcome.TRANSIENT
+        outcome = RefreshOutcome.UNKNOWN_OUTCOME if flagged else RefreshOutcome.TRANSIENT
         return self._result(marked, outcome, retry_at=now + delay)
 
     @staticmethod
-    def _result(row: Connection, outcome: Outcome, *, retry_at: int | None = None) -> RefreshResult:
+    def _result(row: Connection, outcome: RefreshOutcome, *, retry_at: int | None = None) -> RefreshResult:
         return RefreshResult(row.connection_id, outcome, row.status.value, row.version, retry_at)
-
-
-def default_refresher() -> Refresher:
-    """A refresher wired to this deployment's settings, table, key, secret and bus."""
-    from invoiced_connect.cloud.events import EventPublisher
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.invoiced.client import client_from_settings
-    from invoiced_connect.storage.crypto import TokenCipher
-    from invoiced_connect.storage.store import TokenStore
-
-    settings = get_settings()
-    client = None
-
-    def invoiced() -> InvoicedClient:
-        nonlocal client
-        if client is None:
-            client = client_from_settings(settings)
-        return client
-
-    return Refresher(
-        store=TokenStore(settings.table_name),
-        cipher=TokenCipher(settings.kms_key_id),
-        invoiced=invoiced,
-        events=EventPublisher(settings.event_bus_name),
-        policy=RefreshPolicy.from_settings(settings),
-    )
-

@@ -54,14 +54,14 @@ class Scheduler:
         store: TokenStore,
         queue_url: str,
         window_seconds: int,
-        sqs_factory: Callable[[], Any] = lambda: aws.client("sqs"),
+        sqs_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.time,
         shards: int = DUE_SHARDS,
     ) -> None:
         self.store = store
         self.queue_url = queue_url
         self.window_seconds = window_seconds
-        self._sqs_factory = sqs_factory
+        self._sqs_factory = sqs_factory or aws.lazy_client("sqs")
         self.clock = clock
         self.shards = shards
 
@@ -114,14 +114,3 @@ class Scheduler:
                 report.failed += len(failed)
                 logger.warning("some due connections were not queued (the next run retries)",
                                extra={"count": len(failed)})
-
-
-def default_scheduler() -> Scheduler:
-    from invoiced_connect.core.settings import get_settings
-
-    settings = get_settings()
-    return Scheduler(
-        store=TokenStore(settings.table_name),
-        queue_url=settings.require("refresh_queue_url"),
-        window_seconds=settings.refresh_window_seconds,
-    )

@@ -26,11 +26,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoiced_connect.core.metrics import outcome_metric_name, refresh_aggregates
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
-from invoiced_connect.entry.observability import RecordScope, outcome_metric_name, refresh_aggregates
-from invoiced_connect.lifecycle.refresh import Mode, Outcome, Refresher
+from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 from invoiced_connect.lifecycle.scheduler import SQS_BATCH, message_for
 from invoiced_connect.storage.store import DueKey
+
+#: ``(message_id, connection_id) -> context manager`` around one record's handling
+#: (log keys, a trace subsegment); the caller puts ``outcome`` in the dict it yields.
+RecordScope = Callable[[str, str | None], contextlib.AbstractContextManager[dict[str, str]]]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class BatchReport:
         """Counts by CloudWatch metric name (``RefreshRefreshed``, ``RefreshUnknownOutcome``, ...)."""
         counts: dict[str, int] = {}
         for outcome, count in self.outcomes.items():
-            name = outcome_metric_name(outcome)  # Outcome.metric_name for the refresher's outcomes
+            name = outcome_metric_name(outcome)  # RefreshOutcome.metric_name for the refresher's outcomes
             counts[name] = counts.get(name, 0) + count
         if self.deferred:
             counts["RefreshDeferred"] = self.deferred
@@ -116,11 +120,11 @@ def process_batch(
                 outcome = "skipped_client_auth"  # the next schedule run finds it again
             else:
                 outcome, retry_at = _handle(refresher, connection_id, kind)
-                if outcome == Outcome.UNKNOWN_OUTCOME and retry_at is not None:
+                if outcome == RefreshOutcome.UNKNOWN_OUTCOME and retry_at is not None:
                     report.settle_checks.append((connection_id, retry_at))
                 if outcome == "error":
                     report.failed_ids.append(message_id)
-                elif outcome == Outcome.CLIENT_AUTH_FAILED:
+                elif outcome == RefreshOutcome.CLIENT_AUTH_FAILED:
                     # Every refresh would fail the same way: do not send more bad credentials.
                     stop_client_calls = True
             facts["outcome"] = outcome

@@ -1,14 +1,14 @@
 """A session on Invoiced's REST API for one connection, for consumer Lambdas.
 
-    from invoiced_connect.sdk.api import InvoicedApi
+    from invoiced_connect import InvoicedApi
 
     api = InvoicedApi("my-customer-42")
     for invoice in api.list_invoices(status="past_due"):
         ...
 
-:class:`InvoicedApi` gets the connection's access token from a
-:class:`TokenSource` (by default the layer's token reader,
-``invoiced_connect.sdk.tokens.default_reader()``), sends it as a Bearer token to
+:class:`ApiSession` gets the connection's access token from a
+:class:`TokenSource` (``invoiced_connect.InvoicedApi`` is an ApiSession whose
+source is this process's token reader, see :mod:`invoiced_connect.facade`), sends it as a Bearer token to
 the REST API of the connection's own Invoiced environment (the token says
 which: sandbox or production; an ``api_url`` given here, or
 ``INVOICED_API_URL``, must agree, or :class:`ApiEnvironmentError` names both
@@ -46,7 +46,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -87,9 +87,9 @@ INVOICE_LIST_PARAMS = frozenset(
 # ---------------------------------------------------------------- token source
 @runtime_checkable
 class TokenSource(Protocol):
-    """Where an :class:`InvoicedApi` gets access tokens.
+    """Where an :class:`ApiSession` gets access tokens.
 
-    The layer's token reader (``invoiced_connect.sdk.tokens.default_reader()``)
+    The layer's token reader (:class:`invoiced_connect.sdk.tokens.TokenReader`)
     is the real implementation; tests pass a fake.
     """
 
@@ -261,12 +261,12 @@ def positive_int(name: str, value: object, *, maximum: int | None = None) -> int
 
 
 # ---------------------------------------------------------------- the session
-class InvoicedApi:
+class ApiSession:
     """Invoiced's REST API on behalf of one connection.
 
-    ``tokens`` defaults to the layer's token reader. The API URL is the
-    connection's own (from its token); ``api_url`` (default: ``INVOICED_API_URL``
-    if set, with the default reader) only pins it, and a connection of another
+    ``tokens``: where access tokens come from (``invoiced_connect.InvoicedApi``
+    gives this process's reader). The API URL is the connection's own (from
+    its token); ``api_url`` only pins it, and a connection of another
     environment is then refused. ``sleep`` and ``rng`` are injectable so
     tests can record backoff without waiting. Not thread-safe in the sense of
     requests' ``Session``: use one per thread if you fan out.
@@ -276,7 +276,7 @@ class InvoicedApi:
         self,
         connection_id: str,
         *,
-        tokens: TokenSource | None = None,
+        tokens: TokenSource,
         api_url: str | None = None,
         session: requests.Session | None = None,
         timeout: float = 10.0,
@@ -286,13 +286,6 @@ class InvoicedApi:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.connection_id = validate_connection_id(connection_id)
-        if tokens is None:
-            from invoiced_connect.core.settings import get_settings
-            from invoiced_connect.sdk.tokens import default_reader
-
-            tokens = default_reader()
-            if api_url is None:
-                api_url = get_settings().configured_api_url
         #: The pinned API URL, if any; else the connection's, once its token is read.
         self._pinned = api_url.rstrip("/") if api_url else None
         self.api_url: str | None = self._pinned
@@ -315,14 +308,14 @@ class InvoicedApi:
         self._rng = rng
 
     def __repr__(self) -> str:
-        return f"InvoicedApi(connection_id={self.connection_id!r}, api_url={self.api_url!r})"
+        return f"{type(self).__name__}(connection_id={self.connection_id!r}, api_url={self.api_url!r})"
 
     def close(self) -> None:
         """Close the HTTP session if this object created it."""
         if self._owns_session:
             self._session.close()
 
-    def __enter__(self) -> InvoicedApi:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

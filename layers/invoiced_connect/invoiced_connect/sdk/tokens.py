@@ -1,6 +1,6 @@
 """The reader SDK: a valid Invoiced access token for a connection, in one call.
 
-    from invoiced_connect.sdk.tokens import get_token
+    from invoiced_connect import get_token
 
     token = get_token("acme-7")   # .access_token, .api_url, .expires_at, .tenant_id, .version
 
@@ -56,7 +56,6 @@ Readers count the tokens asked of them and the cache misses (no I/O);
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -79,7 +78,7 @@ __all__ = [
     "ERRORS_BY_CODE", "MAX_MIN_VALIDITY_SECONDS", "MIN_VALIDITY_SECONDS", "READ_COUNTS", "RECHECK_SECONDS",
     "ROTATION_MARGIN_SECONDS", "AccessToken", "ConnectionNotFound", "ConnectionRevoked", "FreshTokenRequest",
     "NeedsReauthorization", "ReadCounts", "TokenError", "TokenReader", "TokenRejected", "TokenUnavailable",
-    "default_reader", "disconnect", "get_access_token", "get_token", "lambda_invoker", "token_from_answer",
+    "lambda_invoker", "token_from_answer",
 ]
 
 #: A cached token is checked against the table (one consistent read; no KMS
@@ -249,10 +248,13 @@ READ_COUNTS = ReadCounts()
 def lambda_invoker(function_name: str, client_factory: Callable[[], Any] | None = None) -> Invoker:
     """Call the connections function synchronously with boto3 and return its answer."""
 
-    def invoke(payload: dict[str, Any]) -> dict[str, Any]:
+    if client_factory is None:
         from invoiced_connect.cloud import aws
 
-        client = client_factory() if client_factory else aws.client("lambda")
+        client_factory = aws.lazy_client("lambda")
+
+    def invoke(payload: dict[str, Any]) -> dict[str, Any]:
+        client = client_factory()
         response = client.invoke(FunctionName=function_name, Payload=json.dumps(payload).encode("utf-8"))
         body = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError") or not isinstance(body, dict):
@@ -497,41 +499,3 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
-
-
-@functools.cache
-def default_reader() -> TokenReader:
-    """The process-wide reader, configured from the environment on first use."""
-    from invoiced_connect.core.settings import get_settings
-    from invoiced_connect.storage.crypto import TokenCipher
-    from invoiced_connect.storage.store import TokenStore
-
-    settings = get_settings()
-    return TokenReader(
-        store=TokenStore(settings.table_name),
-        cipher=TokenCipher(settings.kms_key_id),
-        invoke=lambda_invoker(settings.require("tokens_function_name")),
-        window_seconds=settings.refresh_window_seconds,
-    )
-
-
-def get_token(connection_id: str, *, min_validity_seconds: int | None = None) -> AccessToken:
-    """A valid access token for ``connection_id`` and its API URL; see :class:`TokenReader`."""
-    return default_reader().get_token(connection_id, min_validity_seconds=min_validity_seconds)
-
-
-def get_access_token(connection_id: str) -> str:
-    """A valid access token for ``connection_id``; see :class:`TokenReader`."""
-    return default_reader().get_access_token(connection_id)
-
-
-def disconnect(connection_id: str) -> dict[str, Any]:
-    """Revoke ``connection_id`` at Invoiced and erase its tokens, through the connections
-    function (an operator's call: needs ``ConnectionsOperatorPolicyArn`` and
-    ``CONNECTIONS_FUNCTION_NAME``)."""
-    from invoiced_connect.core.settings import get_settings
-
-    validate_connection_id(connection_id)
-    default_reader().forget(connection_id)
-    invoke = lambda_invoker(get_settings().require("connections_function_name"))
-    return invoke({"action": "disconnect", "connection_id": connection_id})

@@ -68,9 +68,9 @@ class SealedTokens:
 
 
 class TokenCipher:
-    def __init__(self, key_id: str, client_factory: Callable[[], Any] = lambda: aws.client("kms")) -> None:
+    def __init__(self, key_id: str, client_factory: Callable[[], Any] | None = None) -> None:
         self._key_id = key_id
-        self._client_factory = client_factory
+        self._client_factory = client_factory or aws.lazy_client("kms")
 
     # ---------------------------------------------------------------- writing
     def encrypt(self, connection_id: str, access_token: str, refresh_token: str) -> SealedTokens:

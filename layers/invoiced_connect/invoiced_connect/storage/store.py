@@ -170,9 +170,9 @@ class AttentionEntry:
 
 
 class TokenStore:
-    def __init__(self, table_name: str, client_factory: Callable[[], Any] = lambda: aws.client("dynamodb")) -> None:
+    def __init__(self, table_name: str, client_factory: Callable[[], Any] | None = None) -> None:
         self.table_name = table_name
-        self._client_factory = client_factory
+        self._client_factory = client_factory or aws.lazy_client("dynamodb")
 
     @property
     def _db(self) -> Any:
@@ -264,29 +264,9 @@ class TokenStore:
         self._db.delete_item(TableName=self.table_name, Key={"pk": _s(LINK_PREFIX + link_hash)})
 
     # ---------------------------------------------------------------- connections
-    def save_connection(
-        self,
-        *,
-        connection_id: str,
-        tokens: TokenSet,
-        ciphertext: SealedTokens,
-        company_name: str | None,
-        issuer: str,
-        now: int,
-        api_url: str | None = None,
-        refresh_at: int | None = None,
-        active_until: int = 0,
-    ) -> Connection:
-        """Create the connection or replace its tokens (reconnect); version grows.
-
-        A reconnect wins over a refresh in flight: the lease is cleared, so
-        that refresher's commit fails and its tokens are kept aside. See
-        :meth:`save_replacing` for the grant it replaces.
-        """
-        return self.save_replacing(
-            connection_id=connection_id, tokens=tokens, ciphertext=ciphertext, company_name=company_name,
-            issuer=issuer, now=now, api_url=api_url, refresh_at=refresh_at, active_until=active_until,
-        ).connection
+    def save_connection(self, **fields: Any) -> Connection:
+        """:meth:`save_replacing` (same arguments), returning only the saved connection."""
+        return self.save_replacing(**fields).connection
 
     def save_replacing(
         self,
@@ -301,8 +281,11 @@ class TokenStore:
         refresh_at: int | None = None,
         active_until: int = 0,
     ) -> Saved:
-        """:meth:`save_connection`, also returning the ciphertexts of the grant it
-        replaced (a reconnect of a live connection), read in the same write."""
+        """Create the connection or replace its tokens (reconnect); version grows.
+        Also returns the ciphertexts of the grant it replaced (a reconnect of a
+        live connection), read in the same write. A reconnect wins over a
+        refresh in flight: the lease is cleared, so that refresher's commit
+        fails and its tokens are kept aside."""
         attributes: dict[str, Any] = {
             "connection_id": _s(connection_id),
             "tenant_id": _s(tokens.tenant_id),
