@@ -650,8 +650,10 @@ def run(argv: Sequence[str]) -> int:
         schedule_every=args.schedule_every,
         on_event=_print_event,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM stops it the way Ctrl-C does. (A handler that sets a
+    # threading.Event can deadlock: it runs in the main thread, which may hold
+    # the Event's lock inside wait(); a second SIGTERM then never returns.)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         stack.start()
     except Exception as exc:  # noqa: BLE001 - a sentence, not a traceback, for a setup problem
@@ -665,9 +667,11 @@ def run(argv: Sequence[str]) -> int:
             return 2
         _print_banner(stack, args.connection_id, first_link, upstream, env_file)
         with contextlib.suppress(KeyboardInterrupt):
-            while not stop.wait(0.5):
-                pass
+            while True:
+                time.sleep(3600)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nStopping the local stack...")
         stack.stop()
     return 0
