@@ -1,0 +1,2 @@
+"""The app API: the JSON contracts the integrating app calls over Lambda Invoke
+(links, tokens, connection state), as plain request -> answer logic."""

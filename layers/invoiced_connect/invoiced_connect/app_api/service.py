@@ -71,7 +71,7 @@ ATTENTION_ORDER = (Attention.NEEDS_REAUTH, Attention.FAILING, Attention.KEPT_ASI
 #: How long the tokens function waits for another refresher's lease, at most.
 REFRESH_WAIT_SECONDS = 20
 #: Leave this much of the invocation for the refresh itself and the answer.
-RESERVE_SECONDS = 15.0
+VENDOR_RESERVE_SECONDS = 15.0
 
 
 class AppApiError(Exception):
@@ -189,7 +189,7 @@ class TokenVendor:
             raise AppApiError("bad_request", "give min_validity_seconds or rejected_version, not both")
         min_validity = integer(request, "min_validity_seconds", low=0, high=MAX_MIN_VALIDITY_SECONDS, default=None)
         rejected = integer(request, "rejected_version", low=0, high=2**53, default=None)
-        self.wait_seconds = max(0.0, min(float(REFRESH_WAIT_SECONDS), remaining_seconds - RESERVE_SECONDS))
+        self.wait_seconds = max(0.0, min(float(REFRESH_WAIT_SECONDS), remaining_seconds - VENDOR_RESERVE_SECONDS))
         if rejected is not None:
             token = self.reader.replace_rejected(connection_id, rejected)
         else:

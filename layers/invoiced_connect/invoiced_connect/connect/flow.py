@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from invoiced_connect.cloud import events as lifecycle
@@ -39,6 +40,7 @@ from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureE
 from invoiced_connect.connect.pages import HttpResult
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
 from invoiced_connect.core import b64url
+from invoiced_connect.core.metrics import REPLACED_GRANT_REVOKE_FAILED, REPLACED_GRANT_REVOKED
 from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core.settings import Settings, SettingsError
 from invoiced_connect.invoiced.client import (
@@ -64,8 +66,6 @@ CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
 COMPANY_LOOKUP_TIMEOUT = 3.0
 #: Revoking the grant a reconnect replaced: best effort, so it never holds the page up long.
 REPLACED_GRANT_REVOKE_TIMEOUT = 3.0
-REPLACED_GRANT_REVOKED = "revoked"
-REPLACED_GRANT_REVOKE_FAILED = "revoke_failed"
 DENIED_MESSAGE = (
     "You declined access to your Invoiced account, so nothing was connected. "
     "To connect after all, open a new connect link from the application."
@@ -115,6 +115,17 @@ _FAILURE_REASON = {
 }
 
 
+class ReplacedGrant(StrEnum):
+    """What became of the grant a reconnect replaced, at Invoiced."""
+
+    REVOKED = "revoked"
+    REVOKE_FAILED = "revoke_failed"
+
+    @property
+    def metric_name(self) -> str:
+        return REPLACED_GRANT_REVOKED if self is ReplacedGrant.REVOKED else REPLACED_GRANT_REVOKE_FAILED
+
+
 @dataclass
 class FlowReport:
     """What one ``/connect`` or ``/callback`` request came to, for the handler's metrics and logs.
@@ -130,8 +141,8 @@ class FlowReport:
     outcome: str | None = None
     reason: str | None = None
     connection_id: str | None = None
-    #: A reconnect's replaced grant: ``revoked`` at Invoiced, or ``revoke_failed``.
-    replaced_grant: str | None = None
+    #: What became of a reconnect's replaced grant at Invoiced.
+    replaced_grant: ReplacedGrant | None = None
 
     def identify(self, connection_id: str) -> None:
         self.connection_id = connection_id
@@ -459,9 +470,9 @@ class ConnectFlow:
             logger.warning("the replaced grant could not be revoked at Invoiced; it stays valid there until it "
                            "expires", extra={"connection_id": connection_id, "error_type": type(exc).__name__,
                                              "reason": getattr(exc, "reason", None) or None})
-            return REPLACED_GRANT_REVOKE_FAILED
+            return ReplacedGrant.REVOKE_FAILED
         logger.info("the replaced grant was revoked at Invoiced", extra={"connection_id": connection_id})
-        return REPLACED_GRANT_REVOKED
+        return ReplacedGrant.REVOKED
 
     def _label(self, client: InvoicedClient, access_token: str, connection_id: str, version: int) -> str | None:
         """Name the connection after its company; best effort, never at the tokens' expense."""

@@ -23,7 +23,7 @@ from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 ACTIONS = ("refresh", "disconnect")
 _DISCONNECT_OUTCOMES = frozenset(outcome.value for outcome in DisconnectOutcome)
 #: Leave this much of the invocation for the refresh itself and the answer.
-RESERVE_SECONDS = 30.0
+ACTION_RESERVE_SECONDS = 30.0
 
 
 class InvalidConnectionsRequest(ValueError):
@@ -60,7 +60,7 @@ def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = N
         return {"error": "bad_request", "message": str(exc)}
     refresher = refresher or runtime.current().refresher
     # Wait for another refresher's lease as long as asked, within this invocation.
-    wait = max(0.0, remaining_seconds - RESERVE_SECONDS)
+    wait = max(0.0, remaining_seconds - ACTION_RESERVE_SECONDS)
     if asked_wait is not None:
         wait = min(wait, float(asked_wait))
     if action == "disconnect":

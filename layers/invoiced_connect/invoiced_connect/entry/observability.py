@@ -21,8 +21,6 @@ from invoiced_connect.core.metrics import (
     CONNECTED,
     REASON_DIMENSION,
     RECONNECTED,
-    REPLACED_GRANT_REVOKE_FAILED,
-    REPLACED_GRANT_REVOKED,
     TOKEN_CACHE_MISSES,
     TOKEN_READS,
     TOKENS_REJECTED,
@@ -43,8 +41,6 @@ def add_counts(metrics: Metrics, counts: Mapping[str, int]) -> None:
 
 # ---------------------------------------------------------------------- the connect flow
 _FLOW_METRICS = {"started": CONNECT_STARTED, "connected": CONNECTED, "reconnected": RECONNECTED}
-#: ``FlowReport.replaced_grant`` -> its metric (a reconnect's old grant at Invoiced).
-_REPLACED_GRANT_METRICS = {"revoked": REPLACED_GRANT_REVOKED, "revoke_failed": REPLACED_GRANT_REVOKE_FAILED}
 
 
 def count_flow(metrics: Metrics, report: FlowReport) -> None:
@@ -65,8 +61,8 @@ def count_flow(metrics: Metrics, report: FlowReport) -> None:
             metric.add_dimension(name=REASON_DIMENSION, value=reason)
     elif report.outcome in _FLOW_METRICS:
         metrics.add_metric(name=_FLOW_METRICS[report.outcome], unit="Count", value=1)
-    if report.replaced_grant in _REPLACED_GRANT_METRICS:
-        metrics.add_metric(name=_REPLACED_GRANT_METRICS[report.replaced_grant], unit="Count", value=1)
+    if report.replaced_grant is not None:  # a reconnect's old grant at Invoiced: revoked or not
+        metrics.add_metric(name=report.replaced_grant.metric_name, unit="Count", value=1)
 
 
 # ---------------------------------------------------------------------- the token SDK
