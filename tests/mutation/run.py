@@ -68,9 +68,16 @@ class Mutant:
         return (f"{self.module}.{self.function}", self.before, self.after)
 
 
-def modules_in_scope() -> list[str]:
+def modules_in_scope() -> dict[str, str]:
+    """Each module in scope by its short name (``links``), with its path in the stage
+    (``invoiced_connect/connect/links.py``)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
-    return [Path(p).stem for p in config["only_mutate"]]
+    return {Path(p).stem: p for p in config["only_mutate"]}
+
+
+def dotted(path: str) -> str:
+    """``invoiced_connect/connect/links.py`` -> ``invoiced_connect.connect.links``."""
+    return path.removesuffix(".py").replace("/", ".")
 
 
 def stage(debug: bool) -> None:
@@ -92,7 +99,8 @@ def stage(debug: bool) -> None:
 
 def run_mutmut(modules: list[str], every_module: bool) -> float:
     mutmut = Path(sys.executable).with_name("mutmut")
-    names = [] if every_module else [f"{PACKAGE_NAME}.{module}.*" for module in modules]
+    scope = modules_in_scope()
+    names = [] if every_module else [f"{dotted(scope[module])}.*" for module in modules]
     command = [str(mutmut), "run", "--max-children", str(MAX_CHILDREN), *names]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MUTANT_UNDER_TEST")}
     print("$ cd .mutation && mutmut", " ".join(command[1:]), flush=True)
@@ -124,8 +132,9 @@ def read_results(modules: list[str]) -> list[Mutant]:
     from mutmut.utils.format_utils import orig_function_and_class_names_from_key
 
     mutants = []
+    scope = modules_in_scope()
     for module in modules:
-        path = Path(PACKAGE_NAME) / f"{module}.py"
+        path = Path(scope[module])
         meta = json.loads((Path("mutants") / f"{path}.meta").read_text())
         for name, exit_code in meta["exit_code_by_key"].items():
             status = status_by_exit_code[exit_code]
@@ -208,7 +217,7 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="report the last run's results without running")
     parser.add_argument("--debug", action="store_true", help="mutmut's debug output (every pytest run's)")
     args = parser.parse_args()
-    scope = modules_in_scope()
+    scope = list(modules_in_scope())
     unknown = sorted(set(args.modules) - set(scope))
     if unknown:
         parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)} (in scope: {', '.join(scope)})")
