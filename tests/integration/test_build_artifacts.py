@@ -159,14 +159,12 @@ def test_every_handler_imports_from_the_artifacts_and_api_handlers_stay_light(co
         assert loaded[name]["xray"] is False, name
 
 
-def test_the_powertools_utilities_imported_on_first_use_are_in_the_layer(compiled):
-    """The worker's batch processor and the secret cache's Parameters are
-    imported on first use, not by ``import app``: import them from the artifacts."""
+def test_the_batch_processor_the_worker_imports_on_first_use_is_in_the_layer(compiled):
+    """The worker imports Powertools' batch utility on its first batch, not
+    with ``import app``: import it from the artifacts."""
     artifacts = {a.name: a for a in coldstart.find_artifacts(compiled)}
-    layer = artifacts["InvoicedConnectLayer"]
-    for name, module in (("RefreshWorkerFunction", "aws_lambda_powertools.utilities.batch"),
-                         ("ConnectFunction", "aws_lambda_powertools.utilities.parameters")):
-        coldstart.probe(module, coldstart.lambda_environment(artifacts[name], layer), compiled)
+    env = coldstart.lambda_environment(artifacts["RefreshWorkerFunction"], artifacts["InvoicedConnectLayer"])
+    coldstart.probe("aws_lambda_powertools.utilities.batch", env, compiled)
 
 
 def test_handlers_import_from_sources_only_builds_too(sources_only):

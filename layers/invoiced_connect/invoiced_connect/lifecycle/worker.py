@@ -9,6 +9,11 @@ redelivers and, after five receipts, moves to the dead-letter queue. When
 the invocation's remaining time is short, no new provider call is started
 and the rest of the batch is handed back for redelivery.
 
+Powertools' ``BatchProcessor`` runs the batch: it calls the record handler
+for each message and answers with the ids of those whose handler raised
+(Lambda's partial batch response); the handler here keeps the outcome
+counts, the time budget and the settle checks in the :class:`BatchReport`.
+
 One exception to "the due-index decides": a refresh whose answer was lost is
 queued again, delayed until its probe is due (about 90 s, see
 :mod:`invoiced_connect.lifecycle.refresh`), so it is settled then rather than at the
@@ -24,13 +29,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoiced_connect.core.metrics import outcome_metric_name, refresh_aggregates
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 from invoiced_connect.lifecycle.scheduler import SQS_BATCH, message_for
 from invoiced_connect.storage.store import DueKey
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 #: ``(message_id, connection_id) -> context manager`` around one record's handling
 #: (log keys, a trace subsegment); the caller puts ``outcome`` in the dict it yields.
@@ -46,6 +54,11 @@ def _no_scope(message_id: str, connection_id: str | None) -> Iterator[dict[str, 
 
 #: SQS delays a message by at most this much.
 MAX_DELAY_SECONDS = 900
+
+
+class Redeliver(Exception):  # noqa: N818 - what the record handler asks for, not an error
+    """Raised by the record handler: the batch processor reports the message
+    as failed, so SQS delivers it again (deferred, or an unexpected error)."""
 
 
 @dataclass
@@ -99,16 +112,19 @@ def process_batch(
     started record (log keys, a trace subsegment); it is given the outcome
     as ``"outcome"`` in the dict it yields.
     """
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+
     report = BatchReport()
     stop_client_calls = False
-    for record in records:
-        message_id = record["messageId"]
+
+    def handle(record: SQSRecord) -> str:
+        nonlocal stop_client_calls
+        message_id = record.message_id
         if remaining_seconds() < reserve_seconds:
-            report.failed_ids.append(message_id)  # not started: redelivered later
             report.deferred += 1
-            continue
+            raise Redeliver("deferred")  # not started: redelivered later
         try:
-            connection_id, kind = parse_message(record["body"])
+            connection_id, kind = parse_message(record.body)
         except (ValueError, InvalidConnectionId):
             connection_id, kind = None, None
         with record_scope(message_id, connection_id) as facts:
@@ -122,13 +138,22 @@ def process_batch(
                 outcome, retry_at = _handle(refresher, connection_id, kind)
                 if outcome == RefreshOutcome.UNKNOWN_OUTCOME and retry_at is not None:
                     report.settle_checks.append((connection_id, retry_at))
-                if outcome == "error":
-                    report.failed_ids.append(message_id)
-                elif outcome == RefreshOutcome.CLIENT_AUTH_FAILED:
+                if outcome == RefreshOutcome.CLIENT_AUTH_FAILED:
                     # Every refresh would fail the same way: do not send more bad credentials.
                     stop_client_calls = True
             facts["outcome"] = outcome
             report.outcomes[outcome] += 1
+        if outcome == "error":
+            raise Redeliver(outcome)  # outside the scope: the trace records the outcome, not an exception
+        return outcome
+
+    # Not raise_on_entire_batch_failure: a batch all of whose messages failed
+    # or were deferred is answered with their ids, as any other, rather than
+    # failing the invocation (which the worker's Errors alarm counts).
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    with processor(records=list(records), handler=handle):
+        processor.process()
+    report.failed_ids = [failure["itemIdentifier"] for failure in processor.response()["batchItemFailures"]]
     logger.info("refresh batch", extra={"outcomes": dict(report.outcomes), "deferred": report.deferred})
     return report
 
