@@ -19,6 +19,15 @@ class SecretError(RuntimeError):
     """A secret is missing, unreadable or not shaped as expected."""
 
 
+# Hand-written, not Powertools Parameters (a SecretsProvider's get with
+# max_age, transform="json" and force_fetch would do the same): importing
+# aws_lambda_powertools.utilities.parameters runs its package __init__, every
+# provider (AppConfig, DynamoDB with boto3.dynamodb.conditions, SSM), which
+# adds 11 modules and 2.8 ms to the /connect handler's first request even
+# after boto3; bench/firstresponse.py put the first responses at 1.44x
+# (connect) and 1.55x (callback) the baseline in CPU with it, against 1.39x
+# and 1.49x with this cache (2026-12-02, interleaved runs): slower, for
+# nothing this cache lacks. tests/unit/test_secret_cache.py pins the behaviour.
 class SecretCache:
     def __init__(
         self,
