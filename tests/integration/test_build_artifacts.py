@@ -135,6 +135,17 @@ def test_the_layer_stays_under_10_mb_with_bytecode(compiled):
     assert not (powertools / "event_handler" / "openapi" / "swagger_ui").exists()
 
 
+def test_the_layer_ships_the_package_and_no_operator_tooling(compiled):
+    """The CLI and the deploy helpers (tools/invoiced_connect_tools) are installed
+    with the project, never shipped to Lambda; the layer has the package by role."""
+    python = compiled / "InvoicedConnectLayer" / "python"
+    assert not (python / "invoiced_connect_tools").exists()
+    shipped = {path.relative_to(python / "invoiced_connect").as_posix()
+               for path in (python / "invoiced_connect").rglob("*.py")}
+    assert not {name for name in shipped if name.rsplit("/", 1)[-1] in ("cli.py", "deployment.py")}
+    assert {"runtime.py", "facade.py", "connect/flow.py", "sdk/tokens.py", "entry/web.py"} <= shipped
+
+
 def imports(build_dir: Path) -> dict[str, dict[str, object]]:
     """Import every handler from the artifacts alone, as in Lambda."""
     artifacts = coldstart.find_artifacts(build_dir)
