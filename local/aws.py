@@ -77,8 +77,9 @@ class MotoServer:
 
 
 def _quick_to_stop(server_class: type) -> type:
-    """moto's ThreadedMotoServer, its serve_forever polling every 50 ms instead of
-    500: stop() waits up to one poll interval, at the end of every stack."""
+    """moto's ThreadedMotoServer, quick to stop at the end of every stack: its
+    serve_forever polls every 50 ms instead of 500 (stop() waits up to one
+    interval), and closing does not wait for the requests in flight."""
 
     class QuickToStop(server_class):  # type: ignore[misc, valid-type]
         def _server_entry(self) -> None:
@@ -91,6 +92,8 @@ def _quick_to_stop(server_class: type) -> type:
 
             app = DomainDispatcherApplication(create_backend_app)
             self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            # Closing must not wait for requests in flight (an SQS long poll holds one for a second).
+            self._server.block_on_close = False
             self._server_ready_event.set()
             self._server.serve_forever(poll_interval=0.05)
 
