@@ -1,0 +1,91 @@
+"""The page's document as a browser parses it: a doctype first (standards
+mode), English, UTF-8, the mobile viewport, and no stray text outside the
+title, the style and the main content; what each outcome renders."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from invoiced_connect.connect import pages
+
+
+class _Document(HTMLParser):
+    def __init__(self, body: str):
+        super().__init__(convert_charrefs=True)
+        self.events: list[tuple] = []
+        self.open: list[str] = []
+        self.stray_text: list[str] = []
+        self.feed(body)
+        self.close()
+
+    def handle_decl(self, decl):
+        self.events.append(("decl", decl))
+
+    def handle_starttag(self, tag, attrs):
+        self.events.append(("start", tag, dict(attrs)))
+        if tag != "meta":
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        self.events.append(("end", tag))
+        self.open.pop()
+
+    def handle_data(self, data):
+        if data.strip() and not {"title", "style", "main"} & set(self.open):
+            self.stray_text.append(data)
+
+
+def _main(body: str) -> str:
+    return re.search(r"<main [^>]*>(.*)</main>", body, re.S).group(1)
+
+
+@pytest.mark.parametrize(
+    "render",
+    [lambda: pages.connected_page("Acme"), lambda: pages.error_page(502, "Invoiced is unavailable", "Try again.", "r")],
+    ids=["connected", "error"],
+)
+def test_the_document_starts_with_its_doctype_and_declares_language_charset_and_viewport(render):
+    result = render()  # built in the test, not at collection
+    document = _Document(result.body)
+    assert result.body.lower().startswith("<!doctype html>")
+    assert document.events[0][0] == "decl" and document.events[0][1].lower() == "doctype html"
+    kind, tag, attrs = document.events[1]
+    assert (kind, tag, attrs["lang"].lower()) == ("start", "html", "en")
+    assert document.events[2][:2] == ("start", "head")
+    kind, tag, attrs = document.events[3]
+    assert (kind, tag, attrs["charset"].lower()) == ("start", "meta", "utf-8")
+    kind, tag, attrs = document.events[4]
+    assert (kind, tag, attrs["name"].lower()) == ("start", "meta", "viewport")
+    assert attrs["content"].lower() == "width=device-width, initial-scale=1"
+    assert document.stray_text == []
+    assert document.open == []
+
+
+def test_the_connected_page_says_what_happened_and_nothing_else():
+    assert _main(pages.connected_page("Acme").body) == (
+        "<h1>Connected to Acme</h1><p>Your Invoiced account is now connected. You can close this window.</p>"
+    )
+
+
+def test_an_error_page_shows_title_message_and_reference_only():
+    assert _main(pages.error_page(502, "Invoiced is unavailable", "Try again.", "ref-1").body) == (
+        '<h1>Invoiced is unavailable</h1><p>Try again.</p><p class="ref">Reference: <code>ref-1</code></p>'
+    )
+
+
+def test_a_connected_outcome_renders_the_company_it_connected():
+    result = pages.OutcomePage(200, "Connected", "", "ref-1", company="Acme", connected=True).render()
+    assert result.status == 200
+    assert "<h1>Connected to Acme</h1>" in result.body
+
+
+@pytest.mark.parametrize("status", [400, 409, 502])
+def test_an_error_outcome_renders_with_its_status_title_message_and_reference(status):
+    result = pages.OutcomePage(status, "Could not connect", "Start again.", "ref-2").render()
+    assert result.status == status
+    assert _main(result.body) == (
+        '<h1>Could not connect</h1><p>Start again.</p><p class="ref">Reference: <code>ref-2</code></p>'
+    )
