@@ -13,8 +13,8 @@ a pool of environments, each a separately imported copy of its handler
 module: an invocation takes an idle one or imports a new one (a cold start),
 and concurrent invocations run concurrently, never sharing a module. What
 the copies do share is the process: its environment variables and the
-``invoiced_connect`` package's caches (settings, boto3 clients, secrets)
-behave like one warm environment.
+package's runtime (``invoiced_connect.runtime``: settings, boto3 clients,
+secrets) behave like one warm environment.
 
 Everything that invokes functions locally uses it: the API Gateway
 (:mod:`local.gateway`), the Lambda Invoke API (:mod:`local.lambda_api`), the

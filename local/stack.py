@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from invoiced_connect.connect.links import DEFAULT_TTL
 from local.aws import MotoServer, Provisioned, aws_environment, boto_client, port_is_free, provision
 from local.events import EventTap, event_summary
 from local.gateway import Gateway, api_logical_id
@@ -469,7 +470,7 @@ class LocalStack:
 
     # ---------------------------------------------------------------- helpers
     def make_link(self, connection_id: str, return_to: str | None = None,
-                  ttl: timedelta = timedelta(hours=1)) -> str:
+                  ttl: timedelta = DEFAULT_TTL) -> str:
         """A signed connect link, made as an integrating app makes one (key read from Secrets Manager)."""
         self._require_started()
         from invoiced_connect import create_connect_link

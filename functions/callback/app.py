@@ -13,7 +13,7 @@ from invoiced_connect.entry import web
 logger = Logger()
 metrics = Metrics()
 app = APIGatewayHttpResolver(debug=False)  # its debug mode prints whole events: the code, state, cookies
-web.configure(app, logger)
+web.install(app, logger)
 web.preload_for_snapshot("boto3", "requests")  # with SnapStart only: the first request's imports
 
 
@@ -27,4 +27,4 @@ def callback():
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True,
                               log_event=False)
 def handler(event, context):
-    return web.handle(app, logger, metrics, event, context)  # also flushes the metrics
+    return web.resolve(app, logger, metrics, event, context)  # also flushes the metrics

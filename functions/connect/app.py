@@ -14,7 +14,7 @@ from invoiced_connect.entry import web
 logger = Logger()
 metrics = Metrics()
 app = APIGatewayHttpResolver(debug=False)  # its debug mode prints whole events: the link, cookies, headers
-web.configure(app, logger)
+web.install(app, logger)
 web.preload_for_snapshot("boto3")  # with SnapStart only: the first request's imports
 
 
@@ -26,4 +26,4 @@ def connect():
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True,
                               log_event=False)
 def handler(event, context):
-    return web.handle(app, logger, metrics, event, context)  # also flushes the metrics
+    return web.resolve(app, logger, metrics, event, context)  # also flushes the metrics

@@ -22,6 +22,6 @@ use_handler_logger(logger)
 def handler(event, context):
     observability.correlate(logger, context)
     report = run_schedule(lambda: context.get_remaining_time_in_millis() / 1000)
-    observability.add_counts(metrics, {"ConnectionsDue": report.due, "ConnectionsQueued": report.queued})
+    observability.add_counts(metrics, report.metrics())
     tracer.put_annotation(key="queued", value=report.queued)
     return report.as_dict()

@@ -266,11 +266,11 @@ def test_the_scheduler_counts_what_is_due_and_queued(stack, handlers, monkeypatc
 
 
 def test_the_example_consumer_counts_token_reads_and_cache_misses(stack, handlers):
-    from invoiced_connect.sdk.tokens import READ_COUNTS
+    from invoiced_connect import runtime
 
     connection_id = new_id("m-reads")
     seed_connection(stack, connection_id)
-    READ_COUNTS.take()  # what other tests' readers counted in this process
+    runtime.current().read_counts.take()  # what other tests' readers counted in this process
     assert handlers.invoke("list_invoices", {"connection_id": connection_id, "max_pages": 1})["count"] > 0
     assert counts(handlers) == {"TokenReads": 1, "TokenCacheMisses": 1}
     handlers.invoke("list_invoices", {"connection_id": connection_id, "max_pages": 1})

@@ -60,6 +60,10 @@ BREAKAGES = {
         "sdk/tokens.py", "from invoiced_connect.connect import flow as _flow  # noqa", {"sdk", "layers"}),
     "logic reaches up into the glue (the old flow -> refresh -> observability -> flow circle)": (
         "lifecycle/refresh.py", "from invoiced_connect.entry import observability as _obs  # noqa", {"layers"}),
+    "logic reaches for the composition root instead of being given its parts": (
+        "lifecycle/refresh.py", "from invoiced_connect import runtime as _runtime  # noqa", {"layers"}),
+    "the SDK reaches into the token lifecycle (its sibling)": (
+        "sdk/tokens.py", "from invoiced_connect.lifecycle import refresh as _refresh  # noqa", {"layers"}),
     "an adapter reaches up into the logic": (
         "storage/store.py", "from invoiced_connect.lifecycle import refresh as _refresh  # noqa", {"layers"}),
     "the layer imports the local stack": (
@@ -90,8 +94,8 @@ def test_each_contract_fails_when_the_code_breaks_it(breakage, tmp_path):
 
 
 def test_handlers_call_only_the_glue():
-    """functions/*/app.py import from the package only its entry glue (and the
-    SDK face, for the example consumer): the logic stays out of handlers."""
+    """functions/*/app.py import from the package only its entry glue: the
+    logic stays out of handlers."""
     problems = []
     for handler in sorted((ROOT / "functions").glob("*/app.py")):
         for node in ast.walk(ast.parse(handler.read_text())):
@@ -106,14 +110,21 @@ def test_handlers_call_only_the_glue():
 
 def test_no_module_outside_the_composition_root_keeps_a_built_object():
     """Module-level singletons live in invoiced_connect.runtime only: no other
-    module of the package caches a built object with functools.cache/lru_cache
-    at module level or assigns a ``global``."""
+    module of the package makes an instance of one of its classes at module
+    level, caches a built object with functools.cache/lru_cache or assigns a
+    ``global``."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    package_classes = {node.name for module in modules for node in ast.walk(ast.parse(module.read_text()))
+                       if isinstance(node, ast.ClassDef)}
     problems = []
-    for module in sorted(PACKAGE.rglob("*.py")):
+    for module in modules:
         if module.name == "runtime.py" and module.parent == PACKAGE:
             continue
         tree = ast.parse(module.read_text())
         for node in tree.body:
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            if isinstance(value, ast.Call) and ast.unparse(value.func).split(".")[-1] in package_classes:
+                problems.append(f"{module.relative_to(PACKAGE)}: {ast.unparse(node)[:80]}")
             if isinstance(node, ast.FunctionDef):
                 for decorator in node.decorator_list:
                     name = ast.unparse(decorator)

@@ -88,7 +88,8 @@ class RotatingKeys:
 def rotation_flow(keys: RotatingKeys, clock: list[float]) -> ConnectFlow:
     # _verify_link uses the keys and the clock only.
     return ConnectFlow(settings=None, store=None, cipher=None, link_keys=keys,  # type: ignore[arg-type]
-                       client_secret=lambda force: "unused", clock=lambda: clock[0])
+                       client_secret=lambda force: "unused", invoiced=lambda: None,  # type: ignore[arg-type, return-value]
+                       policy=None, clock=lambda: clock[0])
 
 
 OLD_KEY, NEW_KEY, FOREIGN_KEY = "o" * 43, "n" * 43, "f" * 43

@@ -14,7 +14,7 @@ import pytest
 from aws_lambda_powertools import Metrics
 
 from invoiced_connect.connect import flow
-from invoiced_connect.connect.flow import FlowReport, RequestRefused
+from invoiced_connect.connect.flow import FlowOutcome, FlowReport, RequestRefused
 from invoiced_connect.core.metrics import (
     CONNECT_FAILURE_REASONS,
     REFRESH_FAILED_OUTCOMES,
@@ -31,6 +31,7 @@ from invoiced_connect.lifecycle.refresh import RefreshOutcome
 from invoiced_connect.lifecycle.worker import BatchReport
 from invoiced_connect.sdk.tokens import ReadCounts, TokenReader
 from invoiced_connect.storage.crypto import SealedTokens
+from tests.support.runtime import use_parts
 from tests.support.tracing import FakeProvider
 
 PACKAGE = Path(flow.__file__).parents[1]
@@ -147,7 +148,7 @@ def test_a_flow_report_keeps_the_first_word():
     assert (report.outcome, report.reason) == ("failed", "store_failed")
 
     connected = FlowReport()
-    connected.succeed("connected")
+    connected.succeed(FlowOutcome.CONNECTED)
     connected.fail("unexpected")  # e.g. the company label failed after the tokens were stored
     assert (connected.outcome, connected.reason) == ("connected", None)
 
@@ -183,7 +184,7 @@ def test_a_connect_failure_is_its_own_emf_document_with_the_reason(metrics, caps
                                                ("reconnected", "Reconnected")])
 def test_a_connect_success_joins_the_invocations_metrics(metrics, capsys, outcome, name):
     report = FlowReport()
-    report.succeed(outcome)
+    report.succeed(FlowOutcome(outcome))
     count_flow(metrics, report)
     assert emf_documents(capsys.readouterr().out) == []  # not yet: flushed once, at the end of the invocation
     metrics.flush_metrics()
@@ -242,20 +243,23 @@ def test_readers_count_reads_and_cache_misses_without_io():
     assert counts.take() == (1, 1)
 
 
-def test_readers_count_into_the_process_wide_counters_by_default():
-    from invoiced_connect.sdk.tokens import READ_COUNTS
+def test_the_runtime_readers_count_into_the_process_counters_and_others_into_their_own(monkeypatch):
+    from invoiced_connect import runtime
 
-    READ_COUNTS.take()
+    counts = use_parts(monkeypatch).read_counts
+    shared = TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0,
+                         counts=counts)
+    shared.get_access_token("acme-1")
     TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0,
-                ).get_access_token("acme-1")
-    assert READ_COUNTS.take() == (1, 1)
+                ).get_access_token("acme-1")  # counts into its own
+    assert runtime.current().read_counts is counts
+    assert counts.take() == (1, 1)
 
 
-def test_add_token_metrics_emits_what_the_readers_counted(metrics, capsys):
-    from invoiced_connect.sdk.tokens import READ_COUNTS
-
-    READ_COUNTS.take()
-    tokens = TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0)
+def test_add_token_metrics_emits_what_the_readers_counted(metrics, capsys, monkeypatch):
+    counts = use_parts(monkeypatch).read_counts
+    tokens = TokenReader(store=FakeStore(), cipher=FakeCipher(), invoke=lambda p: {}, clock=lambda: 1_000_000.0,
+                         counts=counts)
     tokens.get_access_token("acme-1")
     tokens.get_access_token("acme-1")
     assert observability.add_token_metrics(metrics) == {"TokenReads": 2, "TokenCacheMisses": 1}

@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from invoiced_connect.connect.links import DEFAULT_TTL
+
 if TYPE_CHECKING:
     from invoiced_connect.core.models import Connection
 
@@ -109,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     create.add_argument("connection_id", help="your id for the customer (letters, digits, . _ : @ -)")
     create.add_argument("--return-to", help="where to send the browser afterwards (must be allowlisted)")
     create.add_argument(
-        "--ttl", type=parse_duration, default=timedelta(hours=1), help="link lifetime (default 1h, at most 30d)"
+        "--ttl", type=parse_duration, default=DEFAULT_TTL, help="link lifetime (default 1h, at most 30d)"
     )
 
     connections = commands.add_parser("connections", help="look at connections (never their tokens)")
@@ -162,7 +164,7 @@ def _when(epoch: int | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def connection_view(connection: Connection) -> dict[str, Any]:
+def connection_fields(connection: Connection) -> dict[str, Any]:
     """What the command shows of a connection: metadata only."""
     view: dict[str, Any] = {}
     for name in _SHOWN:
@@ -183,10 +185,10 @@ def _list_connections(as_json: bool) -> int:
     rows = sorted(runtime.current().store.list_connections(), key=lambda c: c.connection_id)
     if as_json:
         for connection in rows:
-            print(json.dumps(connection_view(connection)))
+            print(json.dumps(connection_fields(connection)))
         return 0
     columns = ("connection_id", "status", "company_name", "version", "expires_at", "refresh_at", "failure_count")
-    table = [["-" if (value := connection_view(connection)[name]) in (None, "") else str(value) for name in columns]
+    table = [["-" if (value := connection_fields(connection)[name]) in (None, "") else str(value) for name in columns]
              for connection in rows]
     widths = [max([len(name), *(len(row[i]) for row in table)]) for i, name in enumerate(columns)]
     print("  ".join(name.upper().ljust(width) for name, width in zip(columns, widths, strict=True)).rstrip())
@@ -204,7 +206,7 @@ def _show_connection(connection_id: str, as_json: bool) -> int:
     if found is None:
         print(f"invoiced-connect: no connection {connection_id!r}", file=sys.stderr)
         return 1
-    view = connection_view(found[0])
+    view = connection_fields(found[0])
     view["has_tokens"] = found[1] is not None
     if as_json:
         print(json.dumps(view, indent=2))

@@ -13,7 +13,7 @@ The names below are loaded on first use, so importing the package (which
 every function of the stack does) costs nothing. The subpackages, by role:
 
 * ``sdk``: the token reader and the REST API session a consumer uses;
-* ``connect``: the hosted connect flow (links, return URLs, PKCE, pages);
+* ``connect``: the hosted connect flow (links, PKCE, pages);
 * ``lifecycle``: refreshing, scheduling, the refresh worker, disconnecting;
 * ``app_api``: the contracts the app calls over Lambda Invoke;
 * ``storage`` (the token table, token encryption), ``invoiced`` (the OAuth
@@ -35,6 +35,9 @@ _EXPORTS = {
     "disconnect": "invoiced_connect.facade",
     "create_connect_link": "invoiced_connect.facade",
     "InvoicedApi": "invoiced_connect.facade",
+    "add_token_metrics": "invoiced_connect.entry.observability",
+    "InvalidConnectionId": "invoiced_connect.core.models",
+    "TransientError": "invoiced_connect.invoiced.client",
     "AccessToken": "invoiced_connect.sdk.tokens",
     "TokenReader": "invoiced_connect.sdk.tokens",
     "TokenError": "invoiced_connect.sdk.tokens",
@@ -76,6 +79,7 @@ __all__ = [
     "ApiUrlError",
     "ConnectionNotFound",
     "ConnectionRevoked",
+    "InvalidConnectionId",
     "InvoicedApi",
     "NeedsReauthorization",
     "TokenError",
@@ -83,6 +87,8 @@ __all__ = [
     "TokenRejected",
     "TokenSource",
     "TokenUnavailable",
+    "TransientError",
+    "add_token_metrics",
     "create_connect_link",
     "disconnect",
     "get_access_token",
@@ -104,7 +110,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from invoiced_connect.facade import InvoicedApi, create_connect_link, disconnect, get_access_token, get_token
+    from invoiced_connect.core.models import (
+        InvalidConnectionId,
+    )
+    from invoiced_connect.entry.observability import (
+        add_token_metrics,
+    )
+    from invoiced_connect.facade import (
+        InvoicedApi,
+        create_connect_link,
+        disconnect,
+        get_access_token,
+        get_token,
+    )
+    from invoiced_connect.invoiced.client import (
+        TransientError,
+    )
     from invoiced_connect.sdk.api import (
         ApiAuthError,
         ApiConnectionError,

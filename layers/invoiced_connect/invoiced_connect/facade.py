@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from invoiced_connect import runtime
+from invoiced_connect.connect.links import DEFAULT_TTL
 from invoiced_connect.core.models import validate_connection_id
 from invoiced_connect.sdk.api import ApiSession
 from invoiced_connect.sdk.tokens import AccessToken
@@ -40,7 +41,7 @@ def disconnect(connection_id: str) -> dict[str, Any]:
     return current.connections_invoker()({"action": "disconnect", "connection_id": connection_id})
 
 
-def create_connect_link(connection_id: str, return_to: str | None = None, ttl: timedelta = timedelta(hours=1)) -> str:
+def create_connect_link(connection_id: str, return_to: str | None = None, ttl: timedelta = DEFAULT_TTL) -> str:
     """Make a hosted connect link for one of your customers.
 
     ``connection_id`` is your own id for the customer (1-128 characters of

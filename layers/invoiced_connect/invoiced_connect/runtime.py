@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from invoiced_connect.core.settings import Settings
     from invoiced_connect.invoiced.client import InvoicedClient
     from invoiced_connect.lifecycle.disconnect import Disconnector
-    from invoiced_connect.lifecycle.refresh import Refresher
+    from invoiced_connect.lifecycle.refresh import Refresher, RefreshPolicy
     from invoiced_connect.lifecycle.scheduler import Scheduler
-    from invoiced_connect.sdk.tokens import TokenReader
+    from invoiced_connect.sdk.tokens import ReadCounts, TokenReader
     from invoiced_connect.storage.crypto import TokenCipher
     from invoiced_connect.storage.store import TokenStore
 
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 #: What :meth:`Runtime.override` may replace: the parts built by name below.
 _PARTS = frozenset({"settings", "secrets", "store", "cipher", "events", "invoiced", "refresher", "disconnector",
-                    "flow", "reader", "vendor", "scheduler"})
+                    "flow", "reader", "vendor", "scheduler", "read_counts", "policy"})
 
 
 class Runtime:
@@ -162,11 +162,18 @@ class Runtime:
     # ------------------------------------------------------------------ logic
     @property
     def refresher(self) -> Refresher:
-        from invoiced_connect.lifecycle.refresh import Refresher, RefreshPolicy
+        from invoiced_connect.lifecycle.refresh import Refresher
 
         return self._part("refresher", lambda: Refresher(
             store=self.store, cipher=self.cipher, invoiced=lambda: self.invoiced, events=self.events,
-            policy=RefreshPolicy.from_settings(self.settings)))
+            policy=self.policy))
+
+    @property
+    def policy(self) -> RefreshPolicy:
+        """When tokens are refreshed, how failures back off, how long a lease lasts."""
+        from invoiced_connect.lifecycle.refresh import RefreshPolicy
+
+        return self._part("policy", lambda: RefreshPolicy.from_settings(self.settings))
 
     @property
     def disconnector(self) -> Disconnector:
@@ -180,7 +187,16 @@ class Runtime:
 
         return self._part("flow", lambda: ConnectFlow(
             settings=self.settings, store=self.store, cipher=self.cipher, link_keys=self.link_keys,
-            client_secret=self.client_secret, events=self.events))
+            client_secret=self.client_secret, invoiced=lambda: self.invoiced, policy=self.policy,
+            events=self.events))
+
+    @property
+    def read_counts(self) -> ReadCounts:
+        """What this process's readers (the SDK's and the tokens function's) were asked,
+        and how often their cache missed: the TokenReads and TokenCacheMisses metrics."""
+        from invoiced_connect.sdk.tokens import ReadCounts
+
+        return self._part("read_counts", ReadCounts)
 
     @property
     def reader(self) -> TokenReader:
@@ -190,7 +206,7 @@ class Runtime:
         return self._part("reader", lambda: TokenReader(
             store=self.store, cipher=self.cipher,
             invoke=lambda_invoker(self.settings.require("tokens_function_name"), self._client_factory("lambda")),
-            window_seconds=self.settings.refresh_window_seconds))
+            window_seconds=self.settings.refresh_window_seconds, counts=self.read_counts))
 
     @property
     def vendor(self) -> TokenVendor:
@@ -199,7 +215,7 @@ class Runtime:
 
         return self._part("vendor", lambda: TokenVendor(
             store=self.store, cipher=self.cipher, refresher=lambda: self.refresher,
-            window_seconds=self.settings.refresh_window_seconds))
+            window_seconds=self.settings.refresh_window_seconds, counts=self.read_counts))
 
     @property
     def scheduler(self) -> Scheduler:

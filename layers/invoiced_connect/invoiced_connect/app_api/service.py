@@ -31,7 +31,14 @@ from datetime import timedelta
 from typing import Any
 
 from invoiced_connect.core import b64url
-from invoiced_connect.core.models import Attention, Connection, InvalidConnectionId, validate_connection_id
+from invoiced_connect.core.lifetimes import DEFAULT_REFRESH_WINDOW_SECONDS
+from invoiced_connect.core.models import (
+    Attention,
+    Connection,
+    ConnectionStatus,
+    InvalidConnectionId,
+    validate_connection_id,
+)
 from invoiced_connect.sdk.tokens import (
     MAX_MIN_VALIDITY_SECONDS,
     AccessToken,
@@ -39,6 +46,7 @@ from invoiced_connect.sdk.tokens import (
     ConnectionRevoked,
     FreshTokenRequest,
     NeedsReauthorization,
+    ReadCounts,
     TokenError,
     TokenReader,
     TokenRejected,
@@ -61,9 +69,6 @@ ERROR_CODES = (
     "not_configured",
     "internal_error",
 )
-MIN_LINK_TTL_SECONDS = 60
-MAX_LINK_TTL_SECONDS = 30 * 86400
-DEFAULT_LINK_TTL_SECONDS = 3600
 MAX_LIST_LIMIT = 500
 DEFAULT_LIST_LIMIT = 100
 #: The order in which the attention listing walks the index's partitions.
@@ -147,13 +152,13 @@ def integer(request: Mapping[str, Any], name: str, *, low: int, high: int, defau
 def create_link(event: Any, *, settings: Any, signing_key: Callable[[], str], now: float | None = None
                 ) -> dict[str, Any]:
     """``links.request`` -> ``links.answer`` (the link's URL and expiry)."""
-    from invoiced_connect.connect.links import build_claims, link_url, sign_link_token
+    from invoiced_connect.connect.links import DEFAULT_TTL, MAX_TTL, MIN_TTL, build_claims, link_url, sign_link_token
     from invoiced_connect.core.return_urls import ReturnUrlError
 
     request = parse(event, required=("connection_id",), optional=("return_to", "ttl_seconds"))
     connection_id = connection_id_of(request)
-    ttl = integer(request, "ttl_seconds", low=MIN_LINK_TTL_SECONDS, high=MAX_LINK_TTL_SECONDS,
-                  default=DEFAULT_LINK_TTL_SECONDS)
+    ttl = integer(request, "ttl_seconds", low=int(MIN_TTL.total_seconds()), high=int(MAX_TTL.total_seconds()),
+                  default=int(DEFAULT_TTL.total_seconds()))
     return_to = request.get("return_to")
     if return_to is not None and not isinstance(return_to, str):
         raise AppApiError("bad_request", "return_to must be a string")
@@ -174,12 +179,13 @@ class TokenVendor:
     first need (a warm cache hit needs none).
     """
 
-    def __init__(self, *, store: Any, cipher: Any, refresher: Callable[[], Any], window_seconds: int = 15 * 60,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, store: Any, cipher: Any, refresher: Callable[[], Any],
+                 window_seconds: int = DEFAULT_REFRESH_WINDOW_SECONDS, clock: Callable[[], float] = time.time,
+                 counts: ReadCounts | None = None) -> None:
         self._refresher = refresher
         self.wait_seconds = float(REFRESH_WAIT_SECONDS)
         self.reader = TokenReader(store=store, cipher=cipher, fresh=self._refresh, window_seconds=window_seconds,
-                                  clock=clock)
+                                  clock=clock, counts=counts)
 
     def get_token(self, event: Any, remaining_seconds: float = 60.0) -> dict[str, Any]:
         """``tokens.request`` -> ``tokens.answer``."""
@@ -206,9 +212,9 @@ class TokenVendor:
         cid, outcome = request.connection_id, result.outcome
         if outcome is RefreshOutcome.NOT_FOUND:
             raise ConnectionNotFound(cid, f"no connection {cid!r}")
-        if outcome is RefreshOutcome.NEEDS_REAUTH or result.status == "needs_reauth":
+        if outcome is RefreshOutcome.NEEDS_REAUTH or result.status == ConnectionStatus.NEEDS_REAUTH:
             raise NeedsReauthorization(cid, f"connection {cid!r} needs to be reconnected")
-        if result.status == "revoked":
+        if result.status == ConnectionStatus.REVOKED:
             raise ConnectionRevoked(cid, f"connection {cid!r} was disconnected")
         if outcome is RefreshOutcome.TOKEN_REJECTED:
             raise TokenRejected(cid, "Invoiced rejected the token again after it was replaced for that reason; "
@@ -223,7 +229,7 @@ class TokenVendor:
 def connection_view(row: Connection) -> dict[str, Any]:
     """What the app may know of a connection (``connection-state.answer``): never a token."""
     # A closed connection says why it closed; an active one why it needs attention, if it does.
-    reason = row.status_reason if row.status.value != "active" else (row.last_error if row.attention else None)
+    reason = row.status_reason if row.status is not ConnectionStatus.ACTIVE else (row.last_error if row.attention else None)
     return {
         "connection_id": row.connection_id,
         "status": row.status.value,

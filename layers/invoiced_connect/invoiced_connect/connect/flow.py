@@ -23,7 +23,6 @@ and log keys.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from invoiced_connect.cloud import events as lifecycle
+from invoiced_connect.cloud import events as connection_events
 from invoiced_connect.cloud.events import EventPublisher
 from invoiced_connect.cloud.secrets import SecretError
 from invoiced_connect.connect import pages
@@ -40,7 +39,14 @@ from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureE
 from invoiced_connect.connect.pages import HttpResult
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
 from invoiced_connect.core import b64url
-from invoiced_connect.core.metrics import REPLACED_GRANT_REVOKE_FAILED, REPLACED_GRANT_REVOKED
+from invoiced_connect.core.metrics import (
+    CONNECT_FAILED,
+    CONNECT_STARTED,
+    CONNECTED,
+    RECONNECTED,
+    REPLACED_GRANT_REVOKE_FAILED,
+    REPLACED_GRANT_REVOKED,
+)
 from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core.settings import Settings, SettingsError
 from invoiced_connect.invoiced.client import (
@@ -95,10 +101,24 @@ class RequestRefused(Exception):
         self.status, self.title, self.message, self.reason = status, title, message, reason
 
 
-# What the flow reports (see FlowReport): the outcomes, and for a failure one
-# of a small fixed set of reasons (invoiced_connect.core.metrics.CONNECT_FAILURE_REASONS);
-# the logs keep the finer RequestRefused reason.
-STARTED, CONNECTED, RECONNECTED, FAILED = "started", "connected", "reconnected", "failed"
+class FlowOutcome(StrEnum):
+    """What one ``/connect`` or ``/callback`` request came to (see FlowReport), each
+    counted by its metric; for a failure, one of a small fixed set of reasons
+    (invoiced_connect.core.metrics.CONNECT_FAILURE_REASONS); the logs keep the
+    finer RequestRefused reason."""
+
+    STARTED = "started"
+    CONNECTED = "connected"
+    RECONNECTED = "reconnected"
+    FAILED = "failed"
+
+    @property
+    def metric_name(self) -> str:
+        return _FLOW_METRICS[self]
+
+
+_FLOW_METRICS = {FlowOutcome.STARTED: CONNECT_STARTED, FlowOutcome.CONNECTED: CONNECTED,
+                 FlowOutcome.RECONNECTED: RECONNECTED, FlowOutcome.FAILED: CONNECT_FAILED}
 _FAILURE_REASON = {
     "no_link": "link_invalid",
     "bad_link": "link_invalid",
@@ -138,7 +158,7 @@ class FlowReport:
     """
 
     on_connection_id: Callable[[str], None] | None = None
-    outcome: str | None = None
+    outcome: FlowOutcome | None = None
     reason: str | None = None
     connection_id: str | None = None
     #: What became of a reconnect's replaced grant at Invoiced.
@@ -149,13 +169,17 @@ class FlowReport:
         if self.on_connection_id is not None:
             self.on_connection_id(connection_id)
 
-    def succeed(self, outcome: str) -> None:
+    @property
+    def failed(self) -> bool:
+        return self.outcome is FlowOutcome.FAILED
+
+    def succeed(self, outcome: FlowOutcome) -> None:
         self.outcome, self.reason = outcome, None
 
     def fail(self, reason: str) -> None:
         """Record a failure, unless the request already succeeded or failed (the first word stands)."""
         if self.outcome is None:
-            self.outcome, self.reason = FAILED, reason
+            self.outcome, self.reason = FlowOutcome.FAILED, reason
 
     def refused(self, exc: RequestRefused) -> None:
         self.fail(_FAILURE_REASON.get(exc.reason, "bad_request"))
@@ -204,24 +228,13 @@ class ConnectFlow:
     #: ``(force) -> [current, previous?]``; ``force`` reads the secret again.
     link_keys: Callable[[bool], list[str]]
     client_secret: Callable[[bool], str]
+    #: The Invoiced client (the runtime's: one HTTP connection pool per execution environment).
+    invoiced: Callable[[], InvoicedClient]
+    #: When a connection's tokens are due for refresh (the refresher's policy).
+    policy: RefreshPolicy
     clock: Callable[[], float] = time.time
     events: EventPublisher | None = None
     _keys_reread_at: float = dataclasses.field(default=float("-inf"), init=False, repr=False)
-
-    @functools.cached_property
-    def _policy(self) -> RefreshPolicy:
-        return RefreshPolicy.from_settings(self.settings)
-
-    @functools.cached_property
-    def _invoiced(self) -> InvoicedClient:
-        """One client (and HTTP connection pool) per execution environment."""
-        return InvoicedClient(
-            base_url=self.settings.invoiced_base_url,
-            api_url=self.settings.invoiced_api_url,
-            client_id=self.settings.require_client_id(),
-            client_secret=self.client_secret,
-            timeout=self.settings.http_timeout,
-        )
 
     # ------------------------------------------------------------------ /connect
     def start(self, query: Query, reference: str, report: FlowReport | None = None) -> HttpResult:
@@ -253,7 +266,7 @@ class ConnectFlow:
             return verify_link_token(token, self.link_keys(True), now=now)
 
     def _start(self, query: Query, report: FlowReport) -> HttpResult:
-        client = self._invoiced  # fails early, before any write, if unconfigured
+        client = self.invoiced()  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
             raise RequestRefused(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
@@ -296,7 +309,7 @@ class ConnectFlow:
             code_challenge=s256_challenge(verifier),
         )
         cookie = f"{COOKIE_NAME}={binding}; Max-Age={STATE_TTL_SECONDS}; {_COOKIE_ATTRIBUTES}"
-        report.succeed(STARTED)
+        report.succeed(FlowOutcome.STARTED)
         return pages.redirect(location, status=302, cookies=(cookie,))
 
     # ------------------------------------------------------------------ /callback
@@ -347,7 +360,7 @@ class ConnectFlow:
                 "Open the connect link again in this browser.",
                 "no_cookie",
             )
-        client = self._invoiced
+        client = self.invoiced()
         if code:
             self.client_secret(False)  # unconfigured? fail before spending the state
         try:
@@ -384,7 +397,7 @@ class ConnectFlow:
         try:
             ciphertext = self.cipher.encrypt(flow.connection_id, tokens.access_token, tokens.refresh_token)
             # Just connected: the app is about to use it, so keep it fresh for a while.
-            active_until = now + self._policy.active_use_seconds
+            active_until = now + self.policy.active_use_seconds
             saved = self.store.save_replacing(
                 connection_id=flow.connection_id,
                 tokens=tokens,
@@ -393,7 +406,7 @@ class ConnectFlow:
                 issuer=flow.issuer,
                 api_url=self.settings.invoiced_api_url,
                 now=now,
-                refresh_at=self._policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
+                refresh_at=self.policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
                                                         active_until=active_until, lifetime=tokens.lifetime),
                 active_until=active_until,
             )
@@ -401,7 +414,7 @@ class ConnectFlow:
             report.fail("store_failed")  # the 500 page and its log line come from the handler
             raise
         connection = saved.connection
-        report.succeed(CONNECTED if connection.version == 1 else RECONNECTED)
+        report.succeed(FlowOutcome.CONNECTED if connection.version == 1 else FlowOutcome.RECONNECTED)
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
@@ -410,7 +423,7 @@ class ConnectFlow:
             report.replaced_grant = self._revoke_replaced(client, connection.connection_id, saved.replaced)
         company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
         if self.events is not None:
-            kind = lifecycle.CONNECTION_CREATED if connection.version == 1 else lifecycle.CONNECTION_RECONNECTED
+            kind = connection_events.CONNECTION_CREATED if connection.version == 1 else connection_events.CONNECTION_RECONNECTED
             self.events.publish(kind, dataclasses.replace(connection, company_name=company_name))
         if flow.return_to:
             return pages.redirect(

@@ -31,6 +31,7 @@ from invoiced_connect.core.models import InvalidConnectionId, validate_connectio
 from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 
 VERSION = "v1"
+MIN_TTL = timedelta(seconds=60)
 DEFAULT_TTL = timedelta(hours=1)
 MAX_TTL = timedelta(days=30)
 MAX_TOKEN_LENGTH = 4096
@@ -126,8 +127,8 @@ def build_claims(
     validate_connection_id(connection_id)
     if return_to is not None:
         check_return_url(return_to, allowlist)
-    if not timedelta(seconds=60) <= ttl <= MAX_TTL:
-        raise LinkError(f"ttl must be between 60 seconds and {MAX_TTL.days} days")
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise LinkError(f"ttl must be between {int(MIN_TTL.total_seconds())} seconds and {MAX_TTL.days} days")
     issued = time.time() if now is None else now
     return LinkClaims(connection_id, return_to, int(issued + ttl.total_seconds()))
 

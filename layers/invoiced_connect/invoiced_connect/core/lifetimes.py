@@ -21,6 +21,8 @@ import math
 
 #: The lifetime every margin below was chosen for (Invoiced's access tokens).
 REFERENCE_LIFETIME_SECONDS = 3600
+#: How long before a connection's refresh time the scheduler queues it (REFRESH_WINDOW_MINUTES).
+DEFAULT_REFRESH_WINDOW_SECONDS = 15 * 60
 #: Never hand out a token with less than this left, by default.
 MIN_VALIDITY_SECONDS = 300
 #: The most a caller may ask to be left on a token (half a lifetime).

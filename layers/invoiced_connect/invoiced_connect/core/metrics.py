@@ -12,7 +12,10 @@ Every metric is a CloudWatch EMF count in the namespace of
 ``Reconnected``             ``/callback`` re-authorized an existing connection
 ``Refresh<Outcome>``        one per refresh outcome (``RefreshRefreshed``,
                             ``RefreshNeedsReauth``: a connection now needing
-                            re-authorization, ...)
+                            re-authorization, ...), and the worker's own
+                            ``RefreshMalformed``, ``RefreshError``,
+                            ``RefreshSkippedClientAuth`` and ``RefreshDeferred``
+``ConnectionsDue``          the scheduler found these due (``ConnectionsQueued``: queued)
 ``RefreshFailed``           outcomes that left the connection without a new token
                             (:data:`REFRESH_FAILED_OUTCOMES`)
 ``RefreshPermanentFailure`` failures no retry fixes (:data:`REFRESH_PERMANENT_OUTCOMES`)
@@ -23,7 +26,7 @@ Every metric is a CloudWatch EMF count in the namespace of
 The app API's functions also count ``<Kind>Requests`` and ``<Kind>Errors``
 (``LinkRequests``, ``TokenErrors``, ...), :data:`TOKENS_REJECTED` and
 :data:`APP_API_INTERNAL_ERRORS`; the connections function
-``Disconnect<Outcome>`` and ``BadRequests``. Emitting them is
+``Disconnect<Outcome>`` and :data:`BAD_REQUESTS`. Emitting them is
 :mod:`invoiced_connect.entry.observability`'s job; the alarms in
 template.yaml use these names (a test checks they agree).
 """
@@ -94,3 +97,10 @@ def refresh_aggregates(outcomes: Mapping[str, int]) -> dict[str, int]:
 TOKENS_REJECTED = "TokensRejected"
 #: An app API request failed unexpectedly (the caller got ``internal_error``).
 APP_API_INTERNAL_ERRORS = "AppApiInternalErrors"
+#: The scheduler: connections found due, and those queued for the worker.
+CONNECTIONS_DUE = "ConnectionsDue"
+CONNECTIONS_QUEUED = "ConnectionsQueued"
+#: The worker: messages not started for lack of time (redelivered).
+REFRESH_DEFERRED = "RefreshDeferred"
+#: The connections function: requests refused as malformed.
+BAD_REQUESTS = "BadRequests"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from invoiced_connect.core.environments import api_url_for_issuer
+from invoiced_connect.core.lifetimes import DEFAULT_REFRESH_WINDOW_SECONDS
 
 DEFAULT_BASE_URL = "https://invoiced.com"
 DEFAULT_API_URL = "https://api.invoiced.com"
@@ -42,7 +43,7 @@ class Settings:
     connections_function_name: str | None = None
     tokens_function_name: str | None = None
     refresh_queue_url: str | None = None
-    refresh_window_seconds: int = 15 * 60
+    refresh_window_seconds: int = DEFAULT_REFRESH_WINDOW_SECONDS
     keepalive_seconds: int = 30 * 86400
     active_use_seconds: int = 24 * 3600
     #: At most one rotation per connection in this time when Invoiced rejects its stored token.
@@ -190,7 +191,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tokens_function_name=env.get("TOKENS_FUNCTION_NAME", "").strip() or None,
         refresh_queue_url=env.get("REFRESH_QUEUE_URL", "").strip() or None,
         # Access tokens live an hour; refresh tokens a year from their last rotation.
-        refresh_window_seconds=60 * _whole_number(env, "REFRESH_WINDOW_MINUTES", 15, 5, 50),
+        refresh_window_seconds=60 * _whole_number(env, "REFRESH_WINDOW_MINUTES", DEFAULT_REFRESH_WINDOW_SECONDS // 60, 5, 50),
         keepalive_seconds=86400 * _whole_number(env, "KEEPALIVE_DAYS", 30, 1, 300),
         active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
         rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),

@@ -1,6 +1,6 @@
 """The connections function: a locked refresh or a disconnect, on request.
 
-Invoked synchronously (by the reader SDK and the CLI), never routed. It
+Invoked synchronously (by operators: the CLI, ``invoiced_connect.disconnect``), never routed. It
 answers with an outcome, a status and a version, never a token, so whoever
 may invoke it still needs the table and key to read one.
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from invoiced_connect import runtime
-from invoiced_connect.core.metrics import refresh_aggregates
+from invoiced_connect.core.metrics import BAD_REQUESTS, refresh_aggregates
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.lifecycle.disconnect import Disconnector, DisconnectOutcome
 from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
@@ -58,13 +58,14 @@ def handle(event: Any, remaining_seconds: float, refresher: Refresher | None = N
         action, connection_id, stale, force, asked_wait = _parse(event)
     except InvalidConnectionsRequest as exc:
         return {"error": "bad_request", "message": str(exc)}
+    disconnector = Disconnector(refresher) if refresher else runtime.current().disconnector
     refresher = refresher or runtime.current().refresher
     # Wait for another refresher's lease as long as asked, within this invocation.
     wait = max(0.0, remaining_seconds - ACTION_RESERVE_SECONDS)
     if asked_wait is not None:
         wait = min(wait, float(asked_wait))
     if action == "disconnect":
-        return Disconnector(refresher).disconnect(connection_id, wait_seconds=wait).as_dict()
+        return disconnector.disconnect(connection_id, wait_seconds=wait).as_dict()
     mode = Mode.FORCED if force else Mode.ON_DEMAND
     return refresher.refresh(connection_id, mode=mode, stale_version=stale, wait_seconds=wait).as_dict()
 
@@ -82,7 +83,7 @@ def metric_name(answer: Mapping[str, Any], action: str | None = None) -> str | N
     have (``busy``, ``not_found``) is taken for a disconnect's.
     """
     if "error" in answer:
-        return "BadRequests"
+        return BAD_REQUESTS
     outcome = answer.get("outcome")
     if outcome in _DISCONNECT_OUTCOMES and action != "refresh":
         return DisconnectOutcome(outcome).metric_name

@@ -17,10 +17,7 @@ from invoiced_connect.core.metrics import (
     APP_API_INTERNAL_ERRORS,
     CONNECT_FAILED,
     CONNECT_FAILURE_REASONS,
-    CONNECT_STARTED,
-    CONNECTED,
     REASON_DIMENSION,
-    RECONNECTED,
     TOKEN_CACHE_MISSES,
     TOKEN_READS,
     TOKENS_REJECTED,
@@ -40,9 +37,6 @@ def add_counts(metrics: Metrics, counts: Mapping[str, int]) -> None:
 
 
 # ---------------------------------------------------------------------- the connect flow
-_FLOW_METRICS = {"started": CONNECT_STARTED, "connected": CONNECTED, "reconnected": RECONNECTED}
-
-
 def count_flow(metrics: Metrics, report: FlowReport) -> None:
     """Count what one ``/connect`` or ``/callback`` request came to.
 
@@ -52,30 +46,32 @@ def count_flow(metrics: Metrics, report: FlowReport) -> None:
     request that neither started, finished nor failed a connect (the outcome
     page, a 404) counts nothing.
     """
-    if report.outcome == "failed":
+    if report.failed:
         from aws_lambda_powertools.metrics import single_metric
 
         reason = report.reason if report.reason in CONNECT_FAILURE_REASONS else "unexpected"
         with single_metric(name=CONNECT_FAILED, unit="Count", value=1,
                            default_dimensions=metrics.default_dimensions) as metric:
             metric.add_dimension(name=REASON_DIMENSION, value=reason)
-    elif report.outcome in _FLOW_METRICS:
-        metrics.add_metric(name=_FLOW_METRICS[report.outcome], unit="Count", value=1)
+    elif report.outcome is not None:
+        metrics.add_metric(name=report.outcome.metric_name, unit="Count", value=1)
     if report.replaced_grant is not None:  # a reconnect's old grant at Invoiced: revoked or not
         metrics.add_metric(name=report.replaced_grant.metric_name, unit="Count", value=1)
 
 
 # ---------------------------------------------------------------------- the token SDK
 def add_token_metrics(metrics: Metrics) -> dict[str, int]:
-    """Add ``TokenReads`` and ``TokenCacheMisses`` since the last call (this process's readers).
+    """Add ``TokenReads`` and ``TokenCacheMisses`` since the last call (this process's
+    readers: those :mod:`invoiced_connect.runtime` built).
 
-    For your own Lambdas that use the SDK; call it once per invocation, inside
-    a handler decorated with Powertools' ``@metrics.log_metrics``. Reading the
-    counters is free (no I/O). Returns what was added.
+    For your own Lambdas that use the SDK (``from invoiced_connect import
+    add_token_metrics``); call it once per invocation, inside a handler
+    decorated with Powertools' ``@metrics.log_metrics``. Reading the counters
+    is free (no I/O). Returns what was added.
     """
-    from invoiced_connect.sdk.tokens import READ_COUNTS
+    from invoiced_connect import runtime
 
-    reads, misses = READ_COUNTS.take()
+    reads, misses = runtime.current().read_counts.take()
     counts = {TOKEN_READS: reads, TOKEN_CACHE_MISSES: misses}
     add_counts(metrics, counts)
     return counts

@@ -3,7 +3,7 @@
 Handlers stay a few lines: they route, call the flow, and hand its
 :class:`~invoiced_connect.connect.pages.HttpResult` back through :func:`to_response`.
 Anything unexpected becomes a plain 500 page with a reference id, never a
-stack trace or a reflected value. :func:`handle` resolves one event and
+stack trace or a reflected value. :func:`resolve` resolves one event and
 counts what it came to (see :func:`invoiced_connect.entry.observability.count_flow`);
 the connection id joins the log keys as soon as the flow knows it.
 
@@ -81,12 +81,12 @@ def request_cookies(app: APIGatewayHttpResolver) -> dict[str, str]:
 
 
 def report(app: APIGatewayHttpResolver) -> FlowReport:
-    """This request's report (see :func:`handle`)."""
+    """This request's report (see :func:`resolve`)."""
     found = app.context.get(_REPORT)
     return found if isinstance(found, FlowReport) else FlowReport()
 
 
-def handle(app: APIGatewayHttpResolver, logger: Logger, metrics: Metrics, event: Any, context: Any) -> Any:
+def resolve(app: APIGatewayHttpResolver, logger: Logger, metrics: Metrics, event: Any, context: Any) -> Any:
     """Resolve one API Gateway event; then count what it came to (ConnectStarted,
     ConnectFailed by reason, Connected, Reconnected).
 
@@ -105,7 +105,7 @@ def handle(app: APIGatewayHttpResolver, logger: Logger, metrics: Metrics, event:
             metrics.flush_metrics()
 
 
-def configure(app: APIGatewayHttpResolver, logger: Logger) -> None:
+def install(app: APIGatewayHttpResolver, logger: Logger) -> None:
     """Route the package's own log records through the handler's JSON logger
     and turn unexpected exceptions into a plain 500 page."""
     use_handler_logger(logger)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from invoiced_connect.cloud import events as lifecycle
+from invoiced_connect.cloud import events as connection_events
 from invoiced_connect.core.lifetimes import min_validity
 from invoiced_connect.core.metrics import outcome_metric_name
 from invoiced_connect.core.models import Connection, ConnectionStatus
@@ -98,18 +98,18 @@ class Disconnector:
             try:
                 reason = self._revoke(row, blob)
             except TransientError as exc:
-                r.store.release_lease(connection_id, owner=owner)
+                r.release(lease)
                 logger.warning("disconnect postponed: Invoiced unreachable",
                                extra={"connection_id": connection_id, "reason": exc.reason})
                 return self._result(row, DisconnectOutcome.UNAVAILABLE)
             except BaseException:
-                r.store.release_lease(connection_id, owner=owner)
+                r.release(lease)
                 raise
             revoked = r.store.mark_revoked(connection_id, owner=owner, version=row.version, now=int(r.clock()),
                                            reason=reason)
             self._discard_rescue(connection_id)
             logger.info("connection disconnected", extra={"connection_id": connection_id, "reason": reason})
-            r.events.publish(lifecycle.CONNECTION_DISCONNECTED, revoked, reason=reason)
+            r.events.publish(connection_events.CONNECTION_DISCONNECTED, revoked, reason=reason)
             return self._result(revoked, DisconnectOutcome.DISCONNECTED)
 
     def _revoke(self, row: Connection, blob: SealedTokens | None) -> str:

@@ -52,8 +52,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from invoiced_connect.cloud import events as lifecycle
-from invoiced_connect.core.lifetimes import REFERENCE_LIFETIME_SECONDS, min_validity, scaled
+from invoiced_connect.cloud import events as connection_events
+from invoiced_connect.core.lifetimes import (
+    DEFAULT_REFRESH_WINDOW_SECONDS,
+    REFERENCE_LIFETIME_SECONDS,
+    min_validity,
+    scaled,
+)
 from invoiced_connect.core.metrics import outcome_metric_name
 from invoiced_connect.core.models import Connection, ConnectionStatus
 from invoiced_connect.invoiced.client import (
@@ -155,7 +160,7 @@ class RefreshResult:
 class RefreshPolicy:
     """When connections are refreshed; built from :class:`Settings`."""
 
-    window_seconds: int = 15 * 60
+    window_seconds: int = DEFAULT_REFRESH_WINDOW_SECONDS
     keepalive_seconds: int = 30 * 86400
     active_use_seconds: int = 24 * 3600
     lease_seconds: int = 60
@@ -337,6 +342,10 @@ class Refresher:
                 break
         return True
 
+    def release(self, lease: Lease) -> None:
+        """Give ``lease`` back without a commit (nothing was changed under it)."""
+        self.store.release_lease(lease.row.connection_id, owner=lease.owner)
+
     def revoke(self, access_token: str) -> None:
         """Revoke a grant at Invoiced by its access token (its refresh token goes with it)."""
         self._invoiced().revoke(access_token)
@@ -408,7 +417,7 @@ class Refresher:
                        extra={"connection_id": row.connection_id, "retry_at": retry_at,
                               "alarm": "token_rejected"})
         if self.store.note_rejection(row.connection_id, now=now, rotated_at=row.rejected_refresh_at):
-            self.events.publish(lifecycle.CONNECTION_TOKEN_REJECTED, row, reason="token_rejected")
+            self.events.publish(connection_events.CONNECTION_TOKEN_REJECTED, row, reason="token_rejected")
         return self._result(row, RefreshOutcome.TOKEN_REJECTED, retry_at=retry_at)
 
     def _needed(self, row: Connection, mode: Mode, stale_version: int | None, now: int) -> bool:
@@ -524,7 +533,7 @@ class Refresher:
         self._retry_write(lambda: self.store.put_rescue(rescue))
         logger.error("new tokens could not be committed; kept aside for recovery",
                      extra={"connection_id": row.connection_id, "reason": reason, "alarm": "tokens_kept_aside"})
-        self.events.publish(lifecycle.CONNECTION_REFRESH_FAILING, row, reason="kept_aside")
+        self.events.publish(connection_events.CONNECTION_REFRESH_FAILING, row, reason="kept_aside")
         # Try to recover at once; if that fails too, the rescue row is in the
         # due-index and the next scheduler run brings it back.
         try:
@@ -561,7 +570,7 @@ class Refresher:
             return self._result(row, RefreshOutcome.RACE_RECOVERED)
         logger.warning("refresh token rejected: the connection needs re-authorization",
                        extra={"connection_id": row.connection_id, "reason": reason})
-        self.events.publish(lifecycle.CONNECTION_NEEDS_REAUTH, marked, reason=reason)
+        self.events.publish(connection_events.CONNECTION_NEEDS_REAUTH, marked, reason=reason)
         return self._result(marked, RefreshOutcome.NEEDS_REAUTH)
 
     def _failed(self, row: Connection, owner: str, reason: str, *, outcome_unknown: bool = False,
@@ -598,7 +607,7 @@ class Refresher:
         else:
             logger.warning("refresh failed, will retry", extra=extra)
         if outcome_unknown or failures == FAILING_EVENT_AFTER:
-            self.events.publish(lifecycle.CONNECTION_REFRESH_FAILING, marked, reason=reason)
+            self.events.publish(connection_events.CONNECTION_REFRESH_FAILING, marked, reason=reason)
         flagged = outcome_unknown or probe_failed or (bool(row.outcome_unknown_at) and not settled)
         outcome = RefreshOutcome.UNKNOWN_OUTCOME if flagged else RefreshOutcome.TRANSIENT
         return self._result(marked, outcome, retry_at=now + delay)

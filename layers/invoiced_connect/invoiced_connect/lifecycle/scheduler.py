@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from invoiced_connect.cloud import aws
+from invoiced_connect.core.metrics import CONNECTIONS_DUE, CONNECTIONS_QUEUED
 from invoiced_connect.storage.store import DUE_SHARDS, DueKey, TokenStore
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class ScheduleReport:
     def as_dict(self) -> dict[str, Any]:
         return {"due": self.due, "items_read": self.items_read, "queued": self.queued, "failed": self.failed,
                 "shards": self.shards, "stopped_early": self.stopped_early, "kinds": dict(self.kinds)}
+
+    def metrics(self) -> dict[str, int]:
+        """``ConnectionsDue`` and ``ConnectionsQueued`` for this run."""
+        return {CONNECTIONS_DUE: self.due, CONNECTIONS_QUEUED: self.queued}
 
 
 def message_for(key: DueKey) -> str:

@@ -29,9 +29,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from invoiced_connect.core.metrics import outcome_metric_name, refresh_aggregates
+from invoiced_connect.core.metrics import REFRESH_DEFERRED, outcome_metric_name, refresh_aggregates
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.lifecycle.refresh import Mode, Refresher, RefreshOutcome
 from invoiced_connect.lifecycle.scheduler import SQS_BATCH, message_for
@@ -39,6 +40,14 @@ from invoiced_connect.storage.store import DueKey
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+class RecordOutcome(StrEnum):
+    """A message's outcome when the refresher gave none (else it is a RefreshOutcome's value)."""
+
+    MALFORMED = "malformed"  # not a refresh message: dropped, never retried
+    SKIPPED_CLIENT_AUTH = "skipped_client_auth"  # after a client-auth failure in this batch
+    ERROR = "error"  # the refresher raised: redelivered
+
 
 #: ``(message_id, connection_id) -> context manager`` around one record's handling
 #: (log keys, a trace subsegment); the caller puts ``outcome`` in the dict it yields.
@@ -76,11 +85,11 @@ class BatchReport:
             name = outcome_metric_name(outcome)  # RefreshOutcome.metric_name for the refresher's outcomes
             counts[name] = counts.get(name, 0) + count
         if self.deferred:
-            counts["RefreshDeferred"] = self.deferred
+            counts[REFRESH_DEFERRED] = self.deferred
         return counts
 
     def aggregates(self) -> dict[str, int]:
-        """``RefreshFailed`` and ``RefreshPermanentFailure`` (see :mod:`invoiced_connect.entry.observability`)."""
+        """``RefreshFailed`` and ``RefreshPermanentFailure`` (see :func:`invoiced_connect.core.metrics.refresh_aggregates`)."""
         return refresh_aggregates(self.outcomes)
 
     def response(self) -> dict[str, Any]:
@@ -131,9 +140,9 @@ def process_batch(
             if connection_id is None or kind is None:
                 # Not ours to retry: a malformed message would only reach the DLQ later.
                 logger.error("malformed refresh message dropped", extra={"message_id": message_id})
-                outcome = "malformed"
+                outcome = RecordOutcome.MALFORMED
             elif stop_client_calls and kind == "refresh":
-                outcome = "skipped_client_auth"  # the next schedule run finds it again
+                outcome = RecordOutcome.SKIPPED_CLIENT_AUTH  # the next schedule run finds it again
             else:
                 outcome, retry_at = _handle(refresher, connection_id, kind)
                 if outcome == RefreshOutcome.UNKNOWN_OUTCOME and retry_at is not None:
@@ -143,7 +152,7 @@ def process_batch(
                     stop_client_calls = True
             facts["outcome"] = outcome
             report.outcomes[outcome] += 1
-        if outcome == "error":
+        if outcome == RecordOutcome.ERROR:
             raise Redeliver(outcome)  # outside the scope: the trace records the outcome, not an exception
         return outcome
 
@@ -169,7 +178,7 @@ def _handle(refresher: Refresher, connection_id: str, kind: str) -> tuple[str, i
     except Exception as exc:  # noqa: BLE001 - one failure never blocks the others
         logger.error("refresh failed unexpectedly",
                      extra={"connection_id": connection_id, "error_type": type(exc).__name__})
-        return "error", None
+        return RecordOutcome.ERROR, None
     return result.outcome.value, result.retry_at
 
 

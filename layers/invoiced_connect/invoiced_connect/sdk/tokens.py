@@ -56,6 +56,7 @@ Readers count the tokens asked of them and the cache misses (no I/O);
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -64,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from invoiced_connect.core.lifetimes import (
+    DEFAULT_REFRESH_WINDOW_SECONDS,
     MAX_MIN_VALIDITY_SECONDS,
     MIN_VALIDITY_SECONDS,
     ROTATION_MARGIN_SECONDS,
@@ -75,7 +77,7 @@ from invoiced_connect.core.lifetimes import (
 from invoiced_connect.core.models import Connection, ConnectionStatus, validate_connection_id
 
 __all__ = [
-    "ERRORS_BY_CODE", "MAX_MIN_VALIDITY_SECONDS", "MIN_VALIDITY_SECONDS", "READ_COUNTS", "RECHECK_SECONDS",
+    "ERRORS_BY_CODE", "MAX_MIN_VALIDITY_SECONDS", "MIN_VALIDITY_SECONDS", "RECHECK_SECONDS",
     "ROTATION_MARGIN_SECONDS", "AccessToken", "ConnectionNotFound", "ConnectionRevoked", "FreshTokenRequest",
     "NeedsReauthorization", "ReadCounts", "TokenError", "TokenReader", "TokenRejected", "TokenUnavailable",
     "lambda_invoker", "token_from_answer",
@@ -240,13 +242,9 @@ class ReadCounts:
             return counts
 
 
-#: What every reader of this process counts into, unless given its own;
-#: ``invoiced_connect.entry.observability.add_token_metrics`` emits it.
-READ_COUNTS = ReadCounts()
-
-
 def lambda_invoker(function_name: str, client_factory: Callable[[], Any] | None = None) -> Invoker:
-    """Call the connections function synchronously with boto3 and return its answer."""
+    """Invoke ``function_name`` (the tokens or the connections function) synchronously with boto3
+    and return its JSON answer."""
 
     if client_factory is None:
         from invoiced_connect.cloud import aws
@@ -258,7 +256,7 @@ def lambda_invoker(function_name: str, client_factory: Callable[[], Any] | None 
         response = client.invoke(FunctionName=function_name, Payload=json.dumps(payload).encode("utf-8"))
         body = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError") or not isinstance(body, dict):
-            raise TokenUnavailable(payload.get("connection_id", ""), "the connections function failed")
+            raise TokenUnavailable(payload.get("connection_id", ""), f"the function {function_name} failed")
         return body
 
     return invoke
@@ -282,7 +280,7 @@ class TokenReader:
         cipher: Any,
         invoke: Invoker | None = None,
         fresh: FreshTokens | None = None,
-        window_seconds: int = 15 * 60,
+        window_seconds: int = DEFAULT_REFRESH_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
         coalesce: bool = True,
         counts: ReadCounts | None = None,
@@ -304,7 +302,7 @@ class TokenReader:
         #: connection id -> (version, until): a replacement after a 401 was refused.
         self._rejected: dict[str, tuple[int, int]] = {}
         self.calls = {"reads": 0, "decrypts": 0, "refresh_requests": 0}
-        self.counts = READ_COUNTS if counts is None else counts
+        self.counts = ReadCounts() if counts is None else counts
 
     # ---------------------------------------------------------------- public
     def get_token(self, connection_id: str, *, min_validity_seconds: int | None = None) -> AccessToken:
@@ -490,12 +488,4 @@ def _needed(min_validity_seconds: int | None, lifetime: int) -> int:
     return min(min_validity_seconds, max_min_validity(lifetime))
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
+_NO_LOCK = contextlib.nullcontext()  # reusable: holds nothing
