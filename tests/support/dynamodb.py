@@ -4,6 +4,7 @@ TokenStore on it: for unit tests of storage/store.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ def create_tokens_table(client: Any, name: str = TABLE_NAME) -> None:
     )
 
 
-@pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+@contextmanager
+def moto_tokens_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A DynamoDB client on moto (no network) with the tokens table created."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -53,8 +54,14 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 @pytest.fixture
-def token_store(dynamodb: Any) -> Any:
+def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """:func:`moto_tokens_table` as a fixture."""
+    with moto_tokens_table(monkeypatch) as client:
+        yield client
+
+
+def token_store_on(client: Any) -> Any:
     """A TokenStore on the moto table (one client for every call)."""
     from invoiced_connect.storage.store import TokenStore
 
-    return TokenStore(TABLE_NAME, client_factory=lambda: dynamodb)
+    return TokenStore(TABLE_NAME, client_factory=lambda: client)
