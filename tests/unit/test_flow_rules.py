@@ -1,0 +1,956 @@
+"""The connect flow's rules (connect/flow.py) against recording fakes of the
+store, cipher, Invoiced client, policy and events: what /connect stores and
+where it sends the browser, and what /callback consumes, claims, exchanges,
+stores, revokes, labels, publishes and shows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from invoiced_connect.cloud import events as connection_events
+from invoiced_connect.cloud.secrets import SecretError
+from invoiced_connect.connect import flow as flow_module
+from invoiced_connect.connect.flow import (
+    CLEAR_COOKIE,
+    CLEAR_RESULT_COOKIE,
+    COOKIE_NAME,
+    DENIED_MESSAGE,
+    LINK_USED_MESSAGE,
+    RESULT_COOKIE_NAME,
+    ConnectFlow,
+    FlowOutcome,
+    FlowReport,
+    ReplacedGrant,
+    RequestRefused,
+    _single,
+    decode_outcome,
+    outcome_cookie,
+    parse_cookies,
+    parse_query,
+)
+from invoiced_connect.connect.links import LinkClaims, sign_link_token
+from invoiced_connect.connect.pages import HttpResult, OutcomePage
+from invoiced_connect.connect.pkce import fingerprint, s256_challenge
+from invoiced_connect.core import b64url
+from invoiced_connect.core.metrics import (
+    CONNECT_FAILED,
+    CONNECT_STARTED,
+    CONNECTED,
+    RECONNECTED,
+    REPLACED_GRANT_REVOKE_FAILED,
+    REPLACED_GRANT_REVOKED,
+)
+from invoiced_connect.core.models import Company, Connection, ConnectionStatus, TokenSet
+from invoiced_connect.core.settings import SettingsError, load_settings
+from invoiced_connect.invoiced.client import (
+    ApiError,
+    ClientAuthError,
+    InvalidGrantError,
+    InvalidTokenResponseError,
+    TransientError,
+)
+from invoiced_connect.storage.crypto import SealedTokens
+from invoiced_connect.storage.store import LinkAlreadyUsed, Saved, StateRejected
+
+NOW = 1_800_000_000.75  # a fractional clock: the flow works in whole seconds
+KEY = "k" * 43
+CID = "acme-42"
+LINK_ID = "0123456789abcdef0123"
+RETURN_TO = "https://app.example.com/done?tab=x"
+ENV = {
+    "TABLE_NAME": "tokens",
+    "KMS_KEY_ID": "kms-key",
+    "PUBLIC_BASE_URL": "https://connect.example.com",
+    "INVOICED_CLIENT_ID": "client-1",
+    "INVOICED_BASE_URL": "https://sandbox.invoiced.com",
+    "INVOICED_SCOPE": "read",
+    "RETURN_URL_ALLOWLIST": "https://app.example.com/",
+}
+REDIRECT_URI = "https://connect.example.com/callback"
+ISSUER = "https://sandbox.invoiced.com"
+
+
+# ------------------------------------------------------------------ fakes
+class FakeStore:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.states: dict[str, object] = {}
+        self.used_links: set[str] = set()
+        self.claimed: set[str] = set()
+        self.version = 1
+        self.replaced: SealedTokens | None = None
+        self.save_error: Exception | None = None
+        self.name_saved = True
+
+    def is_link_used(self, link_hash):
+        self.calls.append(("is_link_used", link_hash))
+        return link_hash in self.used_links
+
+    def put_state(self, state):
+        self.calls.append(("put_state", state))
+        self.states[state.state_hash] = state
+
+    def consume_state(self, state_hash, binding_hash, now):
+        self.calls.append(("consume_state", state_hash, binding_hash, now))
+        state = self.states.pop(state_hash, None)
+        if state is None or state.binding_hash != binding_hash or state.expires_at <= now:
+            raise StateRejected()
+        return state
+
+    def claim_link(self, link_hash, *, connection_id, expires_at, now):
+        self.calls.append(("claim_link", link_hash, connection_id, expires_at, now))
+        if link_hash in self.used_links:
+            raise LinkAlreadyUsed()
+        self.used_links.add(link_hash)
+
+    def release_link(self, link_hash):
+        self.calls.append(("release_link", link_hash))
+        self.used_links.discard(link_hash)
+
+    def save_replacing(self, **kwargs):
+        self.calls.append(("save_replacing", kwargs))
+        if self.save_error is not None:
+            raise self.save_error
+        tokens = kwargs["tokens"]
+        connection = Connection(
+            connection_id=kwargs["connection_id"], tenant_id=tokens.tenant_id, company_name=kwargs["company_name"],
+            scopes=tokens.scopes, issuer=kwargs["issuer"], status=ConnectionStatus.ACTIVE,
+            expires_at=tokens.expires_at, version=self.version, created_at=kwargs["now"], updated_at=kwargs["now"],
+            refresh_at=kwargs["refresh_at"], active_until=kwargs["active_until"],
+        )
+        return Saved(connection, self.replaced)
+
+    def set_company_name(self, connection_id, name, *, version):
+        self.calls.append(("set_company_name", connection_id, name, version))
+        return self.name_saved
+
+    def names(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+
+class FakeCipher:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def encrypt(self, connection_id, access_token, refresh_token):
+        self.calls.append(("encrypt", connection_id, access_token, refresh_token))
+        return SealedTokens(access=f"A:{access_token}".encode(), refresh=f"R:{refresh_token}".encode())
+
+    def decrypt_access(self, connection_id, sealed):
+        self.calls.append(("decrypt_access", connection_id, sealed))
+        return sealed.access.decode().removeprefix("A:")
+
+
+TOKENS = TokenSet(access_token="new-access", refresh_token="new-refresh", expires_at=1_800_003_600,
+                  tenant_id="167", scopes=("read",), lifetime=3500)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.exchange_error: Exception | None = None
+        self.company: Company | Exception = Company(id="167", name="Acme Inc")
+        self.revoke_error: Exception | None = None
+
+    def authorize_url(self, **kwargs):
+        self.calls.append(("authorize_url", kwargs))
+        return "https://sandbox.invoiced.com/oauth/authorize?x=1"
+
+    def exchange_code(self, **kwargs):
+        self.calls.append(("exchange_code", kwargs))
+        if self.exchange_error is not None:
+            raise self.exchange_error
+        return TOKENS
+
+    def current_company(self, access_token, *, timeout=None):
+        self.calls.append(("current_company", access_token, timeout))
+        if isinstance(self.company, Exception):
+            raise self.company
+        return self.company
+
+    def revoke(self, token, *, timeout=None):
+        self.calls.append(("revoke", token, timeout))
+        if self.revoke_error is not None:
+            raise self.revoke_error
+
+
+class FakePolicy:
+    active_use_seconds = 7200
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def next_refresh_at(self, **kwargs):
+        self.calls.append(kwargs)
+        return 1_800_001_234
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.published: list[tuple] = []
+
+    def publish(self, kind, connection):
+        self.published.append((kind, connection))
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def __call__(self, force):
+        self.calls.append(force)
+        return [KEY]
+
+
+class Secret:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[bool] = []
+        self.error = error
+
+    def __call__(self, force):
+        self.calls.append(force)
+        if self.error is not None:
+            raise self.error
+        return "secret"
+
+
+def make_flow(*, invoiced_error: Exception | None = None, events=True, env=None):
+    store, cipher, client, policy = FakeStore(), FakeCipher(), FakeClient(), FakePolicy()
+    bus = FakeEvents() if events else None
+
+    def invoiced():
+        if invoiced_error is not None:
+            raise invoiced_error
+        return client
+
+    flow = ConnectFlow(settings=load_settings(env or ENV), store=store, cipher=cipher, link_keys=Keys(),
+                       client_secret=Secret(), invoiced=invoiced, policy=policy, clock=lambda: NOW,
+                       events=bus)
+    return SimpleNamespace(flow=flow, store=store, cipher=cipher, client=client, policy=policy, events=bus)
+
+
+def signed_link(return_to: str | None = None, expires_at: int = 1_800_000_900, key: str = KEY) -> str:
+    return sign_link_token(LinkClaims(CID, return_to, expires_at, LINK_ID), key)
+
+
+def cookie_value(set_cookie: str, name: str) -> str:
+    first = set_cookie.split(";", 1)[0]
+    assert first.startswith(f"{name}=")
+    return first.split("=", 1)[1]
+
+
+def started(t, return_to: str | None = None):
+    """Run /connect; return (state, binding) as the browser would carry them back."""
+    result = t.flow.start({"link": [signed_link(return_to)]}, "ref-s")
+    assert result.status == 302
+    state = t.client.calls[-1][1]["state"]
+    binding = cookie_value(result.cookies[0], COOKIE_NAME)
+    t.store.calls.clear()
+    t.client.calls.clear()
+    return state, binding
+
+
+def outcome_of(result: HttpResult) -> OutcomePage:
+    """The outcome page a callback redirect carries in its cookie."""
+    assert result.status == 303
+    assert result.headers["Location"] == REDIRECT_URI
+    assert result.cookies[0] == CLEAR_COOKIE
+    outcome = decode_outcome(cookie_value(result.cookies[1], RESULT_COOKIE_NAME))
+    assert outcome is not None
+    assert len(result.cookies) == 2
+    return outcome
+
+
+# ------------------------------------------------------------------ helpers
+def test_parse_query_of_nothing_and_of_blank_values():
+    assert parse_query("") == {}
+    assert parse_query(None) == {}  # type: ignore[arg-type]
+    assert parse_query("a=&b=2&a=1") == {"a": ["", "1"], "b": ["2"]}
+
+
+def test_parse_cookies_skips_parts_without_equals_and_keeps_values_with_equals():
+    assert parse_cookies(["flag; a=b=c", " x = y ", "z="]) == {"a": "b=c", "x ": " y", "z": ""}
+    assert parse_cookies([]) == {}
+
+
+def test_single_refuses_repeats_and_overlong_values_with_their_wording():
+    with pytest.raises(RequestRefused) as info:
+        _single({"code": ["a", "b"]}, "code")
+    assert (info.value.status, info.value.title, info.value.message, info.value.reason) == (
+        400, "Invalid request", "The code parameter was given more than once.", "duplicate_param")
+    assert str(info.value) == "The code parameter was given more than once."
+    assert _single({"code": ["x" * 4096]}, "code") == "x" * 4096
+    with pytest.raises(RequestRefused) as info:
+        _single({"code": ["x" * 4097]}, "code")
+    assert (info.value.status, info.value.title, info.value.message, info.value.reason) == (
+        400, "Invalid request", "The code parameter is too long.", "param_too_long")
+    assert _single({"code": []}, "code") is None
+    assert _single({"code": [""]}, "code") == ""
+
+
+def test_flow_report_first_failure_stands_and_success_clears_the_reason():
+    seen: list[str] = []
+    report = FlowReport(on_connection_id=seen.append)
+    report.identify("c-1")
+    assert (report.connection_id, seen) == ("c-1", ["c-1"])
+    FlowReport().identify("c-2")  # no callback: nothing to call
+    assert not report.failed
+    report.fail("denied")
+    report.fail("other")
+    assert (report.outcome, report.reason, report.failed) == (FlowOutcome.FAILED, "denied", True)
+    report.succeed(FlowOutcome.CONNECTED)
+    assert (report.outcome, report.reason, report.failed) == (FlowOutcome.CONNECTED, None, False)
+    report.fail("late")
+    assert (report.outcome, report.reason) == (FlowOutcome.CONNECTED, None)
+
+
+@pytest.mark.parametrize(("reason", "counted"), [
+    ("no_link", "link_invalid"), ("bad_link", "link_invalid"), ("return_to", "return_url_refused"),
+    ("link_used", "link_used"), ("duplicate_param", "bad_request"), ("param_too_long", "bad_request"),
+    ("no_state", "bad_request"), ("no_code", "bad_request"), ("no_cookie", "state_rejected"),
+    ("state_rejected", "state_rejected"), ("issuer", "state_rejected"), ("code_invalid", "code_rejected"),
+    ("something_new", "bad_request"),
+])
+def test_a_refusal_is_counted_under_its_fixed_reason(reason, counted):
+    report = FlowReport()
+    report.refused(RequestRefused(400, "t", "m", reason))
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, counted)
+
+
+def test_metric_names():
+    assert FlowOutcome.STARTED.metric_name == CONNECT_STARTED
+    assert FlowOutcome.CONNECTED.metric_name == CONNECTED
+    assert FlowOutcome.RECONNECTED.metric_name == RECONNECTED
+    assert FlowOutcome.FAILED.metric_name == CONNECT_FAILED
+    assert ReplacedGrant.REVOKED.metric_name == REPLACED_GRANT_REVOKED
+    assert ReplacedGrant.REVOKE_FAILED.metric_name == REPLACED_GRANT_REVOKE_FAILED
+    assert (ReplacedGrant.REVOKED, ReplacedGrant.REVOKE_FAILED) == ("revoked", "revoke_failed")
+    assert [o.value for o in FlowOutcome] == ["started", "connected", "reconnected", "failed"]
+
+
+# ------------------------------------------------------------------ outcome cookie
+def test_outcome_cookie_round_trips_with_exact_attributes():
+    page = OutcomePage(502, "Could not connect", "Invoiced's answer could not be used.", "ref-1",
+                       company="Acme", connected=False)
+    cookie = outcome_cookie(page)
+    name_value, attributes = cookie.split("; ", 1)
+    assert attributes == "Max-Age=60; Path=/; Secure; HttpOnly; SameSite=Lax"
+    value = cookie_value(cookie, RESULT_COOKIE_NAME)
+    assert json.loads(b64url.decode(value)) == {"s": 502, "t": "Could not connect",
+                                                "m": "Invoiced's answer could not be used.", "r": "ref-1",
+                                                "c": "Acme", "ok": False}
+    assert b64url.decode(value) == json.dumps(json.loads(b64url.decode(value)), separators=(",", ":")).encode()
+    assert decode_outcome(value) == page
+    assert f"{RESULT_COOKIE_NAME}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax" == CLEAR_RESULT_COOKIE
+    assert CLEAR_COOKIE == "__Host-invoiced-connect=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax"
+
+
+def test_outcome_cookie_clips_long_texts_at_their_limits():
+    page = OutcomePage(200, "t" * 101, "m" * 401, "r" * 101, company="c" * 201, connected=True)
+    decoded = decode_outcome(cookie_value(outcome_cookie(page), RESULT_COOKIE_NAME))
+    assert decoded == OutcomePage(200, "t" * 99 + "\u2026", "m" * 399 + "\u2026", "r" * 99 + "\u2026",
+                                  company="c" * 199 + "\u2026", connected=True)
+    exact = OutcomePage(200, "t" * 100, "m" * 400, "r" * 100, company="c" * 200, connected=True)
+    assert decode_outcome(cookie_value(outcome_cookie(exact), RESULT_COOKIE_NAME)) == exact
+    nameless = OutcomePage(400, "t", "m", "r")
+    assert decode_outcome(cookie_value(outcome_cookie(nameless), RESULT_COOKIE_NAME)) == nameless
+
+
+def encoded(payload) -> str:
+    return b64url.encode(json.dumps(payload).encode())
+
+
+GOOD = {"s": 400, "t": "T", "m": "M", "r": "R"}
+
+
+def test_decode_outcome_reads_what_it_can_and_rejects_the_rest():
+    assert decode_outcome(encoded(GOOD)) == OutcomePage(400, "T", "M", "R", None, False)
+    assert decode_outcome(encoded({**GOOD, "s": "403", "t": 5, "c": 7, "ok": 1})) == OutcomePage(
+        403, "5", "M", "R", "7", False)
+    assert decode_outcome(encoded({**GOOD, "ok": True})).connected is True
+    for status in (200, 400, 403, 502, 503):
+        assert decode_outcome(encoded({**GOOD, "s": status})).status == status
+    for status in (201, 302, 404, 500):
+        assert decode_outcome(encoded({**GOOD, "s": status})) is None
+    for missing in ("s", "t", "m", "r"):
+        assert decode_outcome(encoded({k: v for k, v in GOOD.items() if k != missing})) is None
+    assert decode_outcome(encoded({**GOOD, "s": "x"})) is None
+    assert decode_outcome(encoded({**GOOD, "s": None})) is None
+    assert decode_outcome(encoded([1])) is None
+    assert decode_outcome("") is None
+    assert decode_outcome("!!!") is None
+    assert decode_outcome(b64url.encode(b"not json")) is None
+    padded = encoded({**GOOD, "m": "x" * 2000})
+    assert len(padded) <= 3000 and decode_outcome(padded) is not None
+    big = encoded({**GOOD, "m": "x" * 2300})
+    assert len(big) > 3000 and decode_outcome(big) is None
+
+
+def test_decode_outcome_length_limit_is_exactly_3000():
+    for length in (2999, 3000, 3001, 3002):
+        filler = "x" * 10
+        value = encoded({**GOOD, "m": filler})
+        while len(value) < length:
+            filler += "x"
+            value = encoded({**GOOD, "m": filler})
+        if len(value) != length:
+            continue
+        assert (decode_outcome(value) is not None) == (length <= 3000)
+
+
+# ------------------------------------------------------------------ /connect
+def test_start_stores_the_flow_and_redirects_to_invoiced_with_pkce(caplog):
+    t = make_flow()
+    seen: list[str] = []
+    report = FlowReport(on_connection_id=seen.append)
+    token = signed_link(RETURN_TO)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.start({"link": [token]}, "ref-1", report)
+
+    assert result.status == 302
+    assert result.headers["Location"] == "https://sandbox.invoiced.com/oauth/authorize?x=1"
+    assert result.body == ""
+    [(_, authorize)] = t.client.calls
+    assert set(authorize) == {"redirect_uri", "scope", "state", "code_challenge"}
+    assert authorize["redirect_uri"] == REDIRECT_URI
+    assert authorize["scope"] == "read"
+    [cookie] = result.cookies
+    binding = cookie_value(cookie, COOKIE_NAME)
+    assert cookie == f"__Host-invoiced-connect={binding}; Max-Age=600; Path=/; Secure; HttpOnly; SameSite=Lax"
+    assert len(binding) >= 43 and len(authorize["state"]) >= 43 and binding != authorize["state"]
+
+    assert t.store.names() == ["is_link_used", "put_state"]
+    assert t.store.calls[0] == ("is_link_used", fingerprint(LINK_ID))
+    state = t.store.calls[1][1]
+    assert state.state_hash == fingerprint(authorize["state"])
+    assert state.binding_hash == fingerprint(binding)
+    assert s256_challenge(state.code_verifier) == authorize["code_challenge"]
+    assert len(state.code_verifier) == 43
+    assert (state.connection_id, state.issuer, state.redirect_uri, state.scope, state.return_to) == (
+        CID, ISSUER, REDIRECT_URI, "read", RETURN_TO)
+    assert state.expires_at == 1_800_000_600
+    assert (state.link_hash, state.link_expires_at) == (fingerprint(LINK_ID), 1_800_000_900)
+    assert (report.outcome, report.reason, report.connection_id, seen) == (FlowOutcome.STARTED, None, CID, [CID])
+    assert t.flow.link_keys.calls == [False]
+    assert [(r.getMessage(), r.connection_id) for r in caplog.records] == [("connect started", CID)]
+
+
+def test_two_starts_use_fresh_state_binding_and_verifier():
+    t = make_flow()
+    t.flow.start({"link": [signed_link()]}, "r")
+    t.flow.start({"link": [signed_link()]}, "r")
+    first, second = (call[1] for call in t.store.calls if call[0] == "put_state")
+    assert first.state_hash != second.state_hash
+    assert first.binding_hash != second.binding_hash
+    assert first.code_verifier != second.code_verifier
+    assert first.return_to is None
+
+
+def refused_page(result: HttpResult, status: int, title: str, message: str, reference: str) -> None:
+    assert result.status == status
+    assert f"<title>{title}</title>" in result.body.replace("&#x27;", "'")
+    body = result.body.replace("&#x27;", "'")
+    assert f"<h1>{title}</h1><p>{message}</p>" in body
+    assert f"Reference: <code>{reference}</code>" in body
+    assert "Location" not in result.headers
+
+
+@pytest.mark.parametrize(("query", "message", "reason"), [
+    ({}, "This page needs a connect link from the application.", "link_invalid"),
+    ({"link": [""]}, "This page needs a connect link from the application.", "link_invalid"),
+    ({"link": ["v1.bad"]}, "the connect link is malformed. Ask the application for a new link.", "link_invalid"),
+])
+def test_start_without_a_usable_link_is_refused(query, message, reason, caplog):
+    t = make_flow()
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.start(query, "ref-2", report)
+    refused_page(result, 403, "Invalid link", message, "ref-2")
+    assert result.cookies == ()
+    assert t.store.calls == []
+    assert (report.outcome, report.reason, report.connection_id) == (FlowOutcome.FAILED, reason, None)
+    [record] = caplog.records
+    assert (record.getMessage(), record.reason, record.reference, record.levelno) == (
+        "connect refused", "no_link" if "needs" in message else "bad_link", "ref-2", logging.INFO)
+
+
+def test_start_refuses_a_foreign_signature_and_an_expired_link():
+    t = make_flow()
+    result = t.flow.start({"link": [signed_link(key="f" * 43)]}, "ref")
+    refused_page(result, 403, "Invalid link",
+                 "the connect link's signature is not valid. Ask the application for a new link.", "ref")
+    assert t.flow.link_keys.calls == [False, True]
+    result = t.flow.start({"link": [signed_link(expires_at=1_800_000_000)]}, "ref")
+    refused_page(result, 403, "Invalid link", "the connect link has expired. Ask the application for a new link.", "ref")
+    assert t.store.calls == []
+
+
+def test_start_refuses_a_repeated_link_parameter():
+    t = make_flow()
+    report = FlowReport()
+    result = t.flow.start({"link": [signed_link(), signed_link()]}, "ref", report)
+    refused_page(result, 400, "Invalid request", "The link parameter was given more than once.", "ref")
+    assert report.reason == "bad_request"
+
+
+def test_start_refuses_a_return_url_no_longer_allowed():
+    t = make_flow(env={**ENV, "RETURN_URL_ALLOWLIST": "https://other.example.com/"})
+    report = FlowReport()
+    result = t.flow.start({"link": [signed_link(RETURN_TO)]}, "ref", report)
+    refused_page(result, 403, "Invalid link", "The link's return address is no longer allowed.", "ref")
+    assert (report.reason, report.connection_id) == ("return_url_refused", CID)
+    assert t.store.calls == []
+
+
+def test_start_refuses_a_used_link_before_storing_anything():
+    t = make_flow()
+    t.store.used_links.add(fingerprint(LINK_ID))
+    report = FlowReport()
+    result = t.flow.start({"link": [signed_link()]}, "ref", report)
+    refused_page(result, 403, "Link already used", LINK_USED_MESSAGE, "ref")
+    assert t.store.names() == ["is_link_used"]
+    assert report.reason == "link_used"
+
+
+@pytest.mark.parametrize("error", [SettingsError("no client id"), SecretError("no secret")])
+def test_start_unconfigured_is_a_503_before_any_read_or_write(error, caplog):
+    t = make_flow(invoiced_error=error)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.start({"link": [signed_link()]}, "ref-9", report)
+    refused_page(result, 503, "Not available", "This connection service is not configured yet.", "ref-9")
+    assert t.store.calls == [] and t.flow.link_keys.calls == []
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "not_configured")
+    [record] = caplog.records
+    assert (record.getMessage(), record.error, record.reference, record.levelno) == (
+        "connect not configured", str(error), "ref-9", logging.ERROR)
+
+
+def test_start_without_a_report_still_answers():
+    t = make_flow()
+    assert t.flow.start({"link": [signed_link()]}, "r").status == 302
+    assert t.flow.start({}, "r").status == 403
+
+
+# ------------------------------------------------------------------ /callback: outcome page
+def test_callback_without_query_shows_the_outcome_cookie_once():
+    t = make_flow()
+    cookie = outcome_cookie(OutcomePage(200, "Connected", "", "r", company="Acme <b>", connected=True))
+    result = t.flow.callback({}, {RESULT_COOKIE_NAME: cookie_value(cookie, RESULT_COOKIE_NAME)}, "ref")
+    assert result.status == 200
+    assert "<h1>Connected to Acme &lt;b&gt;</h1>" in result.body
+    assert result.cookies == (CLEAR_RESULT_COOKIE,)
+    assert t.store.calls == [] and t.client.calls == []
+
+
+def test_callback_without_query_or_outcome_says_nothing_to_show():
+    t = make_flow()
+    report = FlowReport()
+    result = t.flow.callback({}, {}, "ref-0", report)
+    refused_page(result, 400, "Nothing to show", "Open the connect link from the application to connect.", "ref-0")
+    assert result.cookies == ()
+    assert report.outcome is None
+    assert t.flow.callback({}, {RESULT_COOKIE_NAME: "garbage"}, "ref-0").status == 400
+
+
+# ------------------------------------------------------------------ /callback: connected
+def test_callback_connects_stores_first_then_labels_and_publishes(caplog):
+    t = make_flow()
+    state, binding = started(t)
+    seen: list[str] = []
+    report = FlowReport(on_connection_id=seen.append)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], "code": ["the-code"]}, {COOKIE_NAME: binding}, "ref-c", report)
+
+    assert outcome_of(result) == OutcomePage(200, "Connected", "", "ref-c", company="Acme Inc", connected=True)
+    assert t.flow.client_secret.calls == [False]
+    link_hash = fingerprint(LINK_ID)
+    assert t.store.calls[:2] == [
+        ("consume_state", fingerprint(state), fingerprint(binding), 1_800_000_000),
+        ("claim_link", link_hash, CID, 1_800_000_900, 1_800_000_000),
+    ]
+    assert t.store.names() == ["consume_state", "claim_link", "save_replacing", "set_company_name"]
+    assert t.client.calls[0][0] == "exchange_code"
+    exchange = t.client.calls[0][1]
+    assert set(exchange) == {"code", "redirect_uri", "code_verifier"}
+    assert (exchange["code"], exchange["redirect_uri"]) == ("the-code", REDIRECT_URI)
+    assert len(exchange["code_verifier"]) == 43
+    assert t.cipher.calls == [("encrypt", CID, "new-access", "new-refresh")]
+    saved = t.store.calls[2][1]
+    assert saved == dict(connection_id=CID, tokens=TOKENS,
+                         ciphertext=SealedTokens(access=b"A:new-access", refresh=b"R:new-refresh"),
+                         company_name=None, issuer=ISSUER, api_url="https://api.sandbox.invoiced.com",
+                         now=1_800_000_000, refresh_at=1_800_001_234, active_until=1_800_007_200)
+    assert t.policy.calls == [dict(expires_at=1_800_003_600, now=1_800_000_000, active_until=1_800_007_200,
+                                   lifetime=3500)]
+    assert t.client.calls[1:] == [("current_company", "new-access", 3.0)]
+    assert t.store.calls[3] == ("set_company_name", CID, "Acme Inc", 1)
+    [(kind, published)] = t.events.published
+    assert kind == connection_events.CONNECTION_CREATED
+    assert (published.connection_id, published.company_name, published.version) == (CID, "Acme Inc", 1)
+    assert (report.outcome, report.reason, report.connection_id, seen) == (FlowOutcome.CONNECTED, None, CID, [CID])
+    assert report.replaced_grant is None
+    messages = [(r.getMessage(), getattr(r, "connection_id", None)) for r in caplog.records]
+    assert ("connection saved", CID) in messages
+    saved_record = next(r for r in caplog.records if r.getMessage() == "connection saved")
+    assert (saved_record.tenant_id, saved_record.version) == ("167", 1)
+
+
+def test_callback_returns_to_the_application_with_the_connection_id():
+    t = make_flow()
+    state, binding = started(t, RETURN_TO)
+    report = FlowReport()
+    result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
+    assert result.status == 303
+    assert result.headers["Location"] == "https://app.example.com/done?tab=x&connection_id=acme-42&status=connected"
+    assert result.cookies == (CLEAR_COOKIE,)
+    assert report.outcome is FlowOutcome.CONNECTED
+
+
+def test_reconnect_revokes_the_replaced_grant_and_publishes_reconnected(caplog):
+    t = make_flow()
+    t.store.version = 2
+    t.store.replaced = SealedTokens(access=b"A:old-access", refresh=b"R:old-refresh")
+    state, binding = started(t)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result).connected is True
+    assert t.cipher.calls[1] == ("decrypt_access", CID, t.store.replaced)
+    assert t.client.calls[1] == ("revoke", "old-access", 3.0)
+    assert t.client.calls[2] == ("current_company", "new-access", 3.0)
+    assert (report.outcome, report.replaced_grant) == (FlowOutcome.RECONNECTED, ReplacedGrant.REVOKED)
+    assert t.store.calls[-1] == ("set_company_name", CID, "Acme Inc", 2)
+    assert t.events.published[0][0] == connection_events.CONNECTION_RECONNECTED
+    revoked = next(r for r in caplog.records if "revoked" in r.getMessage())
+    assert (revoked.getMessage(), revoked.connection_id) == ("the replaced grant was revoked at Invoiced", CID)
+
+
+@pytest.mark.parametrize("case", ["pre_split", "revoke_fails"])
+def test_a_failed_revoke_is_logged_and_the_reconnect_stands(case, caplog):
+    t = make_flow()
+    t.store.version = 3
+    if case == "pre_split":
+        t.store.replaced = SealedTokens(pair=b"old-pair")
+    else:
+        t.store.replaced = SealedTokens(access=b"A:old", refresh=b"R:old")
+        t.client.revoke_error = TransientError("timeout", reason="timed_out")
+    state, binding = started(t)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result).connected is True
+    assert (report.outcome, report.replaced_grant) == (FlowOutcome.RECONNECTED, ReplacedGrant.REVOKE_FAILED)
+    revokes = [c for c in t.client.calls if c[0] == "revoke"]
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == ("the replaced grant could not be revoked at Invoiced; it stays valid there "
+                                    "until it expires")
+    assert warning.connection_id == CID
+    if case == "pre_split":
+        assert revokes == [] and t.cipher.calls == [("encrypt", CID, "new-access", "new-refresh")]
+        assert (warning.error_type, warning.reason) == ("ValueError", None)
+    else:
+        assert revokes == [("revoke", "old", 3.0)]
+        assert (warning.error_type, warning.reason) == ("TransientError", "timed_out")
+
+
+def test_a_revoke_error_with_an_empty_reason_logs_none(caplog):
+    t = make_flow()
+    t.store.version = 2
+    t.store.replaced = SealedTokens(access=b"A:old", refresh=b"R:old")
+    t.client.revoke_error = RuntimeError("boom")
+    state, binding = started(t)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (warning.error_type, warning.reason) == ("RuntimeError", None)
+
+
+@pytest.mark.parametrize(("company", "name_saved", "shown", "stored"), [
+    (ApiError("down", reason="api_down"), True, None, False),
+    (Company(id="1", name=""), True, None, False),
+    (Company(id="1", name="Acme Inc"), False, "Acme Inc", True),
+])
+def test_the_company_label_is_best_effort(company, name_saved, shown, stored, caplog):
+    t = make_flow()
+    t.client.company = company
+    t.store.name_saved = name_saved
+    state, binding = started(t)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result) == OutcomePage(200, "Connected", "", "ref", company=shown, connected=True)
+    assert ("set_company_name" in t.store.names()) is stored
+    assert t.events.published[0][1].company_name == shown
+    assert report.outcome is FlowOutcome.CONNECTED
+    if isinstance(company, Exception):
+        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert (warning.getMessage(), warning.reason, warning.connection_id) == ("company lookup failed", "api_down", CID)
+
+
+def test_callback_without_events_publisher_still_connects():
+    t = make_flow(events=False)
+    state, binding = started(t)
+    result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    assert outcome_of(result).connected is True
+
+
+def test_a_failed_save_is_reported_and_raised():
+    t = make_flow()
+    t.store.save_error = RuntimeError("dynamo down")
+    state, binding = started(t)
+    report = FlowReport()
+    with pytest.raises(RuntimeError, match="dynamo down"):
+        t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "store_failed")
+    assert "release_link" not in t.store.names()
+    assert [c[0] for c in t.client.calls] == ["exchange_code"]
+
+
+# ------------------------------------------------------------------ /callback: refused
+def callback_refused(t, query, cookies, status, title, message, reason, **checks):
+    report = FlowReport()
+    result = t.flow.callback(query, cookies, "ref-r", report)
+    outcome = outcome_of(result)
+    assert outcome == OutcomePage(status, title, message, "ref-r")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, reason)
+    return report
+
+
+def test_callback_without_state_is_refused_before_anything():
+    t = make_flow()
+    callback_refused(t, {"code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
+                     "The sign-in response has no state. Start again from your link.", "bad_request")
+    callback_refused(t, {"state": [""], "code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
+                     "The sign-in response has no state. Start again from your link.", "bad_request")
+    assert t.store.calls == [] and t.flow.client_secret.calls == []
+
+
+def test_callback_with_repeated_parameters_is_refused():
+    t = make_flow()
+    for name in ("state", "code", "error", "error_description"):
+        query = {"state": ["s"], "code": ["c"], name: ["a", "b"]}
+        callback_refused(t, query, {COOKIE_NAME: "b"}, 400, "Invalid request",
+                         f"The {name} parameter was given more than once.", "bad_request")
+    assert t.store.calls == []
+
+
+def test_callback_without_the_cookie_is_refused_and_keeps_the_state(caplog):
+    t = make_flow()
+    state, _ = started(t)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        for cookies in ({}, {COOKIE_NAME: ""}):
+            callback_refused(t, {"state": [state], "code": ["c"]}, cookies, 400, "Session not found",
+                             "This browser did not start the connection (or its cookie expired). "
+                             "Open the connect link again in this browser.", "state_rejected")
+    assert t.store.calls == []
+    assert [(r.getMessage(), r.reason, r.reference) for r in caplog.records] == [
+        ("callback refused", "no_cookie", "ref-r")] * 2
+
+
+def test_callback_with_a_rejected_state_is_refused():
+    t = make_flow()
+    state, binding = started(t)
+    report = callback_refused(
+        t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding + "x"}, 400, "Link expired",
+        "This sign-in attempt has expired, was already used, or was started in another browser. "
+        "Start again from your connect link.", "state_rejected")
+    assert report.connection_id is None
+    assert t.store.names() == ["consume_state"]
+    assert t.client.calls == []
+
+
+def test_a_state_is_consumed_once():
+    t = make_flow()
+    state, binding = started(t)
+    t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    again = outcome_of(t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref"))
+    assert again.title == "Link expired"
+    assert [c[0] for c in t.client.calls].count("exchange_code") == 1
+
+
+def test_callback_from_another_issuer_is_refused_after_consuming():
+    t = make_flow()
+    state, binding = started(t)
+    t.flow.settings = load_settings({**ENV, "INVOICED_BASE_URL": "https://invoiced.com"})
+    report = callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400, "Invalid request",
+                              "This sign-in was started against another Invoiced environment.", "state_rejected")
+    assert report.connection_id == CID
+    assert t.store.names() == ["consume_state"]
+
+
+def test_callback_without_code_or_error_is_refused():
+    t = make_flow()
+    state, binding = started(t)
+    callback_refused(t, {"state": [state]}, {COOKIE_NAME: binding}, 400, "Invalid request",
+                     "The sign-in response has no authorization code.", "bad_request")
+    assert t.flow.client_secret.calls == []
+    assert t.store.names() == ["consume_state"]
+
+
+@pytest.mark.parametrize("error", [SettingsError("x"), SecretError("y")])
+def test_an_unreadable_client_secret_fails_before_spending_the_state(error, caplog):
+    t = make_flow()
+    state, binding = started(t)
+    t.flow.client_secret = Secret(error)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503, "Not available",
+                         "This connection service is not configured yet.", "not_configured")
+    assert t.store.calls == []
+    [record] = caplog.records
+    assert (record.getMessage(), record.error, record.reference, record.levelno) == (
+        "callback not configured", str(error), "ref-r", logging.ERROR)
+
+
+def test_an_unconfigured_client_fails_before_spending_the_state():
+    t = make_flow()
+    state, binding = started(t)
+    t.flow.invoiced = lambda: (_ for _ in ()).throw(SettingsError("no id"))
+    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503, "Not available",
+                     "This connection service is not configured yet.", "not_configured")
+    assert t.store.calls == []
+
+
+def test_a_used_link_is_refused_at_claim_without_exchanging():
+    t = make_flow()
+    state, binding = started(t)
+    t.store.used_links.add(fingerprint(LINK_ID))
+    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400, "Link already used",
+                     LINK_USED_MESSAGE, "link_used")
+    assert t.client.calls == []
+    assert "release_link" not in t.store.names()
+
+
+# ------------------------------------------------------------------ /callback: denied
+@pytest.mark.parametrize(("query", "reason", "logged"), [
+    ({"error_description": ["The resource owner denied the request."]}, "denied", "denied"),
+    ({"error": ["access_denied"]}, "denied", "access_denied"),
+    ({"error": ["access_denied"], "code": ["c"]}, "denied", "access_denied"),
+])
+def test_a_denial_says_nothing_was_connected(query, reason, logged, caplog):
+    t = make_flow()
+    state, binding = started(t)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result) == OutcomePage(200, "Not connected", DENIED_MESSAGE, "ref")
+    assert (report.outcome, report.reason, report.connection_id) == (FlowOutcome.FAILED, reason, CID)
+    assert t.store.names() == ["consume_state"] and t.client.calls == []
+    [record] = caplog.records
+    assert (record.getMessage(), record.connection_id, record.error) == ("authorization not granted", CID, logged)
+
+
+@pytest.mark.parametrize(("query", "message", "logged"), [
+    ({"error": ["server_error"], "error_description": ["Down for maintenance"]},
+     "Invoiced reported: Down for maintenance", "server_error"),
+    ({"error": ["invalid_scope"]}, "Invoiced reported: invalid_scope", "invalid_scope"),
+    ({"error": ["weird<x>"]}, "Invoiced reported: weird<x>", "other"),
+])
+def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logged, caplog):
+    t = make_flow()
+    state, binding = started(t)
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result) == OutcomePage(400, "Not connected", message, "ref")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
+    assert caplog.records[0].error == logged
+
+
+@pytest.mark.parametrize("error", sorted(flow_module.KNOWN_AUTHORIZE_ERRORS))
+def test_each_known_authorize_error_is_logged_by_name(error, caplog):
+    t = make_flow()
+    state, binding = started(t)
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        t.flow.callback({"state": [state], "error": [error]}, {COOKIE_NAME: binding}, "ref")
+    assert caplog.records[0].error == error
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ({"error": ["access_denied"]}, "denied"),
+    ({"error_description": ["no"]}, "denied"),
+    ({"error": ["server_error"]}, "error"),
+])
+def test_a_denial_returns_to_the_application_when_it_asked(query, status):
+    t = make_flow()
+    state, binding = started(t, RETURN_TO)
+    result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref")
+    assert result.status == 303
+    assert result.headers["Location"] == f"https://app.example.com/done?tab=x&connection_id=acme-42&status={status}"
+    assert result.cookies == (CLEAR_COOKIE,)
+
+
+def test_an_error_description_with_a_code_is_not_a_denial():
+    t = make_flow()
+    state, binding = started(t)
+    report = FlowReport()
+    result = t.flow.callback({"state": [state], "code": ["c"], "error_description": ["hm"]},
+                             {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result).connected is True
+    assert report.outcome is FlowOutcome.CONNECTED
+
+
+# ------------------------------------------------------------------ /callback: exchange failures
+@pytest.mark.parametrize(("kind", "message", "reason"), [
+    ("token_response", "Invoiced's answer could not be used.", "exchange_failed"),
+    ("client_auth", "The application's Invoiced credentials were not accepted.", "client_auth_failed"),
+    ("transient", "Invoiced did not answer in time. Start again from your connect link.", "exchange_failed"),
+])
+def test_an_exchange_failure_releases_the_link_and_shows_a_502(kind, message, reason, caplog):
+    errors = {"token_response": InvalidTokenResponseError("bad", status=200, reason="no_token"),
+              "client_auth": ClientAuthError("no", status=401, reason="invalid_client"),
+              "transient": TransientError("slow", status=None, reason="timeout")}
+    t = make_flow()
+    state, binding = started(t)
+    t.client.exchange_error = errors[kind]
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref-x", report)
+    assert outcome_of(result) == OutcomePage(502, "Could not connect", message, "ref-x")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, reason)
+    assert t.store.names() == ["consume_state", "claim_link", "release_link"]
+    assert t.store.calls[-1] == ("release_link", fingerprint(LINK_ID))
+    assert fingerprint(LINK_ID) not in t.store.used_links
+    assert t.cipher.calls == [] and t.events.published == []
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    exc = errors[kind]
+    assert (record.getMessage(), record.reason, record.status, record.reference) == (
+        "code exchange failed", exc.reason, exc.status, "ref-x")
+
+
+def test_an_invalid_grant_is_a_refusal_and_the_link_stays_usable():
+    t = make_flow()
+    state, binding = started(t)
+    t.client.exchange_error = InvalidGrantError("expired", status=400, reason="invalid_grant")
+    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400, "Sign-in expired",
+                     "Invoiced did not accept the authorization (it expired or was already used). "
+                     "Start again from your connect link.", "code_rejected")
+    assert t.store.calls[-1] == ("release_link", fingerprint(LINK_ID))
+
+
+def test_a_refused_callback_with_return_to_still_shows_the_outcome_page():
+    t = make_flow()
+    state, binding = started(t, RETURN_TO)
+    t.client.exchange_error = InvalidGrantError("expired")
+    result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    assert outcome_of(result).title == "Sign-in expired"
+
+
+def test_callback_without_a_report_still_answers():
+    t = make_flow()
+    state, binding = started(t)
+    assert outcome_of(t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "r")).connected
+    assert outcome_of(t.flow.callback({"code": ["c"]}, {}, "r")).status == 400
+
+
+def test_query_parsing_from_the_raw_string_reaches_the_flow():
+    t = make_flow()
+    state, binding = started(t)
+    query = parse_query(f"state={state}&code=abc%20d")
+    cookies = parse_cookies([f"other=1; {COOKIE_NAME}={binding}"])
+    t.flow.callback(query, cookies, "r")
+    assert t.client.calls[0][1]["code"] == "abc d"
