@@ -472,3 +472,42 @@ def test_list_connections_walks_every_page_and_only_connections(db: Any) -> None
     assert list(TokenStore(TABLE, client_factory=lambda: boto3.client("dynamodb")).list_connections()) == [
         dataclasses.replace(FULL, connection_id=c.connection_id) for c in
         TokenStore(TABLE, client_factory=lambda: boto3.client("dynamodb")).list_connections()]
+
+
+class _RecordingReads:
+    """A client that records the arguments of each get_item (moto's reads are
+    always consistent, so only the request shows which were asked for)."""
+
+    def __init__(self) -> None:
+        self._client = boto3.client("dynamodb")
+        self.reads: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_item(self, **kwargs: Any) -> Any:
+        self.reads.append(dict(kwargs))
+        return self._client.get_item(**kwargs)
+
+    def query(self, **kwargs: Any) -> Any:
+        self.reads.append(dict(kwargs))
+        return self._client.query(**kwargs)
+
+
+def test_reads_that_decide_are_strongly_consistent(db: Any) -> None:
+    client = _RecordingReads()
+    store = TokenStore(TABLE, client_factory=lambda: client)
+    store.is_link_used("linkhash1")
+    store.get_rescue("conn-1")
+    store.get_connection("conn-1")
+    store.get_connection_state("conn-1")
+    store.get_connection("conn-1", consistent=False)
+    assert [read.get("ConsistentRead") for read in client.reads] == [True, True, True, True, False]
+    assert [read["Key"] for read in client.reads] == [
+        {"pk": {"S": "link#linkhash1"}}, {"pk": {"S": "rescue#conn-1"}}, *[{"pk": {"S": "conn#conn-1"}}] * 3]
+
+
+def test_due_reads_pages_of_500_by_default(db: Any) -> None:
+    client = _RecordingReads()
+    assert list(TokenStore(TABLE, client_factory=lambda: client).due(2, NOW)) == [([], 0)]
+    assert [(read["IndexName"], read["Limit"]) for read in client.reads] == [("due-index", 500)]
