@@ -75,6 +75,11 @@ ISSUER = "https://sandbox.invoiced.com"
 
 
 # ------------------------------------------------------------------ fakes
+def flow_records(caplog) -> list[logging.LogRecord]:
+    """The flow's own log records (other tests may leave other loggers talking)."""
+    return [record for record in caplog.records if record.name == flow_module.__name__]
+
+
 class FakeStore:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -408,6 +413,7 @@ def test_start_stores_the_flow_and_redirects_to_invoiced_with_pkce(caplog):
     seen: list[str] = []
     report = FlowReport(on_connection_id=seen.append)
     token = signed_link(RETURN_TO)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.start({"link": [token]}, "ref-1", report)
 
@@ -436,7 +442,7 @@ def test_start_stores_the_flow_and_redirects_to_invoiced_with_pkce(caplog):
     assert (state.link_hash, state.link_expires_at) == (fingerprint(LINK_ID), 1_800_000_900)
     assert (report.outcome, report.reason, report.connection_id, seen) == (FlowOutcome.STARTED, None, CID, [CID])
     assert t.flow.link_keys.calls == [False]
-    assert [(r.getMessage(), r.connection_id) for r in caplog.records] == [("connect started", CID)]
+    assert [(r.getMessage(), r.connection_id) for r in flow_records(caplog)] == [("connect started", CID)]
 
 
 def test_two_starts_use_fresh_state_binding_and_verifier():
@@ -467,13 +473,14 @@ def refused_page(result: HttpResult, status: int, title: str, message: str, refe
 def test_start_without_a_usable_link_is_refused(query, message, reason, caplog):
     t = make_flow()
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.start(query, "ref-2", report)
     refused_page(result, 403, "Invalid link", message, "ref-2")
     assert result.cookies == ()
     assert t.store.calls == []
     assert (report.outcome, report.reason, report.connection_id) == (FlowOutcome.FAILED, reason, None)
-    [record] = caplog.records
+    [record] = flow_records(caplog)
     assert (record.getMessage(), record.reason, record.reference, record.levelno) == (
         "connect refused", "no_link" if "needs" in message else "bad_link", "ref-2", logging.INFO)
 
@@ -534,12 +541,13 @@ def test_start_refuses_a_used_link_before_storing_anything():
 def test_start_unconfigured_is_a_503_before_any_read_or_write(error, caplog):
     t = make_flow(invoiced_error=error)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.start({"link": [signed_link()]}, "ref-9", report)
     refused_page(result, 503, "Not available", "This connection service is not configured yet.", "ref-9")
     assert t.store.calls == [] and t.flow.link_keys.calls == []
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "not_configured")
-    [record] = caplog.records
+    [record] = flow_records(caplog)
     assert (record.getMessage(), record.error, record.reference, record.levelno) == (
         "connect not configured", str(error), "ref-9", logging.ERROR)
 
@@ -577,6 +585,7 @@ def test_callback_connects_stores_first_then_labels_and_publishes(caplog):
     state, binding = started(t)
     seen: list[str] = []
     report = FlowReport(on_connection_id=seen.append)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["the-code"]}, {COOKIE_NAME: binding}, "ref-c", report)
 
@@ -608,9 +617,9 @@ def test_callback_connects_stores_first_then_labels_and_publishes(caplog):
     assert (published.connection_id, published.company_name, published.version) == (CID, "Acme Inc", 1)
     assert (report.outcome, report.reason, report.connection_id, seen) == (FlowOutcome.CONNECTED, None, CID, [CID])
     assert report.replaced_grant is None
-    messages = [(r.getMessage(), getattr(r, "connection_id", None)) for r in caplog.records]
+    messages = [(r.getMessage(), getattr(r, "connection_id", None)) for r in flow_records(caplog)]
     assert ("connection saved", CID) in messages
-    saved_record = next(r for r in caplog.records if r.getMessage() == "connection saved")
+    saved_record = next(r for r in flow_records(caplog) if r.getMessage() == "connection saved")
     assert (saved_record.tenant_id, saved_record.version) == ("167", 1)
 
 
@@ -631,6 +640,7 @@ def test_reconnect_revokes_the_replaced_grant_and_publishes_reconnected(caplog):
     t.store.replaced = SealedTokens(access=b"A:old-access", refresh=b"R:old-refresh")
     state, binding = started(t)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
     assert outcome_of(result).connected is True
@@ -640,7 +650,7 @@ def test_reconnect_revokes_the_replaced_grant_and_publishes_reconnected(caplog):
     assert (report.outcome, report.replaced_grant) == (FlowOutcome.RECONNECTED, ReplacedGrant.REVOKED)
     assert t.store.calls[-1] == ("set_company_name", CID, "Acme Inc", 2)
     assert t.events.published[0][0] == connection_events.CONNECTION_RECONNECTED
-    revoked = next(r for r in caplog.records if "revoked" in r.getMessage())
+    revoked = next(r for r in flow_records(caplog) if "revoked" in r.getMessage())
     assert (revoked.getMessage(), revoked.connection_id) == ("the replaced grant was revoked at Invoiced", CID)
 
 
@@ -655,12 +665,13 @@ def test_a_failed_revoke_is_logged_and_the_reconnect_stands(case, caplog):
         t.client.revoke_error = TransientError("timeout", reason="timed_out")
     state, binding = started(t)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
     assert outcome_of(result).connected is True
     assert (report.outcome, report.replaced_grant) == (FlowOutcome.RECONNECTED, ReplacedGrant.REVOKE_FAILED)
     revokes = [c for c in t.client.calls if c[0] == "revoke"]
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    [warning] = [r for r in flow_records(caplog) if r.levelno == logging.WARNING]
     assert warning.getMessage() == ("the replaced grant could not be revoked at Invoiced; it stays valid there "
                                     "until it expires")
     assert warning.connection_id == CID
@@ -678,9 +689,10 @@ def test_a_revoke_error_with_an_empty_reason_logs_none(caplog):
     t.store.replaced = SealedTokens(access=b"A:old", refresh=b"R:old")
     t.client.revoke_error = RuntimeError("boom")
     state, binding = started(t)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    [warning] = [r for r in flow_records(caplog) if r.levelno == logging.WARNING]
     assert (warning.error_type, warning.reason) == ("RuntimeError", None)
 
 
@@ -695,6 +707,7 @@ def test_the_company_label_is_best_effort(company, name_saved, shown, stored, ca
     t.store.name_saved = name_saved
     state, binding = started(t)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref", report)
     assert outcome_of(result) == OutcomePage(200, "Connected", "", "ref", company=shown, connected=True)
@@ -702,7 +715,7 @@ def test_the_company_label_is_best_effort(company, name_saved, shown, stored, ca
     assert t.events.published[0][1].company_name == shown
     assert report.outcome is FlowOutcome.CONNECTED
     if isinstance(company, Exception):
-        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        [warning] = [r for r in flow_records(caplog) if r.levelno == logging.WARNING]
         assert (warning.getMessage(), warning.reason, warning.connection_id) == ("company lookup failed", "api_down", CID)
 
 
@@ -737,13 +750,14 @@ def callback_refused(t, query, cookies, status, title, message, reason, **checks
 
 def test_callback_without_state_is_refused_before_anything(caplog):
     t = make_flow()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         callback_refused(t, {"code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
                          "The sign-in response has no state. Start again from your link.", "bad_request")
         callback_refused(t, {"state": [""], "code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
                          "The sign-in response has no state. Start again from your link.", "bad_request")
     assert t.store.calls == [] and t.flow.client_secret.calls == []
-    assert [(r.getMessage(), r.reason, r.reference) for r in caplog.records] == [
+    assert [(r.getMessage(), r.reason, r.reference) for r in flow_records(caplog)] == [
         ("callback refused", "no_state", "ref-r")] * 2
 
 
@@ -759,13 +773,14 @@ def test_callback_with_repeated_parameters_is_refused():
 def test_callback_without_the_cookie_is_refused_and_keeps_the_state(caplog):
     t = make_flow()
     state, _ = started(t)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         for cookies in ({}, {COOKIE_NAME: ""}):
             callback_refused(t, {"state": [state], "code": ["c"]}, cookies, 400, "Session not found",
                              "This browser did not start the connection (or its cookie expired). "
                              "Open the connect link again in this browser.", "state_rejected")
     assert t.store.calls == []
-    assert [(r.getMessage(), r.reason, r.reference) for r in caplog.records] == [
+    assert [(r.getMessage(), r.reason, r.reference) for r in flow_records(caplog)] == [
         ("callback refused", "no_cookie", "ref-r")] * 2
 
 
@@ -803,10 +818,11 @@ def test_callback_from_another_issuer_is_refused_after_consuming():
 def test_callback_without_code_or_error_is_refused(caplog):
     t = make_flow()
     state, binding = started(t)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         callback_refused(t, {"state": [state]}, {COOKIE_NAME: binding}, 400, "Invalid request",
                          "The sign-in response has no authorization code.", "bad_request")
-    assert [(r.getMessage(), r.reason) for r in caplog.records] == [("callback refused", "no_code")]
+    assert [(r.getMessage(), r.reason) for r in flow_records(caplog)] == [("callback refused", "no_code")]
     assert t.flow.client_secret.calls == []
     assert t.store.names() == ["consume_state"]
 
@@ -816,11 +832,12 @@ def test_an_unreadable_client_secret_fails_before_spending_the_state(error, capl
     t = make_flow()
     state, binding = started(t)
     t.flow.client_secret = Secret(error)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503, "Not available",
                          "This connection service is not configured yet.", "not_configured")
     assert t.store.calls == []
-    [record] = caplog.records
+    [record] = flow_records(caplog)
     assert (record.getMessage(), record.error, record.reference, record.levelno) == (
         "callback not configured", str(error), "ref-r", logging.ERROR)
 
@@ -854,12 +871,13 @@ def test_a_denial_says_nothing_was_connected(query, reason, logged, caplog):
     t = make_flow()
     state, binding = started(t)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref", report)
     assert outcome_of(result) == OutcomePage(200, "Not connected", DENIED_MESSAGE, "ref")
     assert (report.outcome, report.reason, report.connection_id) == (FlowOutcome.FAILED, reason, CID)
     assert t.store.names() == ["consume_state"] and t.client.calls == []
-    [record] = caplog.records
+    [record] = flow_records(caplog)
     assert (record.getMessage(), record.connection_id, record.error) == ("authorization not granted", CID, logged)
 
 
@@ -873,20 +891,22 @@ def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logge
     t = make_flow()
     state, binding = started(t)
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref", report)
     assert outcome_of(result) == OutcomePage(400, "Not connected", message, "ref")
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
-    assert caplog.records[0].error == logged
+    assert flow_records(caplog)[0].error == logged
 
 
 @pytest.mark.parametrize("error", sorted(flow_module.KNOWN_AUTHORIZE_ERRORS))
 def test_each_known_authorize_error_is_logged_by_name(error, caplog):
     t = make_flow()
     state, binding = started(t)
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         t.flow.callback({"state": [state], "error": [error]}, {COOKIE_NAME: binding}, "ref")
-    assert caplog.records[0].error == error
+    assert flow_records(caplog)[0].error == error
 
 
 @pytest.mark.parametrize(("query", "status"), [
@@ -927,6 +947,7 @@ def test_an_exchange_failure_releases_the_link_and_shows_a_502(kind, message, re
     state, binding = started(t)
     t.client.exchange_error = errors[kind]
     report = FlowReport()
+    caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref-x", report)
     assert outcome_of(result) == OutcomePage(502, "Could not connect", message, "ref-x")
@@ -935,7 +956,7 @@ def test_an_exchange_failure_releases_the_link_and_shows_a_502(kind, message, re
     assert t.store.calls[-1] == ("release_link", fingerprint(LINK_ID))
     assert fingerprint(LINK_ID) not in t.store.used_links
     assert t.cipher.calls == [] and t.events.published == []
-    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    [record] = [r for r in flow_records(caplog) if r.levelno == logging.ERROR]
     exc = errors[kind]
     assert (record.getMessage(), record.reason, record.status, record.reference) == (
         "code exchange failed", exc.reason, exc.status, "ref-x")
