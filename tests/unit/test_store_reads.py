@@ -8,15 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
-import local.template as template_module
 from invoiced_connect.core.models import Attention, Connection, ConnectionStatus
 from invoiced_connect.storage.crypto import SealedTokens
 from invoiced_connect.storage.store import (
@@ -29,10 +26,9 @@ from invoiced_connect.storage.store import (
     StateRejected,
     TokenStore,
 )
-from local.moto_fidelity import make_dynamodb_item_operations_atomic
+from tests.support.dynamodb import TABLE_NAME as TABLE
+from tests.support.dynamodb import moto_tokens_table
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
-TABLE = "tokens-reads-test"
 NOW = 1_700_000_000
 
 
@@ -42,25 +38,7 @@ def _shard(connection_id: str) -> int:
 
 @pytest.fixture
 def db(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    make_dynamodb_item_operations_atomic()
-    props = template_module.load_template(TEMPLATE)["Resources"]["TokensTable"]["Properties"]
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        client.create_table(
-            TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=props["KeySchema"],
-            AttributeDefinitions=props["AttributeDefinitions"],
-            GlobalSecondaryIndexes=[
-                {"IndexName": i["IndexName"], "KeySchema": i["KeySchema"], "Projection": i["Projection"]}
-                for i in props["GlobalSecondaryIndexes"]
-            ],
-        )
+    with moto_tokens_table(monkeypatch) as client:
         yield client
 
 
