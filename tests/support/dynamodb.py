@@ -1,10 +1,15 @@
 """An in-process DynamoDB (moto) with the TokensTable of template.yaml, and a
-TokenStore on it: for unit tests of storage/store.py."""
+TokenStore on it: for unit tests of storage/store.py.
+
+A test module's tests share one moto and one client (each costs tens of
+milliseconds to make, and ``make mutate`` runs these tests for every mutant of
+the store); each test gets the table new and empty."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 TABLE_NAME = "tokens-test"
 
 
+@cache
 def tokens_table_properties() -> dict[str, Any]:
     return template_module.load_template(TEMPLATE)["Resources"]["TokensTable"]["Properties"]
 
@@ -39,8 +45,8 @@ def create_tokens_table(client: Any, name: str = TABLE_NAME) -> None:
 
 
 @contextmanager
-def moto_tokens_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A DynamoDB client on moto (no network) with the tokens table created."""
+def moto_dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A DynamoDB client on moto (no network, fake credentials), with no table."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -48,15 +54,22 @@ def moto_tokens_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     make_dynamodb_item_operations_atomic()
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        create_tokens_table(client)
-        yield client
+        yield boto3.client("dynamodb", region_name="us-east-1")
 
 
-@pytest.fixture
-def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """:func:`moto_tokens_table` as a fixture."""
-    with moto_tokens_table(monkeypatch) as client:
+def fresh_tokens_table(client: Any) -> Any:
+    """The tokens table, new and empty, on ``client`` (the old one deleted)."""
+    if TABLE_NAME in client.list_tables()["TableNames"]:
+        client.delete_table(TableName=TABLE_NAME)
+    create_tokens_table(client)
+    return client
+
+
+@pytest.fixture(scope="module", name="moto_client")
+def moto_client_fixture() -> Iterator[Any]:
+    """``moto_client``: one moto DynamoDB client for a test module's tests
+    (import this to use it; pass it to :func:`fresh_tokens_table` per test)."""
+    with pytest.MonkeyPatch.context() as monkeypatch, moto_dynamodb(monkeypatch) as client:
         yield client
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -27,7 +26,9 @@ from invoiced_connect.storage.store import (
     TokenStore,
 )
 from tests.support.dynamodb import TABLE_NAME as TABLE
-from tests.support.dynamodb import moto_tokens_table
+from tests.support.dynamodb import fresh_tokens_table, moto_client_fixture, token_store_on
+
+__all__ = ["moto_client_fixture"]  # the module's moto, shared by its tests
 
 NOW = 1_700_000_000
 
@@ -37,14 +38,13 @@ def _shard(connection_id: str) -> int:
 
 
 @pytest.fixture
-def db(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    with moto_tokens_table(monkeypatch) as client:
-        yield client
+def db(moto_client: Any) -> Any:
+    return fresh_tokens_table(moto_client)
 
 
 @pytest.fixture
 def store(db: Any) -> TokenStore:
-    return TokenStore(TABLE, client_factory=lambda: boto3.client("dynamodb"))
+    return token_store_on(db)
 
 
 def _raw(db: Any, pk: str) -> dict[str, Any] | None:

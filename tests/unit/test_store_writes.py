@@ -24,13 +24,14 @@ from invoiced_connect.storage.store import (
     due_shard,
     sealed_from_item,
 )
-from tests.support.dynamodb import TABLE_NAME, moto_tokens_table, token_store_on
+from tests.support.dynamodb import TABLE_NAME, fresh_tokens_table, moto_client_fixture, token_store_on
+
+__all__ = ["moto_client_fixture"]  # the module's moto, shared by its tests
 
 
 @pytest.fixture
-def db(monkeypatch: pytest.MonkeyPatch) -> Any:
-    with moto_tokens_table(monkeypatch) as client:
-        yield client
+def db(moto_client: Any) -> Any:
+    return fresh_tokens_table(moto_client)
 
 
 @pytest.fixture
