@@ -165,18 +165,22 @@ def test_the_cli_lists_shows_refreshes_and_disconnects(stack, cid, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "active" and shown["version"] == 1 and shown["has_tokens"] is True
 
-    assert cli.main(["refresh", cid]) == 0
+    assert cli.main(["refresh", cid, "--json"]) == 0
     refreshed = printed_json(capsys)
     assert refreshed["outcome"] == "refreshed" and refreshed["version"] == 2
+    assert cli.main(["refresh", cid]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{cid}: refreshed (version 3), expires ")
 
     assert cli.main(["disconnect", cid]) == 2  # not interactive: --yes is required
     assert "--yes" in capsys.readouterr().err
-    assert cli.main(["disconnect", cid, "--yes"]) == 0
+    assert cli.main(["disconnect", cid, "--yes", "--json"]) == 0
     assert printed_json(capsys)["outcome"] == "disconnected"
     assert row(stack, cid).status is ConnectionStatus.REVOKED
     assert events_for(stack, cid)[-1] == "Connection Disconnected"
 
     assert cli.main(["connections", "show", "nobody-here"]) == 1
+    assert cli.main(["disconnect", "nobody-here", "--yes"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "nobody-here: no such connection"
     assert cli.main(["refresh", "../bad id"]) == 2
     everything = capsys.readouterr()
     assert not any(secret in everything.out + everything.err for secret in secrets_before)

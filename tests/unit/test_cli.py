@@ -58,6 +58,213 @@ def test_missing_env_file_is_reported(capsys, tmp_path):
     assert "nope.env" in capsys.readouterr().err
 
 
+def test_a_missing_env_file_is_one_sentence_before_or_after_the_command(capsys, tmp_path):
+    path = str(tmp_path / "nope.env")
+    for argv in (["--env-file", path, "link", "create", "acme-1"], ["link", "create", "acme-1", "--env-file", path]):
+        assert cli.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == (f"invoiced-connect: no env file at {path} "
+                                "(run make run first, or pass --env-file PATH)\n")
+        assert captured.out == ""
+
+
+def test_an_unreadable_env_file_is_one_sentence(capsys, tmp_path):
+    binary = tmp_path / "binary.env"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    for path, said in ((tmp_path, "is a directory, not an env file"), (binary, "is not a text file")):
+        assert cli.main(["connections", "list", "--env-file", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"invoiced-connect: {path} {said}") and err.count("\n") == 1
+        assert "Errno" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- global options in either place
+_COMMANDS = [["link", "create", "acme-1"], ["connections", "list"], ["connections", "show", "acme-1"],
+             ["refresh", "acme-1"], ["disconnect", "acme-1", "--yes"]]
+
+
+@pytest.mark.parametrize("command", _COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+@pytest.mark.parametrize("option,dest", [("--env-file", "env_file"), ("--stack", "stack")])
+def test_global_options_are_taken_before_or_after_the_command(command, option, dest):
+    before = cli.parse_args([option, "V1", *command])
+    after = cli.parse_args([*command, option, "V2"])
+    assert (getattr(before, dest), getattr(after, dest)) == ("V1", "V2")
+    other = {"env_file": "stack", "stack": "env_file"}[dest]
+    assert getattr(before, other) is None and getattr(after, other) is None
+    assert getattr(cli.parse_args(command), dest) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["--env-file", "a.env", "refresh", "acme-1", "--stack", "s"],
+    ["--stack", "s", "connections", "list", "--env-file", "a.env"],
+    ["link", "create", "acme-1", "--env-file", "a.env", "--stack", "s"],
+])
+def test_env_file_and_stack_are_exclusive_wherever_they_are_given(argv, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_args(argv)
+    assert stopped.value.code == 2
+    assert "argument --stack: not allowed with argument --env-file" in capsys.readouterr().err
+
+
+def test_the_env_file_after_the_command_is_the_one_read(monkeypatch, tmp_path, capsys):
+    for name in ("TABLE_NAME", "KMS_KEY_ID", "PUBLIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / "stack.env"
+    env.write_text("IC_TEST_MARKER=read\n")
+    monkeypatch.setenv("IC_TEST_MARKER", "unset")
+    assert cli.main(["link", "create", "acme-1", "--env-file", str(env)]) == 2  # the file has no settings
+    import os
+
+    assert os.environ["IC_TEST_MARKER"] == "read"
+    assert "TABLE_NAME is not set" in capsys.readouterr().err
+    runtime.reset()
+
+
+def _every_parser(parser: argparse.ArgumentParser, path: str = "invoiced-connect"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_parser(sub, f"{path} {name}")
+
+
+def test_every_positional_argument_has_help():
+    positionals = [(path, action) for path, parser in _every_parser(cli._build_parser())
+                   for action in parser._actions if not action.option_strings
+                   and not isinstance(action, argparse._SubParsersAction)]
+    assert {path for path, _ in positionals} >= {"invoiced-connect link create", "invoiced-connect refresh",
+                                                 "invoiced-connect connections show", "invoiced-connect disconnect"}
+    for path, action in positionals:
+        assert action.help, f"{path} {action.dest} has no help"
+        if action.dest == "connection_id":
+            assert action.help == "your id for the customer's connection", path
+
+
+# ---------------------------------------------------------------- outcomes: a line for a person, JSON on request
+class _Store:
+    def __init__(self, rows=None):
+        self.rows = rows or {}
+
+    def get_connection(self, connection_id):
+        return self.rows.get(connection_id)
+
+
+def _row(**changes):
+    from invoiced_connect.core.models import Connection, ConnectionStatus
+
+    values = dict(connection_id="acme-1", tenant_id="42", company_name=None, scopes=(), issuer="https://i.test",
+                  status=ConnectionStatus.ACTIVE, expires_at=1796234400, version=3, created_at=1700000000,
+                  updated_at=1700000000)
+    return Connection(**{**values, **changes})
+
+
+@pytest.fixture
+def operator(monkeypatch):
+    """The runtime's connections function and store, stood in for; ``answers`` is what the function says."""
+    runtime.reset()
+    current = runtime.current()
+    calls, answers, store = [], [], _Store({"acme-1": (_row(), b"sealed")})
+    monkeypatch.setattr(current, "connections_invoker", lambda: lambda payload: calls.append(payload) or answers.pop(0))
+    current.override(store=store)
+    yield answers, calls, store
+    runtime.reset()
+
+
+@pytest.mark.parametrize("argv,answer,line,status", [
+    (["refresh", "acme-1"], {"outcome": "refreshed", "status": "active", "version": 3, "retry_at": None},
+     "acme-1: refreshed (version 3), expires 2026-12-02 18:00 UTC", 0),
+    (["refresh", "acme-1"], {"outcome": "already_fresh", "status": "active", "version": 3, "retry_at": None},
+     "acme-1: already fresh, nothing to do (version 3), expires 2026-12-02 18:00 UTC", 0),
+    (["refresh", "acme-1"], {"outcome": "not_found", "status": None, "version": None, "retry_at": None},
+     "acme-1: no such connection", 1),
+    (["refresh", "acme-1"], {"outcome": "cooling_down", "status": "active", "version": 3, "retry_at": 1796234400},
+     "acme-1: not refreshed: cooling down after failed attempts until 2026-12-02 18:00 UTC", 1),
+    (["refresh", "acme-1"], {"outcome": "busy", "status": "active", "version": 3, "retry_at": 1796234400},
+     "acme-1: busy: another refresh holds the connection until 2026-12-02 18:00 UTC; try again then", 1),
+    (["refresh", "acme-1"], {"outcome": "not_active", "status": "revoked", "version": 4, "retry_at": None},
+     "acme-1: not refreshed: the connection is revoked", 1),
+    (["refresh", "acme-1"], {"outcome": "needs_reauth", "status": "needs_reauth", "version": 3, "retry_at": None},
+     "acme-1: needs reauthorization: Invoiced refused the refresh token; send the customer a new connect link", 1),
+    (["disconnect", "acme-1", "--yes"], {"outcome": "disconnected", "status": "revoked", "version": 4},
+     "acme-1: disconnected: revoked at Invoiced, tokens erased", 0),
+    (["disconnect", "acme-1", "--yes"], {"outcome": "already_revoked", "status": "revoked", "version": 4},
+     "acme-1: already disconnected", 0),
+    (["disconnect", "acme-1", "--yes"], {"outcome": "not_found", "status": None, "version": None},
+     "acme-1: no such connection", 1),
+    (["disconnect", "acme-1", "--yes"], {"outcome": "unavailable", "status": "active", "version": 3},
+     "acme-1: Invoiced could not be reached; nothing changed, try again", 1),
+], ids=lambda value: value.get("outcome") if isinstance(value, dict) else None)
+def test_refresh_and_disconnect_say_what_happened_in_one_line(operator, capsys, argv, answer, line, status):
+    answers, calls, _ = operator
+    answers.append({"connection_id": "acme-1", **answer})
+    assert cli.main(argv) == status
+    assert capsys.readouterr().out == line + "\n"
+    assert calls == [{"action": argv[0], "connection_id": "acme-1", **({"force": True} if argv[0] == "refresh" else {})}]
+
+
+@pytest.mark.parametrize("argv,answer", [
+    (["refresh", "acme-1", "--json"], {"outcome": "not_found", "status": "", "version": None, "retry_at": None}),
+    (["disconnect", "acme-1", "--yes", "--json"], {"outcome": "not_found", "status": "", "version": None}),
+])
+def test_with_json_the_answer_is_printed_with_null_for_empty_fields(operator, capsys, argv, answer):
+    import json
+
+    answers, _, _ = operator
+    answers.append({"connection_id": "acme-1", **answer})
+    assert cli.main(argv) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"connection_id": "acme-1", "outcome": "not_found", "status": None, "version": None,
+                       **({"retry_at": None} if argv[0] == "refresh" else {})}
+
+
+def test_a_refresh_the_row_of_which_cannot_be_read_afterwards_still_says_refreshed(operator, capsys):
+    from botocore.exceptions import EndpointConnectionError
+
+    answers, _, store = operator
+
+    def unreachable(connection_id):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    store.get_connection = unreachable
+    answers.append({"connection_id": "acme-1", "outcome": "refreshed", "status": "active", "version": 4,
+                    "retry_at": None})
+    assert cli.main(["refresh", "acme-1"]) == 0
+    assert capsys.readouterr().out == "acme-1: refreshed (version 4)\n"
+
+
+def test_a_refused_request_is_an_error_not_an_outcome(operator, capsys):
+    answers, _, _ = operator
+    answers.append({"error": "bad_request", "message": "force must be true or false"})
+    assert cli.main(["refresh", "acme-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("invoiced-connect: the connections function refused the request: "
+                            "force must be true or false\n")
+
+
+def test_show_says_no_such_connection_or_prints_null(operator, capsys):
+    assert cli.main(["connections", "show", "acme-2"]) == 1
+    assert capsys.readouterr().out == "acme-2: no such connection\n"
+    assert cli.main(["connections", "show", "acme-2", "--json"]) == 1
+    assert capsys.readouterr().out == "null\n"
+
+
+def test_show_json_has_null_for_every_empty_field_and_the_table_a_dash(operator, capsys):
+    import json
+
+    assert cli.main(["connections", "show", "acme-1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    empty = {"company_name", "refreshed_at", "refresh_at", "active_until", "next_attempt_at", "last_error",
+             "outcome_unknown_at", "status_reason", "lease_owner", "lease_until", "scopes"}
+    assert {name for name, value in shown.items() if value is None} == empty
+    assert "-" not in shown.values() and "" not in shown.values()
+    assert shown["expires_at"] == "2026-12-02T18:00:00Z" and shown["has_tokens"] is True
+    assert cli.main(["connections", "show", "acme-1"]) == 0
+    lines = dict(line.split(None, 1) if " " in line.strip() else (line, "") for line in
+                 capsys.readouterr().out.splitlines())
+    assert all(lines[name] == "-" for name in empty)
+
+
 # CloudFormation reports a CommaDelimitedList parameter as the string it was
 # given; moto reports a Python list's repr, so the stand-in uses a String.
 STACK_TEMPLATE = """
@@ -129,11 +336,11 @@ def test_configure_has_no_option_that_could_carry_the_secret(capsys):
 
 
 def test_configure_and_next_steps_take_the_stack_before_or_after_the_command():
-    parser = cli._build_parser()
-    assert parser.parse_args(["--stack", "a", "configure"]).stack == "a"
-    assert parser.parse_args(["configure", "--stack", "b", "--client-id", "X1"]).stack == "b"
-    assert parser.parse_args(["next-steps", "--stack", "c"]).stack == "c"
-    assert parser.parse_args(["next-steps"]).stack is None
+    assert cli.parse_args(["--stack", "a", "configure"]).stack == "a"
+    assert cli.parse_args(["configure", "--stack", "b", "--client-id", "X1"]).stack == "b"
+    assert cli.parse_args(["--stack", "a", "configure", "--stack", "b"]).stack == "b"
+    assert cli.parse_args(["next-steps", "--stack", "c"]).stack == "c"
+    assert cli.parse_args(["next-steps"]).stack is None
 
 
 @pytest.mark.parametrize("argv", [["configure"], ["next-steps"], ["--env-file", "x.env", "next-steps"]])
@@ -338,7 +545,8 @@ def test_the_snapstart_description_budget_matches_the_template():
     (description,) = formats
     fields = re.findall(r"\$\{(\w+)\}", description)
     assert fields == ["Layer", "InvoicedEnvironment", "InvoicedClientId", "OAuthScope", "RefreshWindowMinutes",
-                      "KeepAliveDays", "ActiveUseHours", "RejectedTokenWindowSeconds", "PublicBaseUrl", "Returns"]
+                      "KeepAliveDays", "ActiveUseHours", "RejectedTokenWindowSeconds", "PublicBaseUrl", "Returns",
+                      "AppName", "SupportContact", "DefaultReturnUrl"]
     widest_fixed = {"Layer": 6, "InvoicedEnvironment": len("production"), "OAuthScope": len("read_write"),
                     "RefreshWindowMinutes": 2, "KeepAliveDays": 3, "ActiveUseHours": 3,
                     "RejectedTokenWindowSeconds": 4}
@@ -365,3 +573,10 @@ def test_a_deploy_whose_snapstart_description_would_overflow_is_stopped_first():
     assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist=fits + "y"), None) is None
     assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist="y" * room, SnapStart="Enabled"), None) is None
     assert snapstart_description_overflow(_deploy_env(ReturnUrlAllowlist="y" * (room + 1), SnapStart="Enabled"), None)
+    # The pages' app name, support contact and default return URL share that room.
+    pages_texts = {"AppName": "a" * 10, "SupportContact": "s" * 10, "SnapStart": "Enabled"}
+    assert snapstart_description_overflow(
+        _deploy_env(ReturnUrlAllowlist="y" * (room - 30), DefaultReturnUrl="d" * 10, **pages_texts), None) is None
+    problem = snapstart_description_overflow(
+        _deploy_env(ReturnUrlAllowlist="y" * (room - 30), DefaultReturnUrl="d" * 11, **pages_texts), None)
+    assert problem and "AppName, SupportContact, DefaultReturnUrl" in problem

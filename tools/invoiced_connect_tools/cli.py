@@ -2,20 +2,24 @@
 
 Reads the same configuration as the functions: the process environment, or
 an env file (``--env-file .local/stack.env`` for the local stack, written by
-``make run``), or a deployed stack's outputs (``--stack NAME``). Errors are
-one line on stderr and exit status 2.
+``make run``), or a deployed stack's outputs (``--stack NAME``); either
+option may come before or after the command. Errors are one line on stderr
+and exit status 2.
 
     invoiced-connect link create ID [--return-to URL] [--ttl 1h]
     invoiced-connect connections list [--json]
     invoiced-connect connections show ID [--json]
-    invoiced-connect refresh ID          # a locked refresh, through the connections function
-    invoiced-connect disconnect ID [--yes]
-    invoiced-connect --stack NAME next-steps       # after a deploy: what is left to do
-    invoiced-connect --stack NAME configure [--client-id ID]
+    invoiced-connect refresh ID [--json]          # a locked refresh, through the connections function
+    invoiced-connect disconnect ID [--yes] [--json]
+    invoiced-connect next-steps --stack NAME      # after a deploy: what is left to do
+    invoiced-connect configure --stack NAME [--client-id ID]
 
 ``refresh`` and ``disconnect`` invoke the stack's connections function, as the
 reader SDK does, so the command never needs the client secret. Nothing it
-prints contains a token.
+prints contains a token. What they (and ``connections show``) come to is one
+line for a person, ``acme-1: no such connection``, or with ``--json`` one JSON
+value in which an empty field is ``null``; the exit status is 0 when it was
+done (or was already so), 1 when not (no such connection included).
 
 ``configure`` stores the OAuth client secret in the stack's secret and the
 client id in the stack's parameter (see :mod:`invoiced_connect_tools.deployment`).
@@ -77,6 +81,21 @@ def read_env_file(path: str) -> dict[str, str]:
     return values
 
 
+def load_env_file(path: str) -> dict[str, str]:
+    """:func:`read_env_file`, with a file that cannot be read said in one sentence (``ValueError``)."""
+    try:
+        return read_env_file(path)
+    except FileNotFoundError:
+        raise ValueError(f"no env file at {path} (run make run first, or pass --env-file PATH)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not an env file (pass --env-file PATH)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of KEY=VALUE lines (pass --env-file PATH)") from None
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ValueError(f"cannot read the env file {path}: {reason}") from None
+
+
 def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, str]:
     """The settings of a deployed stack, read from its outputs and parameters."""
     from invoiced_connect import runtime
@@ -93,22 +112,45 @@ def stack_environment(stack_name: str, cloudformation: Any = None) -> dict[str, 
     }
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="invoiced-connect", description="Operate an invoiced-connect deployment.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--env-file",
+#: The help of every ``connection_id`` argument.
+CONNECTION_ID_HELP = "your id for the customer's connection"
+
+
+def _global_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """``--env-file`` and ``--stack``, each defined once, for before or after any command.
+
+    Their defaults are SUPPRESS so that a subcommand, which has them too,
+    does not overwrite a value given before it; :func:`parse_args` fills in
+    ``None`` for an option given nowhere.
+    """
+    env_file = argparse.ArgumentParser(add_help=False)
+    env_file.add_argument(
+        "--env-file", default=argparse.SUPPRESS, metavar="PATH",
         help="read configuration from this KEY=VALUE file (make run writes .local/stack.env)",
     )
-    source.add_argument(
-        "--stack",
+    stack = argparse.ArgumentParser(add_help=False)
+    stack.add_argument(
+        "--stack", default=argparse.SUPPRESS, metavar="NAME",
         help="read configuration from this deployed CloudFormation stack (uses your AWS credentials and region)",
+    )
+    return env_file, stack
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    env_file, stack = _global_options()
+    both = [env_file, stack]
+    parser = argparse.ArgumentParser(
+        prog="invoiced-connect", description="Operate an invoiced-connect deployment.", parents=both,
+        epilog="--env-file and --stack may be given before or after the command.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     link = commands.add_parser("link", help="connect links").add_subparsers(dest="link_command", required=True)
-    create = link.add_parser("create", help="make a signed connect link for one of your customers")
-    create.add_argument("connection_id", help="your id for the customer (letters, digits, . _ : @ -)")
+    create = link.add_parser(
+        "create", parents=both, help="make a signed connect link for one of your customers",
+        description="Make a signed connect link. The id is 1-128 letters, digits and . _ : @ -",
+    )
+    create.add_argument("connection_id", help=CONNECTION_ID_HELP)
     create.add_argument("--return-to", help="where to send the browser afterwards (must be allowlisted)")
     create.add_argument(
         "--ttl", type=parse_duration, default=DEFAULT_TTL, help="link lifetime (default 1h, at most 30d)"
@@ -116,36 +158,53 @@ def _build_parser() -> argparse.ArgumentParser:
 
     connections = commands.add_parser("connections", help="look at connections (never their tokens)")
     connection_commands = connections.add_subparsers(dest="connections_command", required=True)
-    listing = connection_commands.add_parser("list", help="every connection, one line each")
+    listing = connection_commands.add_parser("list", parents=both, help="every connection, one line each")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    show = connection_commands.add_parser("show", help="one connection in detail")
-    show.add_argument("connection_id")
-    show.add_argument("--json", action="store_true", help="as a JSON object")
+    show = connection_commands.add_parser("show", parents=both, help="one connection in detail")
+    show.add_argument("connection_id", help=CONNECTION_ID_HELP)
+    show.add_argument("--json", action="store_true", help="as a JSON object (null when there is no such connection)")
 
-    refresh = commands.add_parser("refresh", help="refresh a connection's tokens now (locked, like any refresh)")
-    refresh.add_argument("connection_id")
-    disconnect = commands.add_parser("disconnect", help="revoke a connection at Invoiced and erase its tokens")
-    disconnect.add_argument("connection_id")
-    disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-    stack_help = "the deployed stack (may also be given before the command)"
-    steps = commands.add_parser(
-        "next-steps", help="after a deploy: the callback URL to register at Invoiced, and what is left to configure"
+    refresh = commands.add_parser(
+        "refresh", parents=both, help="refresh a connection's tokens now (locked, like any refresh)"
     )
-    steps.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
+    refresh.add_argument("connection_id", help=CONNECTION_ID_HELP)
+    refresh.add_argument("--json", action="store_true", help="the connections function's answer as a JSON object")
+    disconnect = commands.add_parser(
+        "disconnect", parents=both, help="revoke a connection at Invoiced and erase its tokens"
+    )
+    disconnect.add_argument("connection_id", help=CONNECTION_ID_HELP)
+    disconnect.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    disconnect.add_argument("--json", action="store_true", help="the connections function's answer as a JSON object")
+
+    commands.add_parser(
+        "next-steps", parents=[stack],
+        help="after a deploy: the callback URL to register at Invoiced, and what is left to configure",
+    )
     configure = commands.add_parser(
         "configure",
+        parents=[stack],
         help="store the OAuth client id and secret in the stack (the secret is asked for, or read from stdin)",
         description="Store the Invoiced OAuth application's client id (in the stack's InvoicedClientId "
         "parameter) and client secret (in the stack's ClientSecretArn secret). The secret is asked for "
         "without echo, or read from stdin when stdin is not a terminal: "
         "`pass show invoiced/secret | head -n 1 | invoiced-connect --stack NAME configure --client-id ID`.",
     )
-    configure.add_argument("--stack", default=argparse.SUPPRESS, help=stack_help)
     configure.add_argument(
         "--client-id", help="the client id (asked for when omitted in a terminal; else the stack's current one)"
     )
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--env-file`` and ``--stack`` taken from before or after the command."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    for name in ("env_file", "stack"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if args.env_file is not None and args.stack is not None:
+        parser.error("argument --stack: not allowed with argument --env-file")
+    return args
 
 
 # ---------------------------------------------------------------- connections
@@ -156,16 +215,30 @@ _TIMES = {"expires_at", "refresh_at", "refreshed_at", "active_until", "next_atte
           "lease_until", "created_at", "updated_at"}
 #: Refresh outcomes after which the connection holds a current token.
 _GOOD_OUTCOMES = {"refreshed", "already_fresh", "race_recovered", "rescue_applied"}
+_GOOD_DISCONNECTS = {"disconnected", "already_revoked"}
 
 
-def _when(epoch: int | None) -> str:
+def _when(epoch: int | None) -> str | None:
     if not epoch:
-        return "-"
+        return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def _utc(epoch: int | None) -> str:
+    """A time for a sentence: ``2026-12-02 18:00 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch)) if epoch else "an unknown time"
+
+
+def _empty_is_null(view: dict[str, Any]) -> dict[str, Any]:
+    return {name: None if value == "" else value for name, value in view.items()}
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def connection_fields(connection: Connection) -> dict[str, Any]:
-    """What the command shows of a connection: metadata only."""
+    """What the command shows of a connection: metadata only; ``None`` where a field is empty."""
     view: dict[str, Any] = {}
     for name in _SHOWN:
         value = getattr(connection, name)
@@ -176,7 +249,7 @@ def connection_fields(connection: Connection) -> dict[str, Any]:
         elif name in _TIMES:
             value = _when(value)
         view[name] = value
-    return view
+    return _empty_is_null(view)
 
 
 def _list_connections(as_json: bool) -> int:
@@ -188,8 +261,7 @@ def _list_connections(as_json: bool) -> int:
             print(json.dumps(connection_fields(connection)))
         return 0
     columns = ("connection_id", "status", "company_name", "version", "expires_at", "refresh_at", "failure_count")
-    table = [["-" if (value := connection_fields(connection)[name]) in (None, "") else str(value) for name in columns]
-             for connection in rows]
+    table = [[_cell(connection_fields(connection)[name]) for name in columns] for connection in rows]
     widths = [max([len(name), *(len(row[i]) for row in table)]) for i, name in enumerate(columns)]
     print("  ".join(name.upper().ljust(width) for name, width in zip(columns, widths, strict=True)).rstrip())
     for row in table:
@@ -204,7 +276,7 @@ def _show_connection(connection_id: str, as_json: bool) -> int:
 
     found = runtime.current().store.get_connection(validate_connection_id(connection_id))
     if found is None:
-        print(f"invoiced-connect: no connection {connection_id!r}", file=sys.stderr)
+        print("null" if as_json else f"{connection_id}: no such connection")
         return 1
     view = connection_fields(found[0])
     view["has_tokens"] = found[1] is not None
@@ -212,7 +284,7 @@ def _show_connection(connection_id: str, as_json: bool) -> int:
         print(json.dumps(view, indent=2))
     else:
         for name, value in view.items():
-            print(f"{name:<20} {'-' if value in (None, '') else value}")
+            print(f"{name:<20} {_cell(value)}")
     return 0
 
 
@@ -223,27 +295,89 @@ def _invoke(action: str, connection_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {"action": action, "connection_id": validate_connection_id(connection_id)}
     if action == "refresh":
         payload["force"] = True
-    return runtime.current().connections_invoker()(payload)
+    answer = runtime.current().connections_invoker()(payload)
+    if "error" in answer:  # the function refused the request: as bad as bad input here
+        raise ValueError(f"the connections function refused the request: {answer.get('message') or answer['error']}")
+    return answer
 
 
-def _refresh(connection_id: str) -> int:
+def _expiry(connection_id: str) -> str:
+    """``, expires 2026-12-02 18:00 UTC`` from the connection's row, or nothing when it cannot be read."""
+    from invoiced_connect import runtime
+
+    try:
+        found = runtime.current().store.get_connection(connection_id)
+    except (BotoCoreError, ClientError):  # the refresh is done; only the detail is missing
+        return ""
+    return f", expires {_utc(found[0].expires_at)}" if found and found[0].expires_at else ""
+
+
+def refresh_sentence(answer: dict[str, Any], expiry: str = "") -> str:
+    """One line for a person: what a refresh came to (``expiry`` as :func:`_expiry` makes it)."""
+    outcome, status, version = answer.get("outcome"), answer.get("status"), answer.get("version")
+    retry = _utc(answer.get("retry_at"))
+    at_version = f" (version {version})" if version is not None else ""
+    said = {
+        "refreshed": f"refreshed{at_version}{expiry}",
+        "already_fresh": f"already fresh, nothing to do{at_version}{expiry}",
+        "race_recovered": f"refreshed by another caller meanwhile{at_version}{expiry}",
+        "rescue_applied": f"refreshed: tokens kept aside earlier were recovered{at_version}{expiry}",
+        "not_found": "no such connection",
+        "not_active": f"not refreshed: the connection is {status or 'not active'}",
+        "busy": f"busy: another refresh holds the connection until {retry}; try again then",
+        "cooling_down": f"not refreshed: cooling down after failed attempts until {retry}",
+        "transient": f"not refreshed: Invoiced could not be reached or failed; try again after {retry}",
+        "unknown_outcome": f"not refreshed: Invoiced's answer to a token request was lost; it is settled at {retry}",
+        "needs_reauth": "needs reauthorization: Invoiced refused the refresh token; send the customer a new "
+                        "connect link",
+        "client_auth_failed": "not refreshed: Invoiced refused the OAuth client (check the client id and secret)",
+        "kept_aside": "not refreshed yet: new tokens could not be stored and were kept aside; the scheduler "
+                      "recovers them",
+        "rescue_discarded": "tokens kept aside earlier were discarded: the connection had moved on",
+        "token_rejected": f"not refreshed: its token was already replaced once after a rejection; try again "
+                          f"after {retry}",
+    }
+    return f"{answer.get('connection_id')}: {said.get(str(outcome), f'refresh ended with {outcome}')}"
+
+
+def disconnect_sentence(answer: dict[str, Any]) -> str:
+    """One line for a person: what a disconnect came to."""
+    outcome = answer.get("outcome")
+    said = {
+        "disconnected": "disconnected: revoked at Invoiced, tokens erased",
+        "already_revoked": "already disconnected",
+        "not_found": "no such connection",
+        "busy": "busy: a refresh holds the connection; nothing changed, try again",
+        "unavailable": "Invoiced could not be reached; nothing changed, try again",
+    }
+    return f"{answer.get('connection_id')}: {said.get(str(outcome), f'disconnect ended with {outcome}')}"
+
+
+def _refresh(connection_id: str, as_json: bool) -> int:
     answer = _invoke("refresh", connection_id)
-    print(json.dumps(answer))
-    return 0 if answer.get("outcome") in _GOOD_OUTCOMES else 1
+    good = answer.get("outcome") in _GOOD_OUTCOMES
+    if as_json:
+        print(json.dumps(_empty_is_null(answer)))
+    else:
+        print(refresh_sentence(answer, _expiry(connection_id) if good else ""))
+    return 0 if good else 1
 
 
-def _disconnect(connection_id: str, yes: bool) -> int:
+def _disconnect(connection_id: str, yes: bool, as_json: bool) -> int:
     if not yes:
         if not sys.stdin.isatty():
             print("invoiced-connect: disconnect needs --yes when not run interactively", file=sys.stderr)
             return 2
-        reply = input(f"Revoke {connection_id!r} at Invoiced and erase its tokens? [y/N] ")
+        try:
+            reply = _ask(f"Revoke {connection_id!r} at Invoiced and erase its tokens? [y/N] ")
+        except EOFError:
+            reply = ""
         if reply.strip().lower() not in ("y", "yes"):
-            print("Nothing changed.")
+            print("Nothing changed.", file=sys.stderr)
             return 1
     answer = _invoke("disconnect", connection_id)
-    print(json.dumps(answer))
-    return 0 if answer.get("outcome") in ("disconnected", "already_revoked") else 1
+    print(json.dumps(_empty_is_null(answer)) if as_json else disconnect_sentence(answer))
+    return 0 if answer.get("outcome") in _GOOD_DISCONNECTS else 1
 
 
 def _hint(exc: Exception, args: argparse.Namespace) -> str:
@@ -314,7 +448,7 @@ def _stack_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = parse_args(argv)
     if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
         # botocore reads only AWS_DEFAULT_REGION (and the profile); AWS_REGION is the SDKs' common name.
         os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
@@ -322,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("configure", "next-steps"):
             return _stack_command(args)
         if args.env_file:
-            os.environ.update(read_env_file(args.env_file))
+            os.environ.update(load_env_file(args.env_file))
         if args.stack:
             os.environ.update(stack_environment(args.stack))
         if args.env_file or args.stack:
@@ -339,11 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _list_connections(args.json)
             return _show_connection(args.connection_id, args.json)
         if args.command == "refresh":
-            return _refresh(args.connection_id)
+            return _refresh(args.connection_id, args.json)
         if args.command == "disconnect":
-            return _disconnect(args.connection_id, args.yes)
+            return _disconnect(args.connection_id, args.yes, args.json)
     except (ValueError, OSError, RuntimeError, BotoCoreError, ClientError, TokenError) as exc:
-        # ValueError: bad input; OSError: env file; RuntimeError: settings or
+        # ValueError: bad input, the env file; OSError: other I/O; RuntimeError: settings or
         # secrets; botocore: credentials, region, unknown stack.
         print(f"invoiced-connect: {exc}{_hint(exc, args)}", file=sys.stderr)
         return 2
