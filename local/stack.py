@@ -168,6 +168,10 @@ def secret_behind(template: Mapping[str, Any], variable: str) -> str:
 
 
 DEMO_RETURN_PATH = "/done"
+#: What the local connect pages say about the integrating app (template parameters
+#: AppName and SupportContact); the default return URL is the demo return page.
+LOCAL_APP_NAME = "Example App"
+LOCAL_SUPPORT_CONTACT = "support@example.com"
 
 
 def demo_return_page(raw_query: str) -> HttpResponse:
@@ -332,14 +336,18 @@ class LocalStack:
         self.lambda_url = lambda_api.url
 
         base_url, api_url = self._start_invoiced()
-        allowlist = self._allowlist if self._allowlist is not None else (f"{self.gateway_url}{DEMO_RETURN_PATH}",)
+        demo_return = f"{self.gateway_url}{DEMO_RETURN_PATH}"
+        allowlist = self._allowlist if self._allowlist is not None else (demo_return,)
         resolver = Resolver(
             template,
             {"InvoicedClientId": self.client_id, "PublicBaseUrl": self.gateway_url,
-             "ReturnUrlAllowlist": list(allowlist)},
+             "ReturnUrlAllowlist": list(allowlist), "AppName": LOCAL_APP_NAME,
+             "SupportContact": LOCAL_SUPPORT_CONTACT,
+             # "Back to Example App" leads to the demo return page, when it is allowlisted.
+             "DefaultReturnUrl": demo_return if self._allowlist is None else ""},
             stack_name=self.stack_name,
             # The deployed API is https only; the local one is http on loopback.
-            unchecked_patterns={"PublicBaseUrl"},
+            unchecked_patterns={"PublicBaseUrl", "DefaultReturnUrl"},
         )
         client_secret_id = secret_behind(template, "CLIENT_SECRET_ARN")
         name_suffix = _name_suffix()

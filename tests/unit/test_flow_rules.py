@@ -14,12 +14,11 @@ import pytest
 from invoiced_connect.cloud import events as connection_events
 from invoiced_connect.cloud.secrets import SecretError
 from invoiced_connect.connect import flow as flow_module
+from invoiced_connect.connect import messages
 from invoiced_connect.connect.flow import (
     CLEAR_COOKIE,
     CLEAR_RESULT_COOKIE,
     COOKIE_NAME,
-    DENIED_MESSAGE,
-    LINK_USED_MESSAGE,
     RESULT_COOKIE_NAME,
     ConnectFlow,
     FlowOutcome,
@@ -71,6 +70,14 @@ ENV = {
     "RETURN_URL_ALLOWLIST": "https://app.example.com/",
 }
 REDIRECT_URI = "https://connect.example.com/callback"
+#: ENV names no app: the pages say "the application".
+APP = messages.GENERIC_APP
+DENIED_MESSAGE = messages.declined(APP).text
+LINK_USED_MESSAGE = messages.link_used(APP).text
+
+
+def texts(message: messages.Message) -> tuple[str, str]:
+    return message.title, message.text
 ISSUER = "https://sandbox.invoiced.com"
 
 
@@ -286,13 +293,14 @@ def test_single_refuses_repeats_and_overlong_values_with_their_wording():
     with pytest.raises(RequestRefused) as info:
         _single({"code": ["a", "b"]}, "code")
     assert (info.value.status, info.value.title, info.value.message, info.value.reason) == (
-        400, "Invalid request", "The code parameter was given more than once.", "duplicate_param")
-    assert str(info.value) == "The code parameter was given more than once."
+        400, *texts(messages.parameter_repeated("code")), "duplicate_param")
+    assert str(info.value) == messages.parameter_repeated("code").text
+    assert info.value.return_to is None
     assert _single({"code": ["x" * 4096]}, "code") == "x" * 4096
     with pytest.raises(RequestRefused) as info:
         _single({"code": ["x" * 4097]}, "code")
     assert (info.value.status, info.value.title, info.value.message, info.value.reason) == (
-        400, "Invalid request", "The code parameter is too long.", "param_too_long")
+        400, *texts(messages.parameter_too_long("code")), "param_too_long")
     assert _single({"code": []}, "code") is None
     assert _single({"code": [""]}, "code") == ""
 
@@ -458,7 +466,7 @@ def test_two_starts_use_fresh_state_binding_and_verifier():
 
 def refused_page(result: HttpResult, status: int, title: str, message: str, reference: str) -> None:
     assert result.status == status
-    assert f"<title>{title}</title>" in result.body.replace("&#x27;", "'")
+    assert f"<title>{title} - Connect to Invoiced</title>" in result.body.replace("&#x27;", "'")
     body = result.body.replace("&#x27;", "'")
     assert f"<h1>{title}</h1><p>{message}</p>" in body
     assert f"Reference: <code>{reference}</code>" in body
@@ -466,33 +474,42 @@ def refused_page(result: HttpResult, status: int, title: str, message: str, refe
 
 
 @pytest.mark.parametrize(("query", "message", "reason"), [
-    ({}, "This page needs a connect link from the application.", "link_invalid"),
-    ({"link": [""]}, "This page needs a connect link from the application.", "link_invalid"),
-    ({"link": ["v1.bad"]}, "the connect link is malformed. Ask the application for a new link.", "link_invalid"),
-])
+    ({}, messages.link_missing(APP), "link_invalid"),
+    ({"link": [""]}, messages.link_missing(APP), "link_invalid"),
+    ({"link": ["v1.bad"]}, messages.link_invalid(APP), "link_invalid"),
+], ids=["none", "empty", "malformed"])
 def test_start_without_a_usable_link_is_refused(query, message, reason, caplog):
     t = make_flow()
     report = FlowReport()
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.start(query, "ref-2", report)
-    refused_page(result, 403, "Invalid link", message, "ref-2")
+    refused_page(result, 403, *texts(message), "ref-2")
     assert result.cookies == ()
     assert t.store.calls == []
     assert (report.outcome, report.reason, report.connection_id) == (FlowOutcome.FAILED, reason, None)
     [record] = flow_records(caplog)
     assert (record.getMessage(), record.reason, record.reference, record.levelno) == (
-        "connect refused", "no_link" if "needs" in message else "bad_link", "ref-2", logging.INFO)
+        "connect refused", "bad_link" if query.get("link", [""])[0] else "no_link", "ref-2", logging.INFO)
 
 
-def test_start_refuses_a_foreign_signature_and_an_expired_link():
+def test_start_refuses_a_foreign_signature_and_an_expired_link(caplog):
     t = make_flow()
-    result = t.flow.start({"link": [signed_link(key="f" * 43)]}, "ref")
-    refused_page(result, 403, "Invalid link",
-                 "the connect link's signature is not valid. Ask the application for a new link.", "ref")
+    report = FlowReport()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.start({"link": [signed_link(key="f" * 43)]}, "ref", report)
+    refused_page(result, 403, *texts(messages.link_invalid(APP)), "ref")
     assert t.flow.link_keys.calls == [False, True]
-    result = t.flow.start({"link": [signed_link(expires_at=1_800_000_000)]}, "ref")
-    refused_page(result, 403, "Invalid link", "the connect link has expired. Ask the application for a new link.", "ref")
+    assert report.reason == "link_invalid" and report.connection_id is None
+    assert [r.reason for r in flow_records(caplog)] == ["bad_signature"]
+    caplog.clear()
+    report = FlowReport()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result = t.flow.start({"link": [signed_link(expires_at=1_800_000_000)]}, "ref", report)
+    refused_page(result, 403, *texts(messages.link_expired(APP)), "ref")
+    assert report.reason == "link_invalid" and report.connection_id is None
+    assert [r.reason for r in flow_records(caplog)] == ["link_expired"]
     assert t.store.calls == []
 
 
@@ -514,7 +531,7 @@ def test_start_refuses_a_repeated_link_parameter():
     t = make_flow()
     report = FlowReport()
     result = t.flow.start({"link": [signed_link(), signed_link()]}, "ref", report)
-    refused_page(result, 400, "Invalid request", "The link parameter was given more than once.", "ref")
+    refused_page(result, 400, *texts(messages.parameter_repeated("link")), "ref")
     assert report.reason == "bad_request"
 
 
@@ -522,7 +539,8 @@ def test_start_refuses_a_return_url_no_longer_allowed():
     t = make_flow(env={**ENV, "RETURN_URL_ALLOWLIST": "https://other.example.com/"})
     report = FlowReport()
     result = t.flow.start({"link": [signed_link(RETURN_TO)]}, "ref", report)
-    refused_page(result, 403, "Invalid link", "The link's return address is no longer allowed.", "ref")
+    refused_page(result, 403, *texts(messages.return_address_refused(APP)), "ref")
+    assert "Back to" not in result.body  # the refused address is not offered
     assert (report.reason, report.connection_id) == ("return_url_refused", CID)
     assert t.store.calls == []
 
@@ -544,7 +562,7 @@ def test_start_unconfigured_is_a_503_before_any_read_or_write(error, caplog):
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.start({"link": [signed_link()]}, "ref-9", report)
-    refused_page(result, 503, "Not available", "This connection service is not configured yet.", "ref-9")
+    refused_page(result, 503, *texts(messages.not_configured()), "ref-9")
     assert t.store.calls == [] and t.flow.link_keys.calls == []
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "not_configured")
     [record] = flow_records(caplog)
@@ -573,7 +591,7 @@ def test_callback_without_query_or_outcome_says_nothing_to_show():
     t = make_flow()
     report = FlowReport()
     result = t.flow.callback({}, {}, "ref-0", report)
-    refused_page(result, 400, "Nothing to show", "Open the connect link from the application to connect.", "ref-0")
+    refused_page(result, 400, *texts(messages.nothing_to_show(APP)), "ref-0")
     assert result.cookies == ()
     assert report.outcome is None
     assert t.flow.callback({}, {RESULT_COOKIE_NAME: "garbage"}, "ref-0").status == 400
@@ -752,10 +770,9 @@ def test_callback_without_state_is_refused_before_anything(caplog):
     t = make_flow()
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
-        callback_refused(t, {"code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
-                         "The sign-in response has no state. Start again from your link.", "bad_request")
-        callback_refused(t, {"state": [""], "code": ["c"]}, {COOKIE_NAME: "b"}, 400, "Invalid request",
-                         "The sign-in response has no state. Start again from your link.", "bad_request")
+        callback_refused(t, {"code": ["c"]}, {COOKIE_NAME: "b"}, 400, *texts(messages.no_state()), "bad_request")
+        callback_refused(t, {"state": [""], "code": ["c"]}, {COOKIE_NAME: "b"}, 400, *texts(messages.no_state()),
+                         "bad_request")
     assert t.store.calls == [] and t.flow.client_secret.calls == []
     assert [(r.getMessage(), r.reason, r.reference) for r in flow_records(caplog)] == [
         ("callback refused", "no_state", "ref-r")] * 2
@@ -765,8 +782,7 @@ def test_callback_with_repeated_parameters_is_refused():
     t = make_flow()
     for name in ("state", "code", "error", "error_description"):
         query = {"state": ["s"], "code": ["c"], name: ["a", "b"]}
-        callback_refused(t, query, {COOKIE_NAME: "b"}, 400, "Invalid request",
-                         f"The {name} parameter was given more than once.", "bad_request")
+        callback_refused(t, query, {COOKIE_NAME: "b"}, 400, *texts(messages.parameter_repeated(name)), "bad_request")
     assert t.store.calls == []
 
 
@@ -776,9 +792,8 @@ def test_callback_without_the_cookie_is_refused_and_keeps_the_state(caplog):
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         for cookies in ({}, {COOKIE_NAME: ""}):
-            callback_refused(t, {"state": [state], "code": ["c"]}, cookies, 400, "Session not found",
-                             "This browser did not start the connection (or its cookie expired). "
-                             "Open the connect link again in this browser.", "state_rejected")
+            callback_refused(t, {"state": [state], "code": ["c"]}, cookies, 400, *texts(messages.session_not_found()),
+                             "state_rejected")
     assert t.store.calls == []
     assert [(r.getMessage(), r.reason, r.reference) for r in flow_records(caplog)] == [
         ("callback refused", "no_cookie", "ref-r")] * 2
@@ -788,9 +803,8 @@ def test_callback_with_a_rejected_state_is_refused():
     t = make_flow()
     state, binding = started(t)
     report = callback_refused(
-        t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding + "x"}, 400, "Link expired",
-        "This sign-in attempt has expired, was already used, or was started in another browser. "
-        "Start again from your connect link.", "state_rejected")
+        t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding + "x"}, 400, *texts(messages.sign_in_expired()),
+        "state_rejected")
     assert report.connection_id is None
     assert t.store.names() == ["consume_state"]
     assert t.client.calls == []
@@ -801,7 +815,7 @@ def test_a_state_is_consumed_once():
     state, binding = started(t)
     t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
     again = outcome_of(t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref"))
-    assert again.title == "Link expired"
+    assert again.title == messages.sign_in_expired().title
     assert [c[0] for c in t.client.calls].count("exchange_code") == 1
 
 
@@ -809,8 +823,8 @@ def test_callback_from_another_issuer_is_refused_after_consuming():
     t = make_flow()
     state, binding = started(t)
     t.flow.settings = load_settings({**ENV, "INVOICED_BASE_URL": "https://invoiced.com"})
-    report = callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400, "Invalid request",
-                              "This sign-in was started against another Invoiced environment.", "state_rejected")
+    report = callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400,
+                              *texts(messages.other_environment()), "state_rejected")
     assert report.connection_id == CID
     assert t.store.names() == ["consume_state"]
 
@@ -820,8 +834,7 @@ def test_callback_without_code_or_error_is_refused(caplog):
     state, binding = started(t)
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
-        callback_refused(t, {"state": [state]}, {COOKIE_NAME: binding}, 400, "Invalid request",
-                         "The sign-in response has no authorization code.", "bad_request")
+        callback_refused(t, {"state": [state]}, {COOKIE_NAME: binding}, 400, *texts(messages.no_code()), "bad_request")
     assert [(r.getMessage(), r.reason) for r in flow_records(caplog)] == [("callback refused", "no_code")]
     assert t.flow.client_secret.calls == []
     assert t.store.names() == ["consume_state"]
@@ -834,8 +847,8 @@ def test_an_unreadable_client_secret_fails_before_spending_the_state(error, capl
     t.flow.client_secret = Secret(error)
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
-        callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503, "Not available",
-                         "This connection service is not configured yet.", "not_configured")
+        callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503,
+                         *texts(messages.not_configured()), "not_configured")
     assert t.store.calls == []
     [record] = flow_records(caplog)
     assert (record.getMessage(), record.error, record.reference, record.levelno) == (
@@ -846,8 +859,8 @@ def test_an_unconfigured_client_fails_before_spending_the_state():
     t = make_flow()
     state, binding = started(t)
     t.flow.invoiced = lambda: (_ for _ in ()).throw(SettingsError("no id"))
-    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503, "Not available",
-                     "This connection service is not configured yet.", "not_configured")
+    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 503,
+                     *texts(messages.not_configured()), "not_configured")
     assert t.store.calls == []
 
 
@@ -883,10 +896,10 @@ def test_a_denial_says_nothing_was_connected(query, reason, logged, caplog):
 
 @pytest.mark.parametrize(("query", "message", "logged"), [
     ({"error": ["server_error"], "error_description": ["Down for maintenance"]},
-     "Invoiced reported: Down for maintenance", "server_error"),
-    ({"error": ["invalid_scope"]}, "Invoiced reported: invalid_scope", "invalid_scope"),
-    ({"error": ["weird<x>"]}, "Invoiced reported: weird<x>", "other"),
-])
+     messages.authorize_error("Down for maintenance"), "server_error"),
+    ({"error": ["invalid_scope"]}, messages.authorize_error("invalid_scope"), "invalid_scope"),
+    ({"error": ["weird<x>"]}, messages.authorize_error("weird<x>"), "other"),
+], ids=["described", "named", "unknown"])
 def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logged, caplog):
     t = make_flow()
     state, binding = started(t)
@@ -894,7 +907,7 @@ def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logge
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], **query}, {COOKIE_NAME: binding}, "ref", report)
-    assert outcome_of(result) == OutcomePage(400, "Not connected", message, "ref")
+    assert outcome_of(result) == OutcomePage(400, *texts(message), "ref")
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
     assert flow_records(caplog)[0].error == logged
 
@@ -935,10 +948,10 @@ def test_an_error_description_with_a_code_is_not_a_denial():
 
 # ------------------------------------------------------------------ /callback: exchange failures
 @pytest.mark.parametrize(("kind", "message", "reason"), [
-    ("token_response", "Invoiced's answer could not be used.", "exchange_failed"),
-    ("client_auth", "The application's Invoiced credentials were not accepted.", "client_auth_failed"),
-    ("transient", "Invoiced did not answer in time. Start again from your connect link.", "exchange_failed"),
-])
+    ("token_response", messages.invoiced_answer_unusable(), "exchange_failed"),
+    ("client_auth", messages.credentials_refused(APP), "client_auth_failed"),
+    ("transient", messages.invoiced_unavailable(), "exchange_failed"),
+], ids=["token_response", "client_auth", "transient"])
 def test_an_exchange_failure_releases_the_link_and_shows_a_502(kind, message, reason, caplog):
     errors = {"token_response": InvalidTokenResponseError("bad", status=200, reason="no_token"),
               "client_auth": ClientAuthError("no", status=401, reason="invalid_client"),
@@ -950,7 +963,7 @@ def test_an_exchange_failure_releases_the_link_and_shows_a_502(kind, message, re
     caplog.clear()  # only what this call logs (a test before may have left the package logging at INFO)
     with caplog.at_level(logging.INFO, logger=flow_module.__name__):
         result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref-x", report)
-    assert outcome_of(result) == OutcomePage(502, "Could not connect", message, "ref-x")
+    assert outcome_of(result) == OutcomePage(502, *texts(message), "ref-x")
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, reason)
     assert t.store.names() == ["consume_state", "claim_link", "release_link"]
     assert t.store.calls[-1] == ("release_link", fingerprint(LINK_ID))
@@ -966,9 +979,8 @@ def test_an_invalid_grant_is_a_refusal_and_the_link_stays_usable():
     t = make_flow()
     state, binding = started(t)
     t.client.exchange_error = InvalidGrantError("expired", status=400, reason="invalid_grant")
-    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400, "Sign-in expired",
-                     "Invoiced did not accept the authorization (it expired or was already used). "
-                     "Start again from your connect link.", "code_rejected")
+    callback_refused(t, {"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, 400,
+                     *texts(messages.authorization_expired()), "code_rejected")
     assert t.store.calls[-1] == ("release_link", fingerprint(LINK_ID))
 
 
@@ -977,7 +989,7 @@ def test_a_refused_callback_with_return_to_still_shows_the_outcome_page():
     state, binding = started(t, RETURN_TO)
     t.client.exchange_error = InvalidGrantError("expired")
     result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
-    assert outcome_of(result).title == "Sign-in expired"
+    assert outcome_of(result).title == messages.authorization_expired().title
 
 
 def test_callback_without_a_report_still_answers():

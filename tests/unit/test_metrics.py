@@ -107,11 +107,14 @@ def test_only_known_actions_are_taken_from_a_request():
 
 # ------------------------------------------------------------------ the connect flow
 def _bad_request_reasons() -> set[str]:
-    """Every reason a RequestRefused is raised with in flow.py (its last argument)."""
+    """Every reason a RequestRefused is raised with in flow.py (its last positional
+    argument, whether made directly or from a message with ``RequestRefused.of``)."""
     tree = ast.parse((PACKAGE / "connect" / "flow.py").read_text())
     reasons = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RequestRefused":
+        func = node.func if isinstance(node, ast.Call) else None
+        if getattr(func, "id", None) == "RequestRefused" or (
+                isinstance(func, ast.Attribute) and func.attr == "of" and getattr(func.value, "id", None) == "RequestRefused"):
             last = node.args[-1]
             assert isinstance(last, ast.Constant), ast.unparse(node)
             reasons.add(last.value)

@@ -23,6 +23,18 @@ def test_connected_page_escapes_the_company_name():
     assert "Connected to &lt;script&gt;" in result.body
 
 
+def test_branding_values_are_escaped_in_text_and_attributes():
+    branding = pages.Branding(HOSTILE, "https://x.test/\"><script>", 'https://app.test/"><script>')
+    body = pages.error_page(400, "t", "m", "r", branding=branding).body
+    assert "<script>" not in body
+    assert 'href="https://x.test/&quot;&gt;&lt;script&gt;"' in body
+    assert 'href="https://app.test/&quot;&gt;&lt;script&gt;"' in body
+    assert "Connect &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#x27;&quot; to Invoiced" in body
+    assert "Back to &lt;script&gt;" in body
+    mail = pages.error_page(400, "t", "m", "r", branding=pages.Branding(None, "a'b@example.com")).body
+    assert '<a href="mailto:a&#x27;b@example.com">a&#x27;b@example.com</a>' in mail
+
+
 def test_connected_page_without_company_name_still_reads_well():
     assert "Connected to your Invoiced account" in pages.connected_page(None).body
 
@@ -41,9 +53,13 @@ def test_every_page_carries_the_security_headers():
 
 
 def test_pages_load_nothing_from_elsewhere_and_run_no_script():
-    body = pages.connected_page("Acme").body + pages.error_page(500, "t", "m", "r").body
-    assert not re.search(r"(src|href)\s*=", body, re.I)
-    assert "<script" not in body.lower()
+    branding = pages.Branding("App", "https://help.example.com/", "https://app.example.com/")
+    body = (pages.connected_page("Acme", branding=branding).body
+            + pages.error_page(500, "t", "m", "r", branding=branding).body)
+    assert not re.search(r"src\s*=", body, re.I)
+    # Links to follow are the only references, and only in <a> elements.
+    assert len(re.findall(r"href\s*=", body, re.I)) == len(re.findall(r'<a href="https://', body)) == 3
+    assert "<script" not in body.lower() and "<link" not in body.lower()
 
 
 def test_inline_style_is_the_one_the_csp_allows():

@@ -116,3 +116,64 @@ def test_a_connection_knows_its_api_from_its_issuer_or_what_the_callback_recorde
     assert connection("https://invoiced.com").api_base_url == "https://api.invoiced.com"
     assert connection("http://127.0.0.1:9000", "http://127.0.0.1:9001").api_base_url == "http://127.0.0.1:9001"
     assert connection("https://invoiced.example").api_base_url is None
+
+
+# ------------------------------------------------------------------ what the pages say about the app
+PAGES = {**BASE, "RETURN_URL_ALLOWLIST": "https://app.example.com/integrations"}
+
+
+def test_the_pages_texts_are_optional():
+    settings = load_settings(BASE)
+    assert (settings.app_name, settings.support_contact, settings.default_return_url) == (None, None, None)
+    blank = load_settings({**BASE, "APP_NAME": "  ", "SUPPORT_CONTACT": " ", "DEFAULT_RETURN_URL": ""})
+    assert (blank.app_name, blank.support_contact, blank.default_return_url) == (None, None, None)
+
+
+def test_the_pages_texts_are_read_and_trimmed():
+    settings = load_settings({**PAGES, "APP_NAME": " Example App ", "SUPPORT_CONTACT": " help@example.com ",
+                              "DEFAULT_RETURN_URL": " https://app.example.com/integrations/invoiced "})
+    assert settings.app_name == "Example App"
+    assert settings.support_contact == "help@example.com"
+    assert settings.default_return_url == "https://app.example.com/integrations/invoiced"
+
+
+def test_an_app_name_is_at_most_60_printable_characters():
+    assert load_settings({**BASE, "APP_NAME": "A" * 60}).app_name == "A" * 60
+    assert load_settings({**BASE, "APP_NAME": "Café & Co <3"}).app_name == "Café & Co <3"
+    with pytest.raises(SettingsError, match="APP_NAME must be at most 60 characters, got 61"):
+        load_settings({**BASE, "APP_NAME": "A" * 61})
+    for hidden in ("Ex\x07ample", "Ex\u200bample", "Ex\nample"):
+        with pytest.raises(SettingsError, match="APP_NAME must not contain control or invisible characters"):
+            load_settings({**BASE, "APP_NAME": hidden})
+
+
+@pytest.mark.parametrize("value", ["https://help.example.com", "https://help.example.com/connect?from=invoiced",
+                                   "support@example.com", "first.last+tag@mail.example.co.uk"])
+def test_support_is_an_https_url_or_an_e_mail_address(value):
+    assert load_settings({**BASE, "SUPPORT_CONTACT": value}).support_contact == value
+
+
+@pytest.mark.parametrize("value", ["http://help.example.com", "help.example.com", "mailto:support@example.com",
+                                   "support@localhost", "https://", "https://user:pw@help.example.com/",
+                                   "https://help.example.com/a b", 'https://help.example.com/"x', "javascript:x",
+                                   "https:help.example.com", "support@example.com\x00"])
+def test_other_support_contacts_are_refused_clearly(value):
+    with pytest.raises(SettingsError, match="SUPPORT_CONTACT must be an https URL or an e-mail address"):
+        load_settings({**BASE, "SUPPORT_CONTACT": value})
+
+
+def test_a_support_contact_is_at_most_200_characters():
+    fits = "https://help.example.com/" + "x" * 175
+    assert load_settings({**BASE, "SUPPORT_CONTACT": fits}).support_contact == fits
+    with pytest.raises(SettingsError, match="SUPPORT_CONTACT must be at most 200 characters"):
+        load_settings({**BASE, "SUPPORT_CONTACT": fits + "x"})
+
+
+def test_the_default_return_url_must_pass_the_allowlist():
+    assert load_settings({**PAGES, "DEFAULT_RETURN_URL": "https://app.example.com/integrations"}).default_return_url
+    for refused in ("https://evil.example.com/integrations", "https://app.example.com/other", "//evil.test",
+                    "javascript:alert(1)"):
+        with pytest.raises(SettingsError, match="DEFAULT_RETURN_URL .* is refused .*RETURN_URL_ALLOWLIST"):
+            load_settings({**PAGES, "DEFAULT_RETURN_URL": refused})
+    with pytest.raises(SettingsError, match="not in the allowlist"):
+        load_settings({**BASE, "DEFAULT_RETURN_URL": "https://app.example.com/integrations"})

@@ -169,13 +169,14 @@ def pinned_client_id_conflict(env: DeployEnvironment, stack: StackInfo | None, p
 
 #: With SnapStart on, the API functions' version description (template.yaml)
 #: is "<layer>|<environment>|<client id>|<scope>|<window>|<keep-alive>|
-#: <active use>|<rejected-token window>|<public base URL>|<allowlist>"; Lambda
-#: takes 256 characters.
+#: <active use>|<rejected-token window>|<public base URL>|<allowlist>|<app name>|
+#: <support contact>|<default return URL>"; Lambda takes 256 characters.
 VERSION_DESCRIPTION_LIMIT = 256
-#: Its longest fixed part: 9 separators, a 6-digit layer version,
+#: Its longest fixed part: 12 separators, a 6-digit layer version,
 #: "production", "read_write" and the four numbers at their maxima.
-VERSION_DESCRIPTION_FIXED = 9 + 6 + len("production") + len("read_write") + len("503007203600")
-_DESCRIBED = (CLIENT_ID_PARAMETER, "PublicBaseUrl", "ReturnUrlAllowlist")
+VERSION_DESCRIPTION_FIXED = 12 + 6 + len("production") + len("read_write") + len("503007203600")
+_DESCRIBED = (CLIENT_ID_PARAMETER, "PublicBaseUrl", "ReturnUrlAllowlist", "AppName", "SupportContact",
+              "DefaultReturnUrl")
 
 
 def snapstart_description_overflow(env: DeployEnvironment, stack: StackInfo | None) -> str | None:
@@ -193,7 +194,7 @@ def snapstart_description_overflow(env: DeployEnvironment, stack: StackInfo | No
         f"with SnapStart=Enabled, {', '.join(_DESCRIBED)} together may take at most "
         f"{VERSION_DESCRIPTION_LIMIT - VERSION_DESCRIPTION_FIXED} characters (they are part of the functions' "
         f"version description, {VERSION_DESCRIPTION_LIMIT} at most); this deploy would use "
-        f"{length - VERSION_DESCRIPTION_FIXED}. Shorten ReturnUrlAllowlist, or set SnapStart=Disabled "
+        f"{length - VERSION_DESCRIPTION_FIXED}. Shorten ReturnUrlAllowlist (or the page texts), or set SnapStart=Disabled "
         "(see docs/operations.md#snapstart)."
     )
 

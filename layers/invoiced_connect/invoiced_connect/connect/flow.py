@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from invoiced_connect.cloud import events as connection_events
 from invoiced_connect.cloud.events import EventPublisher
 from invoiced_connect.cloud.secrets import SecretError
-from invoiced_connect.connect import pages
-from invoiced_connect.connect.links import LinkClaims, LinkError, LinkSignatureError, verify_link_token
+from invoiced_connect.connect import messages, pages
+from invoiced_connect.connect.links import LinkClaims, LinkError, LinkExpired, LinkSignatureError, verify_link_token
 from invoiced_connect.connect.pages import HttpResult
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
 from invoiced_connect.core import b64url
@@ -72,11 +72,6 @@ CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
 COMPANY_LOOKUP_TIMEOUT = 3.0
 #: Revoking the grant a reconnect replaced: best effort, so it never holds the page up long.
 REPLACED_GRANT_REVOKE_TIMEOUT = 3.0
-DENIED_MESSAGE = (
-    "You declined access to your Invoiced account, so nothing was connected. "
-    "To connect after all, open a new connect link from the application."
-)
-LINK_USED_MESSAGE = "This connect link has already been used. Ask the application for a new one."
 # RFC 6749 s4.1.2.1: logged by name; anything else a browser sends is "other".
 KNOWN_AUTHORIZE_ERRORS = frozenset(
     {
@@ -94,11 +89,18 @@ Query = Mapping[str, Sequence[str]]
 
 
 class RequestRefused(Exception):
-    """Input the flow refuses; becomes a 4xx page, never a 5xx."""
+    """Input the flow refuses; becomes a 4xx page, never a 5xx. ``return_to``:
+    an allowlisted return URL the refused link carried, for the page's "Back to" link."""
 
-    def __init__(self, status: int, title: str, message: str, reason: str) -> None:
+    def __init__(self, status: int, title: str, message: str, reason: str, *, return_to: str | None = None) -> None:
         super().__init__(message)
         self.status, self.title, self.message, self.reason = status, title, message, reason
+        self.return_to = return_to
+
+    @classmethod
+    def of(cls, status: int, message: messages.Message, reason: str, *,
+           return_to: str | None = None) -> RequestRefused:
+        return cls(status, message.title, message.text, reason, return_to=return_to)
 
 
 class FlowOutcome(StrEnum):
@@ -122,6 +124,8 @@ _FLOW_METRICS = {FlowOutcome.STARTED: CONNECT_STARTED, FlowOutcome.CONNECTED: CO
 _FAILURE_REASON = {
     "no_link": "link_invalid",
     "bad_link": "link_invalid",
+    "bad_signature": "link_invalid",
+    "link_expired": "link_invalid",
     "return_to": "return_url_refused",
     "link_used": "link_used",
     "duplicate_param": "bad_request",
@@ -207,9 +211,9 @@ def parse_cookies(cookie_values: Sequence[str]) -> dict[str, str]:
 def _single(query: Query, name: str) -> str | None:
     values = query.get(name) or []
     if len(values) > 1:
-        raise RequestRefused(400, "Invalid request", f"The {name} parameter was given more than once.", "duplicate_param")
+        raise RequestRefused.of(400, messages.parameter_repeated(name), "duplicate_param")
     if values and len(values[0]) > MAX_PARAM_LENGTH:
-        raise RequestRefused(400, "Invalid request", f"The {name} parameter is too long.", "param_too_long")
+        raise RequestRefused.of(400, messages.parameter_too_long(name), "param_too_long")
     return values[0] if values else None
 
 
@@ -236,6 +240,18 @@ class ConnectFlow:
     events: EventPublisher | None = None
     _keys_reread_at: float = dataclasses.field(default=float("-inf"), init=False, repr=False)
 
+    # ------------------------------------------------------------------ the pages
+    @property
+    def _app(self) -> str:
+        """The integrating app, as a sentence names it."""
+        return messages.app_label(self.settings.app_name)
+
+    def branding(self, return_to: str | None = None) -> pages.Branding:
+        """What the pages say about the integrating app; "Back to" leads to
+        ``return_to`` (an allowlisted URL) when given, else to the configured default."""
+        settings = self.settings
+        return pages.Branding(settings.app_name, settings.support_contact, return_to or settings.default_return_url)
+
     # ------------------------------------------------------------------ /connect
     def start(self, query: Query, reference: str, report: FlowReport | None = None) -> HttpResult:
         report = report or FlowReport()
@@ -244,13 +260,13 @@ class ConnectFlow:
         except RequestRefused as exc:
             report.refused(exc)
             logger.info("connect refused", extra={"reason": exc.reason, "reference": reference})
-            return pages.error_page(exc.status, exc.title, exc.message, reference)
+            return pages.error_page(exc.status, exc.title, exc.message, reference,
+                                    branding=self.branding(exc.return_to))
         except (SettingsError, SecretError) as exc:
             report.fail("not_configured")
             logger.error("connect not configured", extra={"error": str(exc), "reference": reference})
-            return pages.error_page(
-                503, "Not available", "This connection service is not configured yet.", reference
-            )
+            message = messages.not_configured()
+            return pages.error_page(503, message.title, message.text, reference, branding=self.branding())
 
     def _verify_link(self, token: str) -> LinkClaims:
         try:
@@ -265,24 +281,37 @@ class ConnectFlow:
             self._keys_reread_at = now
             return verify_link_token(token, self.link_keys(True), now=now)
 
+    def _allowed(self, return_to: str | None) -> str | None:
+        """``return_to`` if the allowlist still allows it, else ``None``."""
+        if return_to is None:
+            return None
+        try:
+            check_return_url(return_to, self.settings.return_url_allowlist)
+        except ReturnUrlError:
+            return None
+        return return_to
+
     def _start(self, query: Query, report: FlowReport) -> HttpResult:
         client = self.invoiced()  # fails early, before any write, if unconfigured
         token = _single(query, "link")
         if not token:
-            raise RequestRefused(403, "Invalid link", "This page needs a connect link from the application.", "no_link")
+            raise RequestRefused.of(403, messages.link_missing(self._app), "no_link")
         try:
             claims = self._verify_link(token)
-        except LinkError as exc:
-            raise RequestRefused(403, "Invalid link", f"{exc}. Ask the application for a new link.", "bad_link") from None
+        except LinkExpired as exc:
+            # Signed by the app, so its return URL is the app's (when still allowed).
+            raise RequestRefused.of(403, messages.link_expired(self._app), "link_expired",
+                                    return_to=self._allowed(exc.claims.return_to)) from None
+        except LinkSignatureError:
+            raise RequestRefused.of(403, messages.link_invalid(self._app), "bad_signature") from None
+        except LinkError:
+            raise RequestRefused.of(403, messages.link_invalid(self._app), "bad_link") from None
         report.identify(claims.connection_id)
-        if claims.return_to is not None:
-            try:
-                check_return_url(claims.return_to, self.settings.return_url_allowlist)
-            except ReturnUrlError:
-                raise RequestRefused(403, "Invalid link", "The link's return address is no longer allowed.", "return_to") from None
+        if claims.return_to is not None and self._allowed(claims.return_to) is None:
+            raise RequestRefused.of(403, messages.return_address_refused(self._app), "return_to")
         link_hash = fingerprint(claims.link_id)
         if self.store.is_link_used(link_hash):
-            raise RequestRefused(403, "Link already used", LINK_USED_MESSAGE, "link_used")
+            raise RequestRefused.of(403, messages.link_used(self._app), "link_used", return_to=claims.return_to)
 
         state, binding, verifier = random_token(32), random_token(32), new_verifier()
         now = int(self.clock())
@@ -330,7 +359,8 @@ class ConnectFlow:
         except (SettingsError, SecretError) as exc:
             report.fail("not_configured")
             logger.error("callback not configured", extra={"error": str(exc), "reference": reference})
-            result = pages.OutcomePage(503, "Not available", "This connection service is not configured yet.", reference)
+            message = messages.not_configured()
+            result = pages.OutcomePage(503, message.title, message.text, reference)
         if isinstance(result, HttpResult):
             return result
         return pages.redirect(self.settings.redirect_uri, cookies=(CLEAR_COOKIE, outcome_cookie(result)))
@@ -338,10 +368,9 @@ class ConnectFlow:
     def _show_outcome(self, cookies: Mapping[str, str], reference: str) -> HttpResult:
         outcome = decode_outcome(cookies.get(RESULT_COOKIE_NAME, ""))
         if outcome is None:
-            return pages.error_page(
-                400, "Nothing to show", "Open the connect link from the application to connect.", reference
-            )
-        return outcome.render(cookies=(CLEAR_RESULT_COOKIE,))
+            message = messages.nothing_to_show(self._app)
+            return pages.error_page(400, message.title, message.text, reference, branding=self.branding())
+        return outcome.render(cookies=(CLEAR_RESULT_COOKIE,), branding=self.branding())
 
     def _callback(self, query: Query, cookies: Mapping[str, str], reference: str,
                   report: FlowReport) -> pages.OutcomePage | HttpResult:
@@ -350,43 +379,31 @@ class ConnectFlow:
         error = _single(query, "error")
         error_description = _single(query, "error_description")
         if not state:
-            raise RequestRefused(400, "Invalid request", "The sign-in response has no state. Start again from your link.", "no_state")
+            raise RequestRefused.of(400, messages.no_state(), "no_state")
         binding = cookies.get(COOKIE_NAME)
         if not binding:
-            raise RequestRefused(
-                400,
-                "Session not found",
-                "This browser did not start the connection (or its cookie expired). "
-                "Open the connect link again in this browser.",
-                "no_cookie",
-            )
+            raise RequestRefused.of(400, messages.session_not_found(), "no_cookie")
         client = self.invoiced()
         if code:
             self.client_secret(False)  # unconfigured? fail before spending the state
         try:
             flow = self.store.consume_state(fingerprint(state), fingerprint(binding), int(self.clock()))
         except StateRejected:
-            raise RequestRefused(
-                400,
-                "Link expired",
-                "This sign-in attempt has expired, was already used, or was started in another browser. "
-                "Start again from your connect link.",
-                "state_rejected",
-            ) from None
+            raise RequestRefused.of(400, messages.sign_in_expired(), "state_rejected") from None
         report.identify(flow.connection_id)
         if flow.issuer != self.settings.issuer:
-            raise RequestRefused(400, "Invalid request", "This sign-in was started against another Invoiced environment.", "issuer")
+            raise RequestRefused.of(400, messages.other_environment(), "issuer")
 
         if error is not None or (error_description is not None and not code):
             return self._denied(flow, error, error_description, reference, report)
         if not code:
-            raise RequestRefused(400, "Invalid request", "The sign-in response has no authorization code.", "no_code")
+            raise RequestRefused.of(400, messages.no_code(), "no_code")
 
         now = int(self.clock())
         try:
             self.store.claim_link(flow.link_hash, connection_id=flow.connection_id, expires_at=flow.link_expires_at, now=now)
         except LinkAlreadyUsed:
-            raise RequestRefused(400, "Link already used", LINK_USED_MESSAGE, "link_used") from None
+            raise RequestRefused.of(400, messages.link_used(self._app), "link_used") from None
         try:
             tokens = client.exchange_code(code=code, redirect_uri=flow.redirect_uri, code_verifier=flow.code_verifier)
         except InvoicedError as exc:
@@ -450,24 +467,23 @@ class ConnectFlow:
         if denied:
             # Invoiced's own wording ("The resource owner or authorization
             # server denied the request.") is not for people.
-            return pages.OutcomePage(200, "Not connected", DENIED_MESSAGE, reference)
-        return pages.OutcomePage(400, "Not connected", f"Invoiced reported: {description or error}", reference)
+            declined = messages.declined(self._app)
+            return pages.OutcomePage(200, declined.title, declined.text, reference)
+        reported = messages.authorize_error(description or error or "")
+        return pages.OutcomePage(400, reported.title, reported.text, reference)
 
     def _exchange_failure(self, exc: InvoicedError, reference: str, report: FlowReport) -> pages.OutcomePage:
         if isinstance(exc, InvalidGrantError):
-            raise RequestRefused(
-                400, "Sign-in expired", "Invoiced did not accept the authorization (it expired or was already used). "
-                "Start again from your connect link.", "code_invalid"
-            )
+            raise RequestRefused.of(400, messages.authorization_expired(), "code_invalid")
         report.fail("client_auth_failed" if isinstance(exc, ClientAuthError) else "exchange_failed")
         if isinstance(exc, InvalidTokenResponseError):
-            message = "Invoiced's answer could not be used."
+            message = messages.invoiced_answer_unusable()
         elif isinstance(exc, ClientAuthError):
-            message = "The application's Invoiced credentials were not accepted."
+            message = messages.credentials_refused(self._app)
         else:
-            message = "Invoiced did not answer in time. Start again from your connect link."
+            message = messages.invoiced_unavailable()
         logger.error("code exchange failed", extra={"reason": exc.reason, "status": exc.status, "reference": reference})
-        return pages.OutcomePage(502, "Could not connect", message, reference)
+        return pages.OutcomePage(502, message.title, message.text, reference)
 
     def _revoke_replaced(self, client: InvoicedClient, connection_id: str, replaced: SealedTokens) -> str:
         """Revoke the grant a reconnect replaced (nobody holds its tokens any more).

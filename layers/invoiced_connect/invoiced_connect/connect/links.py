@@ -42,9 +42,22 @@ class LinkError(ValueError):
     """A connect link is malformed, unsigned, tampered with or expired."""
 
 
+class LinkMalformed(LinkError):
+    """Not a connect link of this service: cut short, mangled, or not one at all."""
+
+
 class LinkSignatureError(LinkError):
     """No key in hand verifies the signature (tampered, foreign, or signed
     with a key this process has not read yet)."""
+
+
+class LinkExpired(LinkError):
+    """A genuine link (its signature verified) past its expiry; ``claims``
+    are what it carried, so a page can still offer its return URL."""
+
+    def __init__(self, claims: LinkClaims) -> None:
+        super().__init__("the connect link has expired")
+        self.claims = claims
 
 
 @dataclass(frozen=True)
@@ -81,18 +94,18 @@ def sign_link_token(claims: LinkClaims, key: str) -> str:
 def verify_link_token(token: str, keys: list[str], *, now: float | None = None) -> LinkClaims:
     """Check signature (against any of ``keys``) and expiry; return the claims."""
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii() or token.count(".") != 2:
-        raise LinkError("the connect link is malformed")
+        raise LinkMalformed("the connect link is malformed")
     version, body, signature = token.split(".")
     if version != VERSION:
-        raise LinkError("the connect link is malformed")
+        raise LinkMalformed("the connect link is malformed")
     try:
         given = b64url.decode(signature)
     except ValueError as exc:
-        raise LinkError("the connect link is malformed") from exc
+        raise LinkMalformed("the connect link is malformed") from exc
     if b64url.encode(given) != signature:
         # Only the canonical spelling: base64 decoding skips stray characters
         # and spare bits, which would make one signature readable many ways.
-        raise LinkError("the connect link is malformed")
+        raise LinkMalformed("the connect link is malformed")
     signed_part = f"{version}.{body}"
     if not any(hmac.compare_digest(_mac(_check_key(key), signed_part), given) for key in keys if key):
         raise LinkSignatureError("the connect link's signature is not valid")
@@ -105,13 +118,13 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
             link_id=payload["jti"],
         )
     except (ValueError, KeyError, TypeError, InvalidConnectionId) as exc:
-        raise LinkError("the connect link is malformed") from exc
+        raise LinkMalformed("the connect link is malformed") from exc
     if claims.return_to is not None and not isinstance(claims.return_to, str):
-        raise LinkError("the connect link is malformed")
+        raise LinkMalformed("the connect link is malformed")
     if not isinstance(claims.link_id, str) or not 16 <= len(claims.link_id) <= 64:
-        raise LinkError("the connect link is malformed")
+        raise LinkMalformed("the connect link is malformed")
     if claims.expires_at <= (time.time() if now is None else now):
-        raise LinkError("the connect link has expired")
+        raise LinkExpired(claims)
     return claims
 
 
@@ -140,6 +153,9 @@ def link_url(connect_url: str, token: str) -> str:
 __all__ = [
     "LinkClaims",
     "LinkError",
+    "LinkExpired",
+    "LinkMalformed",
+    "LinkSignatureError",
     "ReturnUrlError",
     "build_claims",
     "link_url",

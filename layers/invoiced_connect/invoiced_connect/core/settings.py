@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -20,6 +22,12 @@ DEFAULT_BASE_URL = "https://invoiced.com"
 DEFAULT_API_URL = "https://api.invoiced.com"
 DEFAULT_SCOPE = "read_write"
 VALID_SCOPES = frozenset({"read", "read_write", "accounts_receivable"})
+#: The pages' texts: the integrating app's name, and its support page or address.
+MAX_APP_NAME_LENGTH = 60
+MAX_SUPPORT_CONTACT_LENGTH = 200
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+# Printable ASCII without space, backslash, quotes and angle brackets.
+_URL_CHARACTERS = re.compile(r"[!#-&(-;=?-\[\]-~]+")
 
 
 class SettingsError(RuntimeError):
@@ -54,6 +62,12 @@ class Settings:
     #: ``INVOICED_API_URL`` as set (``None`` when unset): a reader checks it against the
     #: connection's own environment instead of defaulting to production.
     configured_api_url: str | None = None
+    #: How the connect pages name the integrating app ("Connect <app> to Invoiced"); ``None``: unnamed.
+    app_name: str | None = None
+    #: Shown on every error page: an https URL or an e-mail address.
+    support_contact: str | None = None
+    #: Where the pages' "Back to <app>" link leads when a link has no return URL (allowlisted).
+    default_return_url: str | None = None
 
     @property
     def issuer(self) -> str:
@@ -139,6 +153,45 @@ def _whole_number(env: Mapping[str, str], name: str, default: int, low: int, hig
     return value
 
 
+def _app_name(env: Mapping[str, str]) -> str | None:
+    name = env.get("APP_NAME", "").strip()
+    if len(name) > MAX_APP_NAME_LENGTH:
+        raise SettingsError(f"APP_NAME must be at most {MAX_APP_NAME_LENGTH} characters, got {len(name)}")
+    if any(unicodedata.category(char).startswith("C") for char in name):
+        raise SettingsError("APP_NAME must not contain control or invisible characters")
+    return name or None
+
+
+def _support_contact(env: Mapping[str, str]) -> str | None:
+    """An https URL (a support page) or an e-mail address."""
+    value = env.get("SUPPORT_CONTACT", "").strip()
+    if not value:
+        return None
+    if len(value) > MAX_SUPPORT_CONTACT_LENGTH:
+        raise SettingsError(f"SUPPORT_CONTACT must be at most {MAX_SUPPORT_CONTACT_LENGTH} characters")
+    if _EMAIL.fullmatch(value):
+        return value
+    parts = urlsplit(value)
+    if (_URL_CHARACTERS.fullmatch(value) and parts.scheme == "https" and value.startswith("https://")
+            and parts.hostname and not parts.username and not parts.password):
+        return value
+    raise SettingsError(f"SUPPORT_CONTACT must be an https URL or an e-mail address, got {value!r}")
+
+
+def _default_return_url(env: Mapping[str, str], allowlist: tuple[str, ...]) -> str | None:
+    from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
+
+    value = env.get("DEFAULT_RETURN_URL", "").strip()
+    if not value:
+        return None
+    try:
+        check_return_url(value, allowlist)
+    except ReturnUrlError as exc:
+        raise SettingsError(f"DEFAULT_RETURN_URL {value!r} is refused ({exc}); it must lie under an entry of "
+                            "RETURN_URL_ALLOWLIST") from None
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -196,4 +249,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         active_use_seconds=3600 * _whole_number(env, "ACTIVE_USE_HOURS", 24, 0, 720),
         rejected_token_window_seconds=_whole_number(env, "REJECTED_TOKEN_WINDOW_SECONDS", 300, 30, 3600),
         unknown_outcome_settle_seconds=_whole_number(env, "UNKNOWN_OUTCOME_SETTLE_SECONDS", 0, 1, 900) or None,
+        app_name=_app_name(env),
+        support_contact=_support_contact(env),
+        default_return_url=_default_return_url(env, allowlist),
     )

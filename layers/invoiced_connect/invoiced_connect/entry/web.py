@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from invoiced_connect import runtime
 from invoiced_connect.cloud.secrets import SecretError
-from invoiced_connect.connect import pages
+from invoiced_connect.connect import messages, pages
 from invoiced_connect.connect.flow import ConnectFlow, FlowReport, parse_cookies, parse_query
 from invoiced_connect.core.settings import SettingsError
 from invoiced_connect.entry import observability
@@ -65,6 +65,20 @@ def to_response(result: pages.HttpResult) -> Response:
 def flow() -> ConnectFlow:
     """This execution environment's flow (built on the first request)."""
     return runtime.current().flow
+
+
+def branding() -> pages.Branding:
+    """The integrating app's name, support contact and default return URL for
+    the handler's own pages; none of them when the settings do not load."""
+    try:
+        settings = runtime.current().settings
+    except SettingsError:
+        return pages.Branding()
+    return pages.Branding(settings.app_name, settings.support_contact, settings.default_return_url)
+
+
+def error_response(status: int, message: messages.Message, ref: str) -> Response:
+    return to_response(pages.error_page(status, message.title, message.text, ref, branding=branding()))
 
 
 def reference(app: APIGatewayHttpResolver) -> str:
@@ -112,7 +126,7 @@ def install(app: APIGatewayHttpResolver, logger: Logger) -> None:
 
     @app.not_found
     def _not_found(exc: Exception) -> Response:
-        return to_response(pages.error_page(404, "Not found", "There is nothing here.", reference(app)))
+        return error_response(404, messages.not_found(), reference(app))
 
     @app.exception_handler([SettingsError, SecretError])
     def _not_configured(exc: Exception) -> Response:
@@ -120,9 +134,7 @@ def install(app: APIGatewayHttpResolver, logger: Logger) -> None:
         ref = reference(app)
         # These messages name the variable or secret at fault, never a value.
         logger.error("not configured", extra={"error": str(exc), "reference": ref})
-        return to_response(
-            pages.error_page(503, "Not available", "This connection service is not configured yet.", ref)
-        )
+        return error_response(503, messages.not_configured(), ref)
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -131,6 +143,4 @@ def install(app: APIGatewayHttpResolver, logger: Logger) -> None:
         # The exception type only: messages of AWS or HTTP errors can quote
         # request data.
         logger.error("unexpected error", extra={"error_type": type(exc).__name__, "reference": ref})
-        return to_response(
-            pages.error_page(500, "Something went wrong", "Please try again in a few minutes.", ref)
-        )
+        return error_response(500, messages.unexpected(), ref)
