@@ -1,7 +1,8 @@
 """Run the local Invoiced until Ctrl-C:
 
     python -m local.invoiced --client-id ID --client-secret SECRET \\
-        --redirect-uri http://127.0.0.1:3000/callback [--app-port N] [--api-port N]
+        --redirect-uri http://127.0.0.1:3000/callback [--client-name NAME] \\
+        [--company ID=NAME ...] [--app-port N] [--api-port N]
 
 Prints ``LOCAL_INVOICED_BASE_URL=...`` and ``LOCAL_INVOICED_API_URL=...`` on
 stdout (one per line, easy for a script to read); logs requests to stderr.
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Sequence
 
 from . import Company, LocalInvoiced
+from .oauth import DEFAULT_CLIENT_NAME
 
 
 def _company(text: str) -> Company:
@@ -32,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client-secret", required=True)
     parser.add_argument("--redirect-uri", action="append", required=True, dest="redirect_uris",
                         help="a registered redirect URI (repeatable)")
+    parser.add_argument("--client-name", default=DEFAULT_CLIENT_NAME,
+                        help=f"the application name the consent page shows (default: {DEFAULT_CLIENT_NAME!r})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--app-port", type=int, default=0, help="authorize/token/revoke host (0: any free port)")
     parser.add_argument("--api-port", type=int, default=0, help="REST API host (0: any free port)")
@@ -48,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     invoiced = LocalInvoiced(client_id=args.client_id, client_secret=args.client_secret,
-                             redirect_uris=args.redirect_uris, companies=args.companies,
+                             redirect_uris=args.redirect_uris, client_name=args.client_name,
+                             companies=args.companies,
                              host=args.host, app_port=args.app_port, api_port=args.api_port)
     with invoiced:
         print(f"LOCAL_INVOICED_BASE_URL={invoiced.base_url}", flush=True)

@@ -39,6 +39,8 @@ CONSENT_TTL = 3_600
 #: The signed-in local user; an openid-only grant is about them, not a company.
 LOCAL_USER_ID = 1001
 _PKCE_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+#: What the consent page calls the application when no name was given.
+DEFAULT_CLIENT_NAME = "Your application"
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1")  # as urlsplit().hostname spells them
 # league's tokens are encrypted payloads with this prefix; ours are random but look alike.
 _OPAQUE_PREFIX = "def50200"
@@ -75,11 +77,16 @@ def add_query(uri: str, params: Sequence[tuple[str, str]]) -> str:
 
 @dataclass(frozen=True)
 class OAuthClient:
-    """The single registered OAuth application (always confidential)."""
+    """The single registered OAuth application (always confidential).
+
+    ``name`` is the application name entered when registering it; the consent
+    page shows it to the user.
+    """
 
     client_id: str
     client_secret: str
     redirect_uris: tuple[str, ...]
+    name: str = DEFAULT_CLIENT_NAME
 
     def accepts_redirect(self, uri: str) -> bool:
         return any(redirect_uri_matches(registered, uri) for registered in self.redirect_uris)

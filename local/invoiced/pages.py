@@ -18,8 +18,14 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
 }
 
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;color:#1f2933}"
-          "button{padding:.5rem 1.25rem;margin-right:.5rem}select{padding:.25rem}"
+# Readable from 320 px up: side padding instead of a fixed margin, long URIs and names wrap,
+# and the picker and buttons never push the page wider than the screen.
+_STYLE = ("*{box-sizing:border-box}"
+          "body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;"
+          "color:#1f2933;line-height:1.5;overflow-wrap:anywhere}"
+          "code{overflow-wrap:anywhere;word-break:break-all}"
+          "button{padding:.5rem 1.25rem;margin:0 .5rem .5rem 0;font-size:1rem}"
+          "select{padding:.25rem;max-width:100%;font-size:1rem}"
           ".error{color:#b42318}")
 
 _SCOPE_LABELS = {
@@ -32,17 +38,22 @@ _SCOPE_LABELS = {
 
 def _document(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)} - Invoiced (local)</title><style>{_STYLE}</style></head>"
             f"<body>{body}</body></html>\n")
 
 
-def consent_page(*, client_id: str, scopes: Sequence[str], redirect_uri: str,
+def consent_page(*, client_name: str, scopes: Sequence[str], redirect_uri: str,
                  companies: Sequence[Company] | None, pending_id: str) -> str:
     """The "authorize this application" form.
 
-    The original query stays server side under ``pending_id``; the form only
-    sends that id, the picked company and the decision.
+    Like Invoiced's own page it names the application by the name registered
+    with the OAuth client ("Approve NAME", "NAME wants access to your Invoiced
+    account."), not by its client id. The original query stays server side
+    under ``pending_id``; the form only sends that id, the picked company and
+    the decision.
     """
+    name = escape(client_name)
     scope_items = "".join(f"<li>{escape(_SCOPE_LABELS.get(s, s))} (<code>{escape(s)}</code>)</li>"
                           for s in scopes)
     picker = ""
@@ -52,8 +63,9 @@ def consent_page(*, client_id: str, scopes: Sequence[str], redirect_uri: str,
         picker = (f'<p><label for="company">Company</label> '
                   f'<select id="company" name="company">{options}</select></p>')
     body = (
-        "<h1>Authorize application</h1>"
-        f"<p>The application <strong>{escape(client_id)}</strong> wants to:</p><ul>{scope_items}</ul>"
+        f'<h1 id="client-name">{name}</h1>'
+        f"<p><strong>{name}</strong> wants access to your Invoiced account.</p>"
+        f"<p>This app requests these permissions:</p><ul>{scope_items}</ul>"
         f"<p>You will be sent back to <code>{escape(redirect_uri)}</code>.</p>"
         '<form method="post" action="/oauth/authorize">'
         f'<input type="hidden" name="request_id" value="{escape(pending_id)}">'
@@ -62,7 +74,7 @@ def consent_page(*, client_id: str, scopes: Sequence[str], redirect_uri: str,
         '<button type="submit" name="decision" value="deny">Deny</button>'
         "</form>"
     )
-    return _document("Authorize application", body)
+    return _document(f"Approve {client_name}", body)
 
 
 def error_page(message: str, hint: str = "") -> str:

@@ -25,8 +25,9 @@ from werkzeug.wrappers import Request, Response
 from .consent import submit_consent
 from .errors import ACCESS_DENIED_MESSAGE, INVALID_REQUEST_MESSAGE, OAuthError
 from .faults import Faults
+from .listing import ListQueryError, select_invoices
 from .models import DEFAULT_COMPANIES, Company, seed_invoices
-from .oauth import AuthorizationServer, OAuthClient
+from .oauth import DEFAULT_CLIENT_NAME, AuthorizationServer, OAuthClient
 from .pages import PAGE_HEADERS, consent_page, error_page, gateway_page
 from .signing import RS256Signer
 
@@ -114,10 +115,12 @@ class LocalInvoiced:
     ``base_url`` serves `/oauth/authorize`, `/oauth/access_token`,
     `/oauth/revoke` and the `/_admin` fault endpoints; ``api_url`` (another
     port, so code calling the wrong host fails) serves `/companies/current`
-    and `/invoices`. ``clock`` drives every expiry, so tests can jump time.
+    and `/invoices`. ``client_name`` is the registered application's name the
+    consent page shows. ``clock`` drives every expiry, so tests can jump time.
     """
 
     def __init__(self, *, client_id: str, client_secret: str, redirect_uris: list[str],
+                 client_name: str = DEFAULT_CLIENT_NAME,
                  companies: list[Company] | None = None, host: str = "127.0.0.1",
                  app_port: int = 0, api_port: int = 0, access_token_ttl: int = 3600,
                  code_ttl: int = 600, clock: Callable[[], float] = time.time) -> None:
@@ -129,7 +132,7 @@ class LocalInvoiced:
         self._clock = clock
         self._signer = RS256Signer.generate()
         self._oauth = AuthorizationServer(
-            client=OAuthClient(client_id, client_secret, tuple(redirect_uris)),
+            client=OAuthClient(client_id, client_secret, tuple(redirect_uris), client_name),
             companies=self.companies, signer=self._signer, clock=clock,
             access_token_ttl=access_token_ttl, code_ttl=code_ttl)
         self._records_lock = threading.Lock()
@@ -292,7 +295,7 @@ class LocalInvoiced:
             return _html(error_page(exc.kind.league_message, exc.hint), 400)
         pending_id = self._oauth.hold_for_consent(auth_request)
         companies = self.companies if auth_request.needs_company else None
-        return _html(consent_page(client_id=auth_request.client_id, scopes=auth_request.scopes,
+        return _html(consent_page(client_name=self._oauth.client.name, scopes=auth_request.scopes,
                                   redirect_uri=auth_request.redirect_uri, companies=companies,
                                   pending_id=pending_id))
 
@@ -466,6 +469,10 @@ class LocalInvoiced:
             if company_id not in self._invoices:
                 self._invoices[company_id] = seed_invoices(self._company(company_id), self.base_url)
             invoices = self._invoices[company_id]
+        try:
+            invoices = select_invoices(invoices, request.args)
+        except ListQueryError as exc:
+            return _api_error(400, str(exc))
         total = len(invoices)
         last = max(1, math.ceil(total / per_page))
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -246,6 +247,41 @@ def test_consent_page_is_a_form_with_a_company_picker_and_two_buttons(inv: Local
     assert '<button type="submit" name="decision" value="approve">Approve</button>' in html
     assert '<button type="submit" name="decision" value="deny">Deny</button>' in html
     assert "st-123" not in html  # the original query stays server side
+
+
+def test_consent_page_names_the_application_by_its_registered_name(inv: LocalInvoiced) -> None:
+    html = requests.get(authorize_url(inv), timeout=T).text
+
+    assert "<title>Approve Your application - Invoiced (local)</title>" in html
+    assert "<strong>Your application</strong> wants access to your Invoiced account." in html
+    assert CLIENT_ID not in html  # Invoiced shows the name, never the client id
+
+
+def test_consent_page_escapes_the_application_name() -> None:
+    hostile = 'Ledger "Sync" <script>alert(1)</script> & Co'
+    with LocalInvoiced(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uris=[CALLBACK],
+                       client_name=hostile) as named:
+        html = requests.get(authorize_url(named), timeout=T).text
+
+    escaped = "Ledger &quot;Sync&quot; &lt;script&gt;alert(1)&lt;/script&gt; &amp; Co"
+    assert "<script>" not in html
+    assert f"<title>Approve {escaped} - Invoiced (local)</title>" in html
+    assert f'<h1 id="client-name">{escaped}</h1>' in html
+    assert f"<strong>{escaped}</strong> wants access to your Invoiced account." in html
+
+
+def test_consent_page_fits_a_320_pixel_screen(inv: LocalInvoiced) -> None:
+    html = requests.get(authorize_url(inv), timeout=T).text
+    style = html.split("<style>", 1)[1].split("</style>", 1)[0]
+
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    # Nothing wider than the screen: no fixed widths or minimum widths, side padding, and
+    # long unbroken text (the redirect URI, a company or application name) wraps.
+    assert not re.findall(r"(?<![-\w])(width|min-width)\s*:", style)
+    assert "max-width:100%" in style.split("select{", 1)[1].split("}", 1)[0]
+    body = style.split("body{", 1)[1].split("}", 1)[0]
+    assert "padding:0 1rem" in body and "overflow-wrap:anywhere" in body
+    assert "word-break:break-all" in style.split("code{", 1)[1].split("}", 1)[0]
 
 
 def test_picked_company_becomes_the_token_subject(inv: LocalInvoiced) -> None:
@@ -609,6 +645,140 @@ def test_invoice_paging_bounds(inv: LocalInvoiced, query: str, count: int | None
         assert response.json()["type"] == "invalid_request"
 
 
+def list_all(inv: LocalInvoiced, access: str, query: str = "") -> tuple[list[dict[str, Any]], requests.Response]:
+    """Every invoice ``query`` lists, following the Link header; also the first page's response."""
+    first = api_get(inv, f"/invoices?{query}", access)
+    assert first.status_code == 200, first.text
+    invoices, page = list(first.json()), first
+    while "next" in parse_links(page.headers["Link"]):
+        page = requests.get(parse_links(page.headers["Link"])["next"],
+                            headers={"Authorization": f"Bearer {access}"}, timeout=T)
+        invoices += page.json()
+    return invoices, first
+
+
+@pytest.fixture(scope="module")
+def every_invoice(server: LocalInvoiced) -> list[dict[str, Any]]:
+    """ACME's whole ledger, unfiltered, in id order."""
+    return list_all(server, connect(server, company_id=ACME)["access_token"])[0]
+
+
+def test_filter_by_status_lists_only_that_status(inv: LocalInvoiced, every_invoice: list[dict[str, Any]]) -> None:
+    expected = [i["id"] for i in every_invoice if i["status"] == "past_due"]
+
+    listed, first = list_all(inv, connect(inv)["access_token"], "filter[status]=past_due&per_page=10")
+
+    assert 10 < len(expected) < 250
+    assert [i["id"] for i in listed] == expected
+    assert first.headers["X-Total-Count"] == str(len(expected))
+    last = parse_links(first.headers["Link"])["last"]
+    assert query_of(last) == {"filter[status]": "past_due", "per_page": "10", "page": str(-(-len(expected) // 10))}
+
+
+def test_filter_by_customer_and_combined_filters(inv: LocalInvoiced, every_invoice: list[dict[str, Any]]) -> None:
+    # A customer with both settled and open invoices, so each filter narrows the list.
+    customer = next(c for c in sorted({i["customer"] for i in every_invoice})
+                    if len({i["closed"] for i in every_invoice if i["customer"] == c}) == 2)
+    access = connect(inv)["access_token"]
+
+    by_customer, _ = list_all(inv, access, f"filter[customer]={customer}")
+    unpaid, _ = list_all(inv, access, f"filter[customer]={customer}&filter[paid]=0&filter[closed]=false")
+
+    assert [i["id"] for i in by_customer] == [i["id"] for i in every_invoice if i["customer"] == customer]
+    assert [i["id"] for i in unpaid] == [i["id"] for i in every_invoice
+                                         if i["customer"] == customer and not i["paid"] and not i["closed"]]
+    assert 0 < len(unpaid) < len(by_customer)
+
+
+def test_filter_by_date_and_metadata(inv: LocalInvoiced, every_invoice: list[dict[str, Any]]) -> None:
+    target = every_invoice[6]  # the 7th invoice carries a po_number
+    access = connect(inv)["access_token"]
+    day = time.strftime("%Y-%m-%d", time.gmtime(target["date"]))
+
+    on_day, _ = list_all(inv, access, f"filter[date]={day}")
+    by_po, _ = list_all(inv, access, urlencode({"metadata[po_number]": target["metadata"]["po_number"]}))
+
+    assert [i["id"] for i in on_day] == [target["id"]]
+    assert target["id"] in [i["id"] for i in by_po]
+    assert all(i["metadata"].get("po_number") == target["metadata"]["po_number"] for i in by_po)
+
+
+def test_start_and_end_date_bound_the_invoice_date(inv: LocalInvoiced, every_invoice: list[dict[str, Any]]) -> None:
+    start, end = every_invoice[9]["date"], every_invoice[19]["date"]
+
+    listed, first = list_all(inv, connect(inv)["access_token"], f"start_date={start}&end_date={end}")
+
+    assert [i["id"] for i in listed] == [i["id"] for i in every_invoice[9:20]]
+    assert first.headers["X-Total-Count"] == "11"
+
+
+def test_updated_after_and_before_are_exclusive(inv: LocalInvoiced, every_invoice: list[dict[str, Any]]) -> None:
+    after, before = every_invoice[50]["updated_at"], every_invoice[150]["updated_at"]
+    access = connect(inv)["access_token"]
+
+    newer, _ = list_all(inv, access, f"updated_after={after}")
+    between, _ = list_all(inv, access, f"updated_after={after}&updated_before={before}")
+
+    assert [i["id"] for i in newer] == [i["id"] for i in every_invoice if i["updated_at"] > after]
+    assert [i["id"] for i in between] == [i["id"] for i in every_invoice if after < i["updated_at"] < before]
+    assert every_invoice[50]["id"] not in [i["id"] for i in newer]
+    # Read like PHP's (int) cast: the leading digits count, whatever follows them.
+    assert list_all(inv, access, f"updated_after={after}xyz")[0] == newer
+
+
+def test_sort_orders_by_each_term_with_id_breaking_ties(inv: LocalInvoiced,
+                                                         every_invoice: list[dict[str, Any]]) -> None:
+    listed, _ = list_all(inv, connect(inv)["access_token"], urlencode({"sort": "status asc,total desc"}))
+
+    expected = sorted(every_invoice, key=lambda i: i["id"])
+    expected.sort(key=lambda i: i["total"], reverse=True)
+    expected.sort(key=lambda i: i["status"])
+    assert [i["id"] for i in listed] == [i["id"] for i in expected]
+    assert [i["id"] for i in listed] != [i["id"] for i in every_invoice]
+
+
+@pytest.mark.parametrize("sort", ["bogus desc", "url desc", "total", "total sideways", "total desc desc", ""])
+def test_unusable_sort_terms_are_dropped_not_refused(inv: LocalInvoiced, every_invoice: list[dict[str, Any]],
+                                                     sort: str) -> None:
+    listed, _ = list_all(inv, connect(inv)["access_token"], urlencode({"sort": sort}))
+
+    assert [i["id"] for i in listed] == [i["id"] for i in every_invoice]
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("filter[colour]=red", "Invalid filter parameter: colour"),
+    ("filter[notes]=x", "Invalid filter parameter: notes"),
+    ("filter[status][0]=paid", "Invalid value for `status` filter parameter"),
+    ("filter[date]=yesterday-ish", "Invalid value for `date` filter parameter: yesterday-ish"),
+    ("filter[due_date]=2024-13-45", "Invalid value for `due_date` filter parameter: 2024-13-45"),
+])
+def test_malformed_filters_get_invoiceds_400(inv: LocalInvoiced, query: str, message: str) -> None:
+    response = api_get(inv, f"/invoices?{query}", connect(inv)["access_token"])
+
+    assert response.status_code == 400
+    assert response.json() == {"type": "invalid_request", "message": message}
+
+
+@pytest.mark.parametrize("query", [
+    "filter[status]=bogus", "filter[customer]=abc", "filter[paid]=maybe", "metadata[po_number]=none",
+])
+def test_a_filter_value_that_matches_nothing_lists_nothing(inv: LocalInvoiced, query: str) -> None:
+    response = api_get(inv, f"/invoices?{query}", connect(inv)["access_token"])
+
+    assert response.status_code == 200 and response.json() == []
+    assert response.headers["X-Total-Count"] == "0"
+    assert set(parse_links(response.headers["Link"])) == {"self", "first", "last"}
+
+
+@pytest.mark.parametrize("query", [
+    "start_date=soon", "end_date=-5", "updated_after=abc", "updated_before=0", "created_after=1", "expand=customer",
+])
+def test_ignored_bounds_and_unknown_parameters_list_everything(inv: LocalInvoiced, query: str) -> None:
+    response = api_get(inv, f"/invoices?{query}", connect(inv)["access_token"])
+
+    assert response.status_code == 200 and response.headers["X-Total-Count"] == "250"
+
+
 def test_more_than_twenty_concurrent_requests_per_token_get_429(inv: LocalInvoiced) -> None:
     busy, other = connect(inv)["access_token"], connect(inv)["access_token"]
     inv.faults.latency_ms = 600
@@ -832,6 +1002,27 @@ def test_a_busy_port_fails_start_cleanly(inv: LocalInvoiced) -> None:
     with pytest.raises(OSError):
         other.start()
     other.stop()  # idempotent after a failed start
+
+
+def test_standalone_consent_page_shows_the_client_name_and_companies() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "local.invoiced", "--client-id", CLIENT_ID,
+               "--client-secret", CLIENT_SECRET, "--redirect-uri", CALLBACK, "--quiet",
+               "--client-name", "Ledger <Sync>", "--company", "5=Five & Co"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as process:
+        assert process.stdout is not None
+        try:
+            base_url = process.stdout.readline().strip().split("=", 1)[1]
+            query = urlencode({"response_type": "code", "client_id": CLIENT_ID, "redirect_uri": CALLBACK,
+                               "scope": "read"})
+            html = requests.get(f"{base_url}/oauth/authorize?{query}", timeout=T).text
+        finally:
+            process.terminate()
+            _, errors = process.communicate(timeout=10)
+    assert process.returncode == 0, errors
+    assert "<strong>Ledger &lt;Sync&gt;</strong> wants access to your Invoiced account." in html
+    assert '<option value="5">Five &amp; Co</option>' in html
 
 
 def test_runs_standalone_and_prints_its_urls() -> None:
