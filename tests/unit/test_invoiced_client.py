@@ -220,3 +220,72 @@ def test_a_token_response_counts_its_lifetime_from_the_client_clock():
                             clock=lambda: NOW)
     tokens = client.refresh("def50200old")
     assert (tokens.expires_at, tokens.lifetime) == (NOW + 90, 90)
+
+
+# ------------------------------------------------------------------ strict parsing of what Invoiced sends
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"error": NaN}', b'{"message": Infinity}', b'{"type": -Infinity}',
+                                  b'{"error": "invalid_grant", "x": 1e400}'])
+def test_an_error_body_that_is_not_strict_json_is_transient_as_no_json(body):
+    error = classify_token_error(http_response(400, body), "authorization_code")
+    assert (type(error), error.reason, error.status) == (TransientError, "non_json", 400)
+
+
+@pytest.mark.parametrize("code", [{"x": 1}, ["invalid_grant"], 5, True, None])
+def test_an_error_code_that_is_not_a_string_is_a_plain_rejection(code):
+    error = classify_token_error(http_response(400, {"error": code}), "refresh_token")
+    assert (type(error), error.reason) == (RequestRejectedError, "rejected")
+
+
+@pytest.mark.parametrize("kind", [["api_error"], {"api_error": 1}])
+def test_an_error_type_that_is_not_a_string_is_a_plain_rejection(kind):
+    error = classify_token_error(http_response(400, {"type": kind, "message": "x"}), "refresh_token")
+    assert (type(error), error.reason) == (RequestRejectedError, "rejected")
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"expires_in": NaN}', b'{"expires_in": 1e400}', b'{"x": Infinity}'])
+def test_a_token_response_that_is_not_strict_json_is_not_json(body):
+    with pytest.raises(InvalidTokenResponseError) as info:
+        parse_token_response(http_response(200, body), now=NOW)
+    assert info.value.reason == "not_json"
+
+
+@pytest.mark.parametrize("expires_in", [3600.0, 3600.5, "3600", True, None, [3600]])
+def test_expires_in_must_be_an_integer(expires_in):
+    with pytest.raises(InvalidTokenResponseError) as info:
+        parse_token_response(http_response(200, token_body(expires_in=expires_in) | {"expires_in": expires_in}),
+                             now=NOW)
+    assert info.value.reason == "bad_expires_in"
+
+
+def test_access_token_claims_nested_past_the_parsers_depth_are_unreadable():
+    access = f"{fake_jwt().split('.')[0]}.{invoiced.b64url.encode(DEEP)}.c2ln"
+    with pytest.raises(InvalidTokenResponseError) as info:
+        parse_token_response(http_response(200, token_body(access_token=access)), now=NOW)
+    assert info.value.reason == "not_jwt"
+
+
+@pytest.mark.parametrize("claims", [b'{"sub": "tenant:1", "x": NaN}', b'{"sub": "tenant:1", "exp": 1e400}'])
+def test_access_token_claims_that_are_not_strict_json_are_unreadable(claims):
+    access = f"{fake_jwt().split('.')[0]}.{invoiced.b64url.encode(claims)}.c2ln"
+    with pytest.raises(InvalidTokenResponseError) as info:
+        parse_token_response(http_response(200, token_body(access_token=access)), now=NOW)
+    assert info.value.reason == "not_jwt"
+
+
+@pytest.mark.parametrize(("company_id", "read"), [(167, "167"), ("167", "167"), (True, ""), (1.5, ""),
+                                                  ({"id": 1}, ""), ([167], ""), (None, "")])
+def test_the_company_id_is_read_only_from_an_integer_or_a_string(company_id, read):
+    body = {"id": company_id, "name": "Acme"}
+    client, _ = client_with(ScriptedSession(http_response(200, body)))
+    assert client.current_company("at").id == read
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"id": NaN, "name": "Acme"}', b'{"id": 1e400, "name": "Acme"}'])
+def test_a_company_body_that_is_not_strict_json_is_an_api_error(body):
+    client, _ = client_with(ScriptedSession(http_response(200, body)))
+    with pytest.raises(invoiced.ApiError) as info:
+        client.current_company("at")
+    assert info.value.status == 200

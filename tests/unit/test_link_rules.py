@@ -170,3 +170,63 @@ def test_without_now_build_claims_counts_from_the_clock():
     before = time.time()
     claims = build_claims("acme-42", None, timedelta(hours=1), ALLOW)
     assert int(before) + 3600 <= claims.expires_at <= int(time.time()) + 3600
+
+
+# A signed payload is parsed strictly: an integer expiry, string ids, no
+# non-finite numbers (which int() overflows on).
+STRICT_BODY = '{"cid":"acme-42","exp":%s,"jti":"0123456789abcdef0123456789abcdef"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(STRICT_BODY % "1e400", id="expiry 1e400"),
+        pytest.param(STRICT_BODY % "-1e400", id="expiry -1e400"),
+        pytest.param(STRICT_BODY % "Infinity", id="expiry Infinity"),
+        pytest.param(STRICT_BODY % "NaN", id="expiry NaN"),
+        pytest.param(STRICT_BODY % "true", id="expiry a bool"),
+        pytest.param(STRICT_BODY % "1800003600.0", id="expiry a float"),
+        pytest.param(STRICT_BODY % '"1800003600"', id="expiry a string of digits"),
+        pytest.param(STRICT_BODY % "1800003600" + " NaN", id="trailing constant"),
+        pytest.param('{"cid":"acme-42","exp":1800003600,"jti":"0123456789abcdef","x":NaN}', id="NaN elsewhere"),
+        pytest.param('{"cid":["acme-42"],"exp":1800003600,"jti":"0123456789abcdef"}', id="connection id a list"),
+        pytest.param('{"cid":"acme-42","exp":1800003600,"jti":["0123456789abcdef"]}', id="link id a list"),
+        pytest.param('{"cid":"acme-42","exp":1800003600,"jti":"0123456789abcdef","rt":["https://a.b/"]}',
+                     id="return URL a list"),
+    ],
+)
+def test_a_signed_payload_with_a_value_of_the_wrong_kind_is_malformed(body):
+    error = refusal(signed(b64url.encode(body.encode())))
+    assert str(error) == MALFORMED
+    assert not isinstance(error, LinkSignatureError)
+
+
+def test_an_integer_expiry_is_read_as_given():
+    claims = verify_link_token(signed(b64url.encode((STRICT_BODY % (NOW + 1)).encode())), [KEY], now=NOW)
+    assert claims.expires_at == NOW + 1 and type(claims.expires_at) is int
+
+
+# ------------------------------------------------------------------ another company on reconnect
+def test_a_link_allowing_a_company_change_carries_acc_and_verifies_back():
+    claims = LinkClaims("acme-42", None, NOW + 3600, LINK_ID, allow_company_change=True)
+    token = sign_link_token(claims, KEY)
+    assert json.loads(b64url.decode(token.split(".")[1])) == {**PAYLOAD, "acc": True}
+    assert verify_link_token(token, [KEY], now=NOW) == claims
+
+
+def test_a_link_without_acc_does_not_allow_a_company_change():
+    assert verify_link_token(signed_payload(PAYLOAD), [KEY], now=NOW).allow_company_change is False
+    assert verify_link_token(signed_payload({**PAYLOAD, "acc": False}), [KEY], now=NOW).allow_company_change is False
+
+
+@pytest.mark.parametrize("value", [1, "true", None, [True]])
+def test_an_acc_that_is_not_a_boolean_is_malformed(value):
+    error = refusal(signed_payload({**PAYLOAD, "acc": value}))
+    assert str(error) == MALFORMED and not isinstance(error, LinkSignatureError)
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_build_claims_carries_the_company_change_permission(allowed):
+    assert build_claims("acme-42", None, timedelta(hours=1), ALLOW, now=NOW,
+                        allow_company_change=allowed).allow_company_change is allowed
+    assert build_claims("acme-42", None, timedelta(hours=1), ALLOW, now=NOW).allow_company_change is False

@@ -23,7 +23,6 @@ and log keys.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,9 +35,14 @@ from invoiced_connect.cloud.events import EventPublisher
 from invoiced_connect.cloud.secrets import SecretError
 from invoiced_connect.connect import messages, pages
 from invoiced_connect.connect.links import LinkClaims, LinkError, LinkExpired, LinkSignatureError, verify_link_token
+from invoiced_connect.connect.outcome_cookie import (
+    CLEAR_RESULT_COOKIE,
+    RESULT_COOKIE_NAME,
+    decode_outcome,
+    outcome_cookie,
+)
 from invoiced_connect.connect.pages import HttpResult
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token, s256_challenge
-from invoiced_connect.core import b64url
 from invoiced_connect.core.metrics import (
     CONNECT_FAILED,
     CONNECT_STARTED,
@@ -514,49 +518,3 @@ class ConnectFlow:
             return name
         return name or None
 
-
-# ---------------------------------------------------------------------- outcome cookie
-RESULT_COOKIE_NAME = "__Host-invoiced-connect-result"
-CLEAR_RESULT_COOKIE = f"{RESULT_COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
-_SHOWN_STATUSES = frozenset({200, 400, 403, 502, 503})
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    return text if text is None or len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def outcome_cookie(outcome: pages.OutcomePage) -> str:
-    """The outcome, carried to the redirected page in a short-lived cookie.
-
-    Only this origin can set a ``__Host-`` cookie, and the page escapes what
-    it shows, so the cookie needs no signature; it holds nothing secret.
-    """
-    payload = {
-        "s": outcome.status,
-        "t": _clip(outcome.title, 100),
-        "m": _clip(outcome.message, 400),
-        "r": _clip(outcome.reference, 100),
-        "c": _clip(outcome.company, 200),
-        "ok": outcome.connected,
-    }
-    value = b64url.encode(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
-    return f"{RESULT_COOKIE_NAME}={value}; Max-Age=60; {_COOKIE_ATTRIBUTES}"
-
-
-def decode_outcome(value: str) -> pages.OutcomePage | None:
-    """Read an outcome cookie; anything malformed is ``None``."""
-    if not value or len(value) > 3000:
-        return None
-    try:
-        payload = json.loads(b64url.decode(value))
-        outcome = pages.OutcomePage(
-            status=int(payload["s"]),
-            title=str(payload["t"]),
-            message=str(payload["m"]),
-            reference=str(payload["r"]),
-            company=None if payload.get("c") is None else str(payload["c"]),
-            connected=payload.get("ok") is True,
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-    return outcome if outcome.status in _SHOWN_STATUSES else None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from invoiced_connect.core import b64url
+from invoiced_connect.core import b64url, strict_json
 from invoiced_connect.core.models import InvalidConnectionId, validate_connection_id
 from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 
@@ -110,11 +110,11 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
     if not any(hmac.compare_digest(_mac(_check_key(key), signed_part), given) for key in keys if key):
         raise LinkSignatureError("the connect link's signature is not valid")
     try:
-        payload = json.loads(b64url.decode(body))
+        payload = strict_json.loads(b64url.decode(body))
         claims = LinkClaims(
             connection_id=validate_connection_id(payload["cid"]),
             return_to=payload.get("rt"),
-            expires_at=int(payload["exp"]),
+            expires_at=strict_json.integer(payload["exp"]),
             link_id=payload["jti"],
         )
     except (ValueError, KeyError, TypeError, InvalidConnectionId) as exc:

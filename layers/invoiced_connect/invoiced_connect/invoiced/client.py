@@ -25,14 +25,13 @@ both are understood. See ``shared/reference/invoiced-provider.md``.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from invoiced_connect.core import b64url
+from invoiced_connect.core import b64url, strict_json
 from invoiced_connect.core.models import Company, TokenSet
 
 if TYPE_CHECKING:
@@ -103,8 +102,9 @@ class ApiError(InvoicedError):
 
 
 def _json_body(response: requests.Response) -> Any:
+    """The body as strict JSON (see core/strict_json.py), or ``None``."""
     try:
-        return response.json()
+        return strict_json.loads(response.content)
     except ValueError:
         return None
 
@@ -120,7 +120,9 @@ def classify_token_error(response: requests.Response, grant_type: str) -> Invoic
             f"Invoiced answered {status} without a JSON body", status=status, reason="non_json"
         )
     if "error" in body:  # stock league/oauth2-server shape
-        code = str(body.get("error"))
+        code = body["error"]
+        if not isinstance(code, str):
+            return RequestRejectedError("Invoiced rejected the request", status=status, reason="rejected")
         if code == "invalid_client":
             return ClientAuthError("client authentication failed", status=status, reason="invalid_client")
         if code == "invalid_grant":
@@ -157,7 +159,7 @@ def _jwt_claims(token: str) -> dict[str, Any]:
     if len(parts) != 3:
         raise InvalidTokenResponseError("access token is not a JWT", reason="not_jwt")
     try:
-        claims = json.loads(b64url.decode(parts[1]))
+        claims = strict_json.loads(b64url.decode(parts[1]))
     except ValueError as exc:
         raise InvalidTokenResponseError("access token claims are unreadable", reason="not_jwt") from exc
     if not isinstance(claims, dict):
@@ -399,4 +401,7 @@ class InvoicedClient:
             error = TransientError if response.status_code == 429 or response.status_code >= 500 else ApiError
             raise error(f"companies/current answered {response.status_code}", status=response.status_code)
         name = body.get("name")
-        return Company(id=str(body.get("id", "")), name=name if isinstance(name, str) else "")
+        company_id = body.get("id")
+        if type(company_id) is int:
+            company_id = str(company_id)
+        return Company(id=company_id if isinstance(company_id, str) else "", name=name if isinstance(name, str) else "")
