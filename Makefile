@@ -13,7 +13,7 @@ ENV       ?= sandbox
 
 NODE_EXAMPLE := examples/node
 
-.PHONY: help install run test unit lint validate build bench mutate clean deploy deploy-guided
+.PHONY: help install run test unit lint validate build bench mutate fuzz clean deploy deploy-guided
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,23 @@ $(VENV)/.mutation-installed: $(VENV)/.installed tests/mutation/requirements.txt
 
 mutate: $(VENV)/.mutation-installed ## Mutation testing (mutmut) of the modules with security and lifecycle promises; not part of test (MODULES="links pages" for some)
 	$(PY) tests/mutation/run.py $(MODULES)
+
+# atheris, pinned in its own requirements file: it is not needed by make test.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= links outcome cookies
+$(VENV)/.fuzz-installed: $(VENV)/.installed tests/fuzz/requirements.txt
+	$(PY) -m pip install -q -r tests/fuzz/requirements.txt
+	@touch $@
+
+fuzz: $(VENV)/.fuzz-installed ## Fuzz the link and cookie decoders (atheris), FUZZ_SECONDS=60 each; not part of test
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$target for $(FUZZ_SECONDS) s"; mkdir -p .local/fuzz/$$target; \
+	  $(PY) tests/fuzz/fuzz_decoders.py $$target .local/fuzz/$$target tests/fuzz/corpus/$$target \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.local/fuzz/ -print_final_stats=1 || exit $$?; \
+	done
+
+screenshots: $(VENV)/.installed ## Render every connect page (desktop and 360 px) with headless Chromium into docs/screenshots/
+	@CHROMIUM_PATH=$$(scripts/ensure-chromium) && export CHROMIUM_PATH && $(PY) -m tests.support.screenshots
 
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q

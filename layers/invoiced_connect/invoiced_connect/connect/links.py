@@ -119,7 +119,7 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
         )
     except (ValueError, KeyError, TypeError, InvalidConnectionId) as exc:
         raise LinkMalformed("the connect link is malformed") from exc
-    if claims.return_to is not None and not isinstance(claims.return_to, str):
+    if claims.return_to is not None and (not isinstance(claims.return_to, str) or not claims.return_to):
         raise LinkMalformed("the connect link is malformed")
     if not isinstance(claims.link_id, str) or not 16 <= len(claims.link_id) <= 64:
         raise LinkMalformed("the connect link is malformed")
