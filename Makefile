@@ -13,7 +13,7 @@ ENV       ?= sandbox
 
 NODE_EXAMPLE := examples/node
 
-.PHONY: help install run test unit lint validate build bench mutate fuzz clean deploy deploy-guided
+.PHONY: help install run test unit lint validate build bench mutate fuzz clean deploy deploy-guided screenshots
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,7 +35,12 @@ $(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXA
 	npm ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --loglevel=error
 	@touch $@
 
-install: $(VENV)/.installed $(SAM_VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed ## Create the virtual environments (.venv, .venv-sam) and the Node example's node_modules
+# axe-core for the browser tests' accessibility checks (package.json at the root, from its lockfile).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(VENV)/.installed $(SAM_VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed node_modules/.installed ## Create the virtual environments (.venv, .venv-sam), the Node example's node_modules and axe-core's (node_modules)
 
 run: $(VENV)/.installed ## Start the whole system on loopback and print a connect link (ARGS="--schedule-every 30")
 	$(PY) -m local.stack $(ARGS)
@@ -88,6 +93,9 @@ fuzz: $(VENV)/.fuzz-installed ## Fuzz the link and cookie decoders (atheris), FU
 screenshots: $(VENV)/.installed ## Render every connect page (desktop and 360 px) with headless Chromium into docs/screenshots/
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) && export CHROMIUM_PATH && $(PY) -m tests.support.screenshots
 
+screenshots: $(VENV)/.installed ## Render every connect page (desktop and 360 px) with headless Chromium into docs/screenshots/
+	@CHROMIUM_PATH=$$(scripts/ensure-chromium) && export CHROMIUM_PATH && $(PY) -m tests.support.screenshots
+
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
 
@@ -110,4 +118,4 @@ deploy-guided: $(VENV)/.installed $(SAM_VENV)/.installed ## The same with sam de
 	@$(call deploy_steps,--guided)
 
 clean: ## Remove build output and virtual environments
-	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache .mutation $(NODE_EXAMPLE)/node_modules
+	rm -rf .aws-sam $(VENV) $(SAM_VENV) .local .pytest_cache .mutation $(NODE_EXAMPLE)/node_modules node_modules

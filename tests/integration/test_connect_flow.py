@@ -15,15 +15,17 @@ import boto3
 import pytest
 import requests
 
-from invoiced_connect.connect.flow import LINK_USED_MESSAGE
+from invoiced_connect.connect import messages
 from invoiced_connect.connect.links import LinkClaims, sign_link_token
 from invoiced_connect.connect.pkce import fingerprint, new_verifier, random_token
 from invoiced_connect.core.models import ConnectionStatus
 from invoiced_connect.storage.crypto import TokenCipher
 from invoiced_connect.storage.store import FlowState, StateRejected, TokenStore
+from local.stack import LOCAL_APP_NAME
 from tests.support import CLIENT_SECRET_CANARY, RETURN_BASE, b64url, security_header_problems
 from tests.support.browser import COOKIE_RE, RESULT_COOKIE_RE, callback, start_flow
 
+LINK_USED_MESSAGE = messages.link_used(LOCAL_APP_NAME).text
 
 # ------------------------------------------------------------------ helpers
 def table_items(stack, prefix: str) -> list[dict]:
@@ -332,7 +334,7 @@ def assert_replayed_state_page(response: requests.Response) -> None:
     assert_safe_page(response, 400)
     heading = re.search(r"<h1>(.*?)</h1><p>(.*?)</p>", response.text)
     assert heading is not None, response.text
-    assert heading.group(1) == "Link expired", f"refused, but not as a replayed state: {heading.groups()}"
+    assert heading.group(1) == "Sign-in expired", f"refused, but not as a replayed state: {heading.groups()}"
     assert "was already used" in heading.group(2) and LINK_USED_MESSAGE not in response.text
 
 

@@ -40,7 +40,7 @@ def test_callback_event_for_an_unknown_state_redirects_to_the_400_outcome_page(s
     follow["rawQueryString"], follow["queryStringParameters"], follow["cookies"] = "", None, [result]
     page = handler(follow)
     assert page["statusCode"] == 400
-    assert "Link expired" in page["body"]
+    assert "<h1>Sign-in expired</h1>" in page["body"]
     assert "sample-callback-request" in page["body"]
 
 
@@ -87,5 +87,5 @@ def test_a_configuration_error_is_a_503_page_and_a_log_line_naming_the_variable(
         monkeypatch.undo()
         runtime.reset()
     assert response["statusCode"] == 503
-    assert "not configured yet" in response["body"]
+    assert "not set up yet" in response["body"]
     assert "RETURN_URL_ALLOWLIST entry" in "".join(capfd.readouterr())
