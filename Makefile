@@ -93,9 +93,6 @@ fuzz: $(VENV)/.fuzz-installed ## Fuzz the link and cookie decoders (atheris), FU
 screenshots: $(VENV)/.installed ## Render every connect page (desktop and 360 px) with headless Chromium into docs/screenshots/
 	@CHROMIUM_PATH=$$(scripts/ensure-chromium) && export CHROMIUM_PATH && $(PY) -m tests.support.screenshots
 
-screenshots: $(VENV)/.installed ## Render every connect page (desktop and 360 px) with headless Chromium into docs/screenshots/
-	@CHROMIUM_PATH=$$(scripts/ensure-chromium) && export CHROMIUM_PATH && $(PY) -m tests.support.screenshots
-
 unit: $(VENV)/.installed ## Unit tests only (no network, no AWS)
 	$(PY) -m pytest tests/unit -q
 
