@@ -83,9 +83,10 @@ class RecordingEvents(EventPublisher):
         super().__init__(bus_name)
         self.seen: list[tuple[str, str, str | None]] = []
 
-    def publish(self, detail_type: str, connection: Connection, *, reason: str | None = None) -> bool:
+    def publish(self, detail_type: str, connection: Connection, *, reason: str | None = None,
+                extra: dict[str, str | None] | None = None) -> bool:
         self.seen.append((detail_type, connection.connection_id, reason))
-        return super().publish(detail_type, connection, reason=reason)
+        return super().publish(detail_type, connection, reason=reason, extra=extra)
 
     def types_for(self, connection_id: str) -> list[str]:
         return [kind for kind, cid, _ in self.seen if cid == connection_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from local.contracts import validator_for
 KEY = "k" * 40
 LINK_SETTINGS = SimpleNamespace(return_url_allowlist=("https://app.example.test/back",),
                                 connect_url="https://connect.example.test/connect")
-NAMES = ("connection_id", "return_to", "ttl_seconds", "min_validity_seconds", "rejected_version", "action",
+NAMES = ("connection_id", "return_to", "ttl_seconds", "allow_company_change", "min_validity_seconds", "rejected_version", "action",
          "limit", "next_token", "api_version", "surprise")
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -76,6 +77,25 @@ def test_any_links_request_gets_a_link_or_a_typed_error(request):
     answer = answer_of("links.answer", lambda: app_api.create_link(request, settings=LINK_SETTINGS,
                                                                    signing_key=lambda: KEY, now=1_000_000))
     assert "error" in answer or answer["url"].startswith(LINK_SETTINGS.connect_url)
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_link_may_allow_a_company_change_and_says_so_in_its_claims(allowed):
+    from invoiced_connect.connect.links import verify_link_token
+
+    answer = answer_of("links.answer", lambda: app_api.create_link(
+        {"connection_id": "acme-7", "allow_company_change": allowed}, settings=LINK_SETTINGS,
+        signing_key=lambda: KEY, now=1_000_000))
+    token = answer["url"].split("link=", 1)[1]
+    assert verify_link_token(token, [KEY], now=1_000_000).allow_company_change is allowed
+
+
+@pytest.mark.parametrize("value", [1, "true", None, [True]])
+def test_an_allow_company_change_that_is_not_a_boolean_is_a_bad_request(value):
+    answer = answer_of("links.answer", lambda: app_api.create_link(
+        {"connection_id": "acme-7", "allow_company_change": value}, settings=LINK_SETTINGS,
+        signing_key=lambda: KEY, now=1_000_000))
+    assert (answer["error"], answer["message"]) == ("bad_request", "allow_company_change must be true or false")
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,6 +5,7 @@ stores, revokes, labels, publishes and shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from types import SimpleNamespace
 
@@ -51,7 +52,7 @@ from invoiced_connect.invoiced.client import (
     TransientError,
 )
 from invoiced_connect.storage.crypto import SealedTokens
-from invoiced_connect.storage.store import LinkAlreadyUsed, Saved, StateRejected
+from invoiced_connect.storage.store import CompanyMismatch, LinkAlreadyUsed, Saved, StateRejected
 
 NOW = 1_800_000_000.75  # a fractional clock: the flow works in whole seconds
 KEY = "k" * 43
@@ -93,6 +94,7 @@ class FakeStore:
         self.claimed: set[str] = set()
         self.version = 1
         self.replaced: SealedTokens | None = None
+        self.previous: Connection | None = None
         self.save_error: Exception | None = None
         self.name_saved = True
 
@@ -132,7 +134,10 @@ class FakeStore:
             expires_at=tokens.expires_at, version=self.version, created_at=kwargs["now"], updated_at=kwargs["now"],
             refresh_at=kwargs["refresh_at"], active_until=kwargs["active_until"],
         )
-        return Saved(connection, self.replaced)
+        previous = self.previous
+        if previous is None and self.version > 1:  # a row saved before: the same company, healthy
+            previous = dataclasses.replace(connection, version=self.version - 1)
+        return Saved(connection, self.replaced, previous)
 
     def set_company_name(self, connection_id, name, *, version):
         self.calls.append(("set_company_name", connection_id, name, version))
@@ -203,8 +208,8 @@ class FakeEvents:
     def __init__(self) -> None:
         self.published: list[tuple] = []
 
-    def publish(self, kind, connection):
-        self.published.append((kind, connection))
+    def publish(self, kind, connection, **details):
+        self.published.append((kind, connection, details) if details else (kind, connection))
 
 
 class Keys:
@@ -303,6 +308,15 @@ def test_single_refuses_repeats_and_overlong_values_with_their_wording():
     assert _single({"code": [""]}, "code") == ""
 
 
+@pytest.mark.parametrize("value", ["\ud800", "ok\udfff"])
+def test_single_refuses_a_value_that_is_not_text(value):
+    with pytest.raises(RequestRefused) as info:
+        _single({"code": [value]}, "code")
+    assert (info.value.status, info.value.title, info.value.message, info.value.reason) == (
+        400, *texts(messages.parameter_not_text("code")), "param_not_text")
+    assert _single({"code": ["caf\u00e9 \U0001f600"]}, "code") == "caf\u00e9 \U0001f600"
+
+
 def test_flow_report_first_failure_stands_and_success_clears_the_reason():
     seen: list[str] = []
     report = FlowReport(on_connection_id=seen.append)
@@ -321,7 +335,7 @@ def test_flow_report_first_failure_stands_and_success_clears_the_reason():
 
 @pytest.mark.parametrize(("reason", "counted"), [
     ("no_link", "link_invalid"), ("bad_link", "link_invalid"), ("return_to", "return_url_refused"),
-    ("link_used", "link_used"), ("duplicate_param", "bad_request"), ("param_too_long", "bad_request"),
+    ("link_used", "link_used"), ("duplicate_param", "bad_request"), ("param_too_long", "bad_request"), ("param_not_text", "bad_request"),
     ("no_state", "bad_request"), ("no_code", "bad_request"), ("no_cookie", "state_rejected"),
     ("state_rejected", "state_rejected"), ("issuer", "state_rejected"), ("code_invalid", "code_rejected"),
     ("something_new", "bad_request"),
@@ -556,7 +570,8 @@ def test_callback_connects_stores_first_then_labels_and_publishes(caplog):
     assert saved == dict(connection_id=CID, tokens=TOKENS,
                          ciphertext=SealedTokens(access=b"A:new-access", refresh=b"R:new-refresh"),
                          company_name=None, issuer=ISSUER, api_url="https://api.sandbox.invoiced.com",
-                         now=1_800_000_000, refresh_at=1_800_001_234, active_until=1_800_007_200)
+                         now=1_800_000_000, refresh_at=1_800_001_234, active_until=1_800_007_200,
+                         allow_company_change=False)
     assert t.policy.calls == [dict(expires_at=1_800_003_600, now=1_800_000_000, active_until=1_800_007_200,
                                    lifetime=3500)]
     assert t.client.calls[1:] == [("current_company", "new-access", 3.0)]
@@ -937,3 +952,116 @@ def test_query_parsing_from_the_raw_string_reaches_the_flow():
     cookies = parse_cookies([f"other=1; {COOKIE_NAME}={binding}"])
     t.flow.callback(query, cookies, "r")
     assert t.client.calls[0][1]["code"] == "abc d"
+
+
+# ------------------------------------------------------------------ reconnects and companies
+def _stored(**changes) -> Connection:
+    values = dict(connection_id=CID, tenant_id="167", company_name="Acme Inc", scopes=("read",), issuer=ISSUER,
+                  status=ConnectionStatus.ACTIVE, expires_at=1, version=4, created_at=2, updated_at=3)
+    values.update(changes)
+    return Connection(**values)
+
+
+def _started_with(t, **claims):
+    link = sign_link_token(LinkClaims(CID, claims.pop("return_to", None), 1_800_000_900, LINK_ID, **claims), KEY)
+    result = t.flow.start({"link": [link]}, "ref-s")
+    state = t.client.calls[-1][1]["state"]
+    binding = cookie_value(result.cookies[0], COOKIE_NAME)
+    t.store.calls.clear()
+    t.client.calls.clear()
+    return state, binding
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_the_links_company_change_permission_reaches_the_save(allowed):
+    t = make_flow()
+    state, binding = _started_with(t, allow_company_change=allowed)
+    assert t.store.states[fingerprint(state)].allow_company_change is allowed
+    t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    [save] = [call[1] for call in t.store.calls if call[0] == "save_replacing"]
+    assert save["allow_company_change"] is allowed
+
+
+def _mismatch(t, *, stored=None, return_to=None):
+    t.store.save_error = CompanyMismatch(stored or _stored(tenant_id="99", company_name="Old Co"), "167")
+    state, binding = _started_with(t, return_to=return_to)
+    report = FlowReport()
+    result = t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref-m", report)
+    return result, report
+
+
+def test_a_reconnect_to_another_company_is_refused_revokes_the_new_grant_and_frees_the_link(caplog):
+    t = make_flow()
+    caplog.clear()  # only what this call logs
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result, report = _mismatch(t)
+    page = outcome_of(result)
+    expected = messages.company_mismatch("Old Co", "Acme Inc", "the application")
+    assert page == OutcomePage(409, expected.title, expected.text, "ref-m")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "company_mismatch")
+    assert t.client.calls[1:] == [("current_company", "new-access", 3.0), ("revoke", "new-access", 3.0)]
+    assert ("release_link", fingerprint(LINK_ID)) in t.store.calls
+    assert "set_company_name" not in t.store.names()
+    [(kind, connection, details)] = t.events.published
+    assert (kind, connection.tenant_id, connection.company_name) == (
+        connection_events.CONNECTION_RECONNECT_REFUSED, "99", "Old Co")
+    assert details == {"reason": "company_mismatch",
+                       "extra": {"chosen_tenant_id": "167", "chosen_company_name": "Acme Inc"}}
+    [warning] = [r for r in flow_records(caplog) if r.levelno == logging.WARNING]
+    assert warning.getMessage() == "reconnect refused: another Invoiced company was chosen"
+    assert (warning.connection_id, warning.tenant_id, warning.chosen_tenant_id) == (CID, "99", "167")
+
+
+def test_a_refused_reconnect_whose_lookups_fail_still_says_what_happened(caplog):
+    t = make_flow()
+    t.client.company = TransientError("timeout", reason="timed_out")
+    t.client.revoke_error = TransientError("timeout", reason="timed_out")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=flow_module.__name__):
+        result, report = _mismatch(t, stored=_stored(tenant_id="99", company_name=None))
+    assert outcome_of(result).message == messages.company_mismatch(None, None, "the application").text
+    assert t.events.published[0][2]["extra"] == {"chosen_tenant_id": "167", "chosen_company_name": None}
+    warnings = [r.getMessage() for r in flow_records(caplog) if r.levelno == logging.WARNING]
+    assert warnings[0] == ("the refused grant could not be revoked at Invoiced; it stays valid there until it "
+                           "expires")
+
+
+def test_a_refused_reconnect_with_a_return_url_goes_back_with_its_status():
+    t = make_flow()
+    result, _ = _mismatch(t, return_to=RETURN_TO)
+    assert result.status == 303
+    assert result.headers["Location"] == f"{RETURN_TO}&connection_id={CID}&status=company_mismatch"
+    assert result.cookies == (CLEAR_COOKIE,)
+
+
+def test_a_reconnect_that_changed_company_carries_the_previous_one():
+    t = make_flow()
+    t.store.version = 5
+    t.store.previous = _stored(tenant_id="99", company_name="Old Co")
+    state, binding = _started_with(t, allow_company_change=True)
+    t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    [(kind, connection, details)] = t.events.published
+    assert (kind, connection.tenant_id, connection.company_name) == (
+        connection_events.CONNECTION_RECONNECTED, "167", "Acme Inc")
+    assert details == {"extra": {"previous_tenant_id": "99", "previous_company_name": "Old Co"}}
+
+
+@pytest.mark.parametrize(("previous", "recovered"), [
+    (_stored(), None),
+    (_stored(status=ConnectionStatus.NEEDS_REAUTH), "needs_reauth"),
+    (_stored(failure_count=2), "refresh_failing"),
+    (_stored(outcome_unknown_at=5, failure_count=1), "outcome_unknown"),
+    (_stored(status=ConnectionStatus.REVOKED, failure_count=2), None),
+])
+def test_a_reconnect_of_a_connection_in_trouble_publishes_recovered(previous, recovered):
+    t = make_flow()
+    t.store.version = 5
+    t.store.previous = previous
+    state, binding = started(t)
+    t.flow.callback({"state": [state], "code": ["c"]}, {COOKIE_NAME: binding}, "ref")
+    kinds = [(e[0], e[2] if len(e) > 2 else {}) for e in t.events.published]
+    expected = [(connection_events.CONNECTION_RECONNECTED, {})]
+    if recovered:
+        expected.append((connection_events.CONNECTION_RECOVERED, {"reason": recovered}))
+    assert kinds == expected
+    assert all(e[1].company_name == "Acme Inc" and e[1].version == 5 for e in t.events.published)

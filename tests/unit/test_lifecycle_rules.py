@@ -3,6 +3,7 @@ request or a message must look like, what an event carries."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -146,6 +147,41 @@ def test_an_event_names_the_connection_and_never_carries_tokens():
     detail = json.loads(entry["Detail"])
     assert set(detail) == {"connection_id", "tenant_id", "company_name", "status", "version", "reason", "occurred_at"}
     assert detail["connection_id"] == "acme-1" and detail["reason"] == "refresh_token_invalid"
+
+
+def test_an_event_may_add_the_other_company_and_nothing_else():
+    client = FakeEvents()
+    publisher = events.EventPublisher("bus", client_factory=lambda: client)
+    extra = {"previous_tenant_id": "99", "previous_company_name": None}
+    assert publisher.publish(events.CONNECTION_RECONNECTED, connection(), extra=extra)
+    detail = json.loads(client.entries[0]["Detail"])
+    assert (detail["previous_tenant_id"], detail["previous_company_name"], detail["tenant_id"]) == ("99", None, "167")
+    assert events.event_detail(connection(), extra={"chosen_tenant_id": "5", "chosen_company_name": "B"})[
+        "chosen_company_name"] == "B"
+    with pytest.raises(ValueError, match=r"^unknown detail keys \['access_token', 'zz'\]$"):
+        publisher.publish(events.CONNECTION_RECONNECTED, connection(), extra={"zz": "1", "access_token": "x"})
+    assert len(client.entries) == 1
+
+
+def test_the_new_event_types_are_publishable():
+    assert events.CONNECTION_RECOVERED == "Connection Recovered"
+    assert events.CONNECTION_RECONNECT_REFUSED == "Connection Reconnect Refused"
+    client = FakeEvents()
+    publisher = events.EventPublisher("bus", client_factory=lambda: client)
+    assert publisher.publish(events.CONNECTION_RECOVERED, connection(), reason="needs_reauth")
+    assert publisher.publish(events.CONNECTION_RECONNECT_REFUSED, connection(), reason="company_mismatch")
+    assert [e["DetailType"] for e in client.entries] == ["Connection Recovered", "Connection Reconnect Refused"]
+
+
+@pytest.mark.parametrize(("changes", "trouble"), [
+    ({}, None),
+    ({"status": ConnectionStatus.NEEDS_REAUTH, "failure_count": 3}, "needs_reauth"),
+    ({"outcome_unknown_at": 7, "failure_count": 1}, "outcome_unknown"),
+    ({"failure_count": 1}, "refresh_failing"),
+    ({"status": ConnectionStatus.REVOKED, "failure_count": 2, "outcome_unknown_at": 7}, None),
+])
+def test_what_keeps_a_connection_from_being_healthy(changes, trouble):
+    assert dataclasses.replace(connection(), **changes).trouble == trouble
 
 
 def test_publishing_is_best_effort():

@@ -560,6 +560,23 @@ def test_the_probe_accepted_clears_the_flag_and_refreshes():
     assert result.outcome is RefreshOutcome.REFRESHED
 
 
+def test_a_refresh_after_a_lost_answer_publishes_recovered():
+    store = FakeStore(flagged(expires_at=NOW + 6))
+    r = refresher(store)
+    assert r.refresh(CID).outcome is RefreshOutcome.REFRESHED
+    assert r.events.published == [(events.CONNECTION_RECOVERED, CID, 4, {"reason": "outcome_unknown"})]
+
+
+def test_a_refresh_after_failures_publishes_recovered_and_a_healthy_one_does_not():
+    store = FakeStore(connection(failure_count=2))
+    r = refresher(store)
+    assert r.refresh(CID).outcome is RefreshOutcome.REFRESHED
+    assert r.events.published == [(events.CONNECTION_RECOVERED, CID, 4, {"reason": "refresh_failing"})]
+    healthy = refresher(FakeStore(connection()))
+    assert healthy.refresh(CID).outcome is RefreshOutcome.REFRESHED
+    assert healthy.events.published == []
+
+
 def test_the_probe_accepted_then_a_failed_refresh_clears_the_flag():
     store = FakeStore(flagged(expires_at=NOW + 6))
     r = refresher(store, FakeInvoiced(refresh=TransientError("busy", reason="http_503")))
@@ -700,7 +717,8 @@ def test_recover_with_nothing_kept():
 
 def test_recover_applies_to_the_same_version_even_when_it_needs_reauth():
     store = FakeStore(connection(status=ConnectionStatus.NEEDS_REAUTH, active_until=NOW + 5000), rescue=kept())
-    result = refresher(store).recover(CID)
+    r = refresher(store)
+    result = r.recover(CID)
     commit = store.named("commit_tokens")[0][1]
     assert (commit["ciphertext"], commit["expires_at"], commit["lifetime"], commit["version"]) == (
         "sealed-kept", NOW + 1234, 1800, 3)
@@ -709,6 +727,7 @@ def test_recover_applies_to_the_same_version_even_when_it_needs_reauth():
     assert commit["active_until"] is None
     assert result.outcome is RefreshOutcome.RESCUE_APPLIED
     assert store.rescue is None
+    assert r.events.published == [(events.CONNECTION_RECOVERED, CID, 4, {"reason": "needs_reauth"})]
 
 
 def test_recover_busy():

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from invoiced_connect.core.models import Attention, Connection, ConnectionStatus, TokenSet
 from invoiced_connect.storage.crypto import SealedTokens
 from invoiced_connect.storage.store import (
+    CompanyMismatch,
     LeaseLost,
     TokenStore,
     _int,
@@ -215,9 +216,10 @@ def test_explicit_refresh_at_active_until_and_no_optional_fields(store, db):
     assert saved.connection == connection_from_item(expected)
 
 
-def _seed_old_row(db: Any, status: str = "active") -> None:
+def _seed_old_row(db: Any, status: str = "active", tenant: str = "tenant-9") -> None:
+    """A connection row with every field, of the company ``tokens()`` is for unless ``tenant``."""
     db.put_item(TableName=TABLE_NAME, Item={
-        **PK, "connection_id": {"S": CID}, "tenant_id": {"S": "old-tenant"}, "issuer": {"S": "old"},
+        **PK, "connection_id": {"S": CID}, "tenant_id": {"S": tenant}, "issuer": {"S": "old"},
         "status": {"S": status}, "expires_at": {"N": "5"}, "version": {"N": "4"}, "created_at": {"N": "77"},
         "updated_at": {"N": "78"}, "company_name": {"S": "Old Co"}, "api_url": {"S": "old-api"},
         "access_ciphertext": {"B": b"old-a"}, "refresh_ciphertext": {"B": b"old-r"},
@@ -242,6 +244,54 @@ def test_a_reconnect_replaces_the_grant_and_clears_lease_failures_and_notes(stor
     assert item_of(db) == expected
     assert saved.connection == connection_from_item(expected)
     assert saved.replaced == SealedTokens(access=b"old-a", refresh=b"old-r")
+
+
+def test_a_reconnect_returns_the_row_as_it_was(store, db):
+    _seed_old_row(db, status="needs_reauth")
+    before = item_of(db)
+    assert save(store).previous == connection_from_item(before)
+
+
+def test_a_first_connect_has_no_previous_row(store, db):
+    assert save(store).previous is None
+
+
+@pytest.mark.parametrize("status", ["active", "needs_reauth", "revoked"])
+def test_a_reconnect_to_another_company_is_refused_and_nothing_is_written(store, db, status):
+    _seed_old_row(db, status=status, tenant="tenant-other")
+    before = item_of(db)
+    with pytest.raises(CompanyMismatch) as refused:
+        save(store)
+    assert refused.value.stored == connection_from_item(before)
+    assert refused.value.chosen_tenant_id == "tenant-9"
+    assert item_of(db) == before
+
+
+def test_a_reconnect_may_change_company_when_allowed(store, db):
+    _seed_old_row(db, tenant="tenant-other")
+    saved = save(store, allow_company_change=True)
+    assert saved.connection.tenant_id == "tenant-9" and saved.connection.version == 5
+    assert saved.previous is not None and saved.previous.tenant_id == "tenant-other"
+    assert saved.previous.company_name == "Old Co"
+    assert item_of(db)["tenant_id"] == {"S": "tenant-9"}
+
+
+def test_an_allowed_company_change_to_the_same_company_is_a_plain_reconnect(store, db):
+    _seed_old_row(db)
+    saved = save(store, allow_company_change=True)
+    assert (saved.connection.tenant_id, saved.previous.tenant_id) == ("tenant-9", "tenant-9")
+
+
+def test_other_write_failures_are_not_a_company_mismatch(store, db, monkeypatch):
+    error = ClientError({"Error": {"Code": "ConditionalCheckFailedException", "Message": "no"}}, "UpdateItem")
+
+    def refuse(**kwargs):
+        raise error
+
+    monkeypatch.setattr(store._db, "update_item", refuse)
+    with pytest.raises(ClientError) as raised:
+        save(store)
+    assert raised.value is error
 
 
 def test_a_reconnect_of_a_pre_split_row_returns_its_pair(store, db):

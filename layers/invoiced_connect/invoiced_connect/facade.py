@@ -41,7 +41,8 @@ def disconnect(connection_id: str) -> dict[str, Any]:
     return current.connections_invoker()({"action": "disconnect", "connection_id": connection_id})
 
 
-def create_connect_link(connection_id: str, return_to: str | None = None, ttl: timedelta = DEFAULT_TTL) -> str:
+def create_connect_link(connection_id: str, return_to: str | None = None, ttl: timedelta = DEFAULT_TTL, *,
+                        allow_company_change: bool = False) -> str:
     """Make a hosted connect link for one of your customers.
 
     ``connection_id`` is your own id for the customer (1-128 characters of
@@ -51,6 +52,10 @@ def create_connect_link(connection_id: str, return_to: str | None = None, ttl: t
     The link expires after ``ttl`` (default one hour, at most 30 days) and
     completes at most one connection.
 
+    A reconnect (an id already connected) must authorize the same Invoiced
+    company as before, or it is refused and the connection stays as it is;
+    ``allow_company_change=True`` lets this link's reconnect pick another.
+
     Needs the deployment's environment (``PUBLIC_BASE_URL``,
     ``LINK_SIGNING_SECRET_ARN``, ...) and permission to read the signing key
     (cached for 5 minutes). Raises ``ValueError`` for bad input.
@@ -59,7 +64,8 @@ def create_connect_link(connection_id: str, return_to: str | None = None, ttl: t
 
     current = runtime.current()
     settings = current.settings
-    claims = build_claims(connection_id, return_to, ttl, settings.return_url_allowlist)
+    claims = build_claims(connection_id, return_to, ttl, settings.return_url_allowlist,
+                          allow_company_change=allow_company_change)
     return link_url(settings.connect_url, sign_link_token(claims, current.link_signing_key()))
 
 

@@ -155,16 +155,19 @@ def create_link(event: Any, *, settings: Any, signing_key: Callable[[], str], no
     from invoiced_connect.connect.links import DEFAULT_TTL, MAX_TTL, MIN_TTL, build_claims, link_url, sign_link_token
     from invoiced_connect.core.return_urls import ReturnUrlError
 
-    request = parse(event, required=("connection_id",), optional=("return_to", "ttl_seconds"))
+    request = parse(event, required=("connection_id",), optional=("return_to", "ttl_seconds", "allow_company_change"))
     connection_id = connection_id_of(request)
     ttl = integer(request, "ttl_seconds", low=int(MIN_TTL.total_seconds()), high=int(MAX_TTL.total_seconds()),
                   default=int(DEFAULT_TTL.total_seconds()))
     return_to = request.get("return_to")
     if return_to is not None and not isinstance(return_to, str):
         raise AppApiError("bad_request", "return_to must be a string")
+    allow_company_change = request.get("allow_company_change", False)
+    if not isinstance(allow_company_change, bool):
+        raise AppApiError("bad_request", "allow_company_change must be true or false")
     try:
         claims = build_claims(connection_id, return_to, timedelta(seconds=ttl), settings.return_url_allowlist,
-                              now=now)
+                              now=now, allow_company_change=allow_company_change)
     except ReturnUrlError as exc:
         raise AppApiError("return_url_refused", str(exc)) from None
     url = link_url(settings.connect_url, sign_link_token(claims, signing_key()))

@@ -51,6 +51,7 @@ from invoiced_connect.core.metrics import (
     REPLACED_GRANT_REVOKE_FAILED,
     REPLACED_GRANT_REVOKED,
 )
+from invoiced_connect.core.models import Connection, TokenSet
 from invoiced_connect.core.return_urls import ReturnUrlError, check_return_url
 from invoiced_connect.core.settings import Settings, SettingsError
 from invoiced_connect.invoiced.client import (
@@ -62,7 +63,7 @@ from invoiced_connect.invoiced.client import (
 )
 from invoiced_connect.lifecycle.refresh import RefreshPolicy
 from invoiced_connect.storage.crypto import SealedTokens, TokenCipher
-from invoiced_connect.storage.store import FlowState, LinkAlreadyUsed, StateRejected, TokenStore
+from invoiced_connect.storage.store import CompanyMismatch, FlowState, LinkAlreadyUsed, StateRejected, TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ _FAILURE_REASON = {
     "link_used": "link_used",
     "duplicate_param": "bad_request",
     "param_too_long": "bad_request",
+    "param_not_text": "bad_request",
     "no_state": "bad_request",
     "no_code": "bad_request",
     "no_cookie": "state_rejected",
@@ -218,6 +220,11 @@ def _single(query: Query, name: str) -> str | None:
         raise RequestRefused.of(400, messages.parameter_repeated(name), "duplicate_param")
     if values and len(values[0]) > MAX_PARAM_LENGTH:
         raise RequestRefused.of(400, messages.parameter_too_long(name), "param_too_long")
+    if values and not values[0].isascii():
+        try:
+            values[0].encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: it could be neither stored nor sent on
+            raise RequestRefused.of(400, messages.parameter_not_text(name), "param_not_text") from None
     return values[0] if values else None
 
 
@@ -332,6 +339,7 @@ class ConnectFlow:
                 expires_at=now + STATE_TTL_SECONDS,
                 link_hash=link_hash,
                 link_expires_at=claims.expires_at,
+                allow_company_change=claims.allow_company_change,
             )
         )
         logger.info("connect started", extra={"connection_id": claims.connection_id})
@@ -430,12 +438,15 @@ class ConnectFlow:
                 refresh_at=self.policy.next_refresh_at(expires_at=tokens.expires_at, now=now,
                                                         active_until=active_until, lifetime=tokens.lifetime),
                 active_until=active_until,
+                allow_company_change=flow.allow_company_change,
             )
+        except CompanyMismatch as mismatch:
+            return self._company_mismatch(client, flow, tokens, mismatch.stored, reference, report)
         except Exception:
             report.fail("store_failed")  # the 500 page and its log line come from the handler
             raise
         connection = saved.connection
-        report.succeed(FlowOutcome.CONNECTED if connection.version == 1 else FlowOutcome.RECONNECTED)
+        report.succeed(FlowOutcome.CONNECTED if saved.previous is None else FlowOutcome.RECONNECTED)
         logger.info(
             "connection saved",
             extra={"connection_id": connection.connection_id, "tenant_id": connection.tenant_id, "version": connection.version},
@@ -444,14 +455,59 @@ class ConnectFlow:
             report.replaced_grant = self._revoke_replaced(client, connection.connection_id, saved.replaced)
         company_name = self._label(client, tokens.access_token, connection.connection_id, connection.version)
         if self.events is not None:
-            kind = connection_events.CONNECTION_CREATED if connection.version == 1 else connection_events.CONNECTION_RECONNECTED
-            self.events.publish(kind, dataclasses.replace(connection, company_name=company_name))
+            self._announce(dataclasses.replace(connection, company_name=company_name), saved.previous)
         if flow.return_to:
             return pages.redirect(
                 with_query(flow.return_to, {"connection_id": flow.connection_id, "status": "connected"}),
                 cookies=(CLEAR_COOKIE,),
             )
         return pages.OutcomePage(200, "Connected", "", reference, company=company_name, connected=True)
+
+    def _announce(self, connection: Connection, previous: Connection | None) -> None:
+        """The events of a saved connection: created or reconnected (with the company it
+        had, when it changed), and recovered when it was in trouble before."""
+        assert self.events is not None
+        if previous is None:
+            self.events.publish(connection_events.CONNECTION_CREATED, connection)
+            return
+        if previous.tenant_id != connection.tenant_id:  # allowed by the link
+            self.events.publish(connection_events.CONNECTION_RECONNECTED, connection, extra={
+                "previous_tenant_id": previous.tenant_id, "previous_company_name": previous.company_name})
+        else:
+            self.events.publish(connection_events.CONNECTION_RECONNECTED, connection)
+        if previous.trouble is not None:
+            self.events.publish(connection_events.CONNECTION_RECOVERED, connection, reason=previous.trouble)
+
+    def _company_mismatch(self, client: InvoicedClient, flow: FlowState, tokens: TokenSet, stored: Connection,
+                          reference: str, report: FlowReport) -> pages.OutcomePage | HttpResult:
+        """A reconnect authorized another company than the connection's: nothing was
+        stored. The new grant is revoked at Invoiced (nobody will hold its tokens), the
+        link stays usable (to try again with the right company), and the app hears of it."""
+        report.fail("company_mismatch")
+        connection_id = flow.connection_id
+        try:
+            chosen = client.current_company(tokens.access_token, timeout=COMPANY_LOOKUP_TIMEOUT).name or None
+        except InvoicedError:
+            chosen = None
+        try:
+            client.revoke(tokens.access_token, timeout=REPLACED_GRANT_REVOKE_TIMEOUT)
+        except InvoicedError as exc:
+            logger.warning("the refused grant could not be revoked at Invoiced; it stays valid there until it "
+                           "expires", extra={"connection_id": connection_id, "reason": exc.reason})
+        self.store.release_link(flow.link_hash)
+        logger.warning("reconnect refused: another Invoiced company was chosen",
+                       extra={"connection_id": connection_id, "tenant_id": stored.tenant_id,
+                              "chosen_tenant_id": tokens.tenant_id})
+        if self.events is not None:
+            self.events.publish(connection_events.CONNECTION_RECONNECT_REFUSED, stored, reason="company_mismatch",
+                                extra={"chosen_tenant_id": tokens.tenant_id, "chosen_company_name": chosen})
+        if flow.return_to:
+            return pages.redirect(
+                with_query(flow.return_to, {"connection_id": connection_id, "status": "company_mismatch"}),
+                cookies=(CLEAR_COOKIE,),
+            )
+        message = messages.company_mismatch(stored.company_name, chosen, self._app)
+        return pages.OutcomePage(409, message.title, message.text, reference)
 
     def _denied(
         self, flow: FlowState, error: str | None, description: str | None, reference: str, report: FlowReport

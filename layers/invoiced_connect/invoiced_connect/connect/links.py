@@ -66,6 +66,9 @@ class LinkClaims:
     return_to: str | None
     expires_at: int
     link_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: A reconnect through this link may authorize another Invoiced company
+    #: than the connection's (off by default: the app's records stay one company's).
+    allow_company_change: bool = False
 
 
 def _mac(key: str, signed_part: str) -> bytes:
@@ -86,6 +89,8 @@ def sign_link_token(claims: LinkClaims, key: str) -> str:
     payload = {"cid": claims.connection_id, "exp": claims.expires_at, "jti": claims.link_id}
     if claims.return_to:
         payload["rt"] = claims.return_to
+    if claims.allow_company_change:
+        payload["acc"] = True
     body = b64url.encode(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
     signed_part = f"{VERSION}.{body}"
     return f"{signed_part}.{b64url.encode(_mac(_check_key(key), signed_part))}"
@@ -116,10 +121,13 @@ def verify_link_token(token: str, keys: list[str], *, now: float | None = None) 
             return_to=payload.get("rt"),
             expires_at=strict_json.integer(payload["exp"]),
             link_id=payload["jti"],
+            allow_company_change=payload.get("acc", False),
         )
     except (ValueError, KeyError, TypeError, InvalidConnectionId) as exc:
         raise LinkMalformed("the connect link is malformed") from exc
     if claims.return_to is not None and (not isinstance(claims.return_to, str) or not claims.return_to):
+        raise LinkMalformed("the connect link is malformed")
+    if not isinstance(claims.allow_company_change, bool):
         raise LinkMalformed("the connect link is malformed")
     if not isinstance(claims.link_id, str) or not 16 <= len(claims.link_id) <= 64:
         raise LinkMalformed("the connect link is malformed")
@@ -135,6 +143,7 @@ def build_claims(
     allowlist: tuple[str, ...],
     *,
     now: float | None = None,
+    allow_company_change: bool = False,
 ) -> LinkClaims:
     """Validate what a link will carry; raise ``ValueError`` subclasses on bad input."""
     validate_connection_id(connection_id)
@@ -143,7 +152,8 @@ def build_claims(
     if not MIN_TTL <= ttl <= MAX_TTL:
         raise LinkError(f"ttl must be between {int(MIN_TTL.total_seconds())} seconds and {MAX_TTL.days} days")
     issued = time.time() if now is None else now
-    return LinkClaims(connection_id, return_to, int(issued + ttl.total_seconds()))
+    return LinkClaims(connection_id, return_to, int(issued + ttl.total_seconds()),
+                      allow_company_change=allow_company_change)
 
 
 def link_url(connect_url: str, token: str) -> str:

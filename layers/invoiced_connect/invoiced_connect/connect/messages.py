@@ -90,6 +90,10 @@ def parameter_too_long(name: str) -> Message:
     return Message("Invalid request", f"The {name} parameter is too long. Start again from your connect link.")
 
 
+def parameter_not_text(name: str) -> Message:
+    return Message("Invalid request", f"The {name} parameter is not valid text. Start again from your connect link.")
+
+
 def no_state() -> Message:
     return Message("Invalid request", "The sign-in response has no state. Start again from your connect link.")
 

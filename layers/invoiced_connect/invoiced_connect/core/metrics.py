@@ -63,6 +63,7 @@ CONNECT_FAILURE_REASONS = frozenset({
     "client_auth_failed",  # Invoiced refused the client id or secret
     "exchange_failed",     # the code exchange failed otherwise (unreachable, bad answer)
     "store_failed",        # the tokens could not be encrypted or stored
+    "company_mismatch",    # a reconnect chose another Invoiced company than the connection's
     "unexpected",          # anything else (a plain 500 page)
 })
 

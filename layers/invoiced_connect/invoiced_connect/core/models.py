@@ -109,5 +109,20 @@ class Connection:
         """The REST API of this connection's own Invoiced environment, if known."""
         return self.api_url or api_url_for_issuer(self.issuer)
 
+    @property
+    def trouble(self) -> str | None:
+        """What kept this connection from being healthy: ``needs_reauth``, ``outcome_unknown``
+        (a refresh's answer was lost) or ``refresh_failing``; ``None`` when nothing did.
+        A revoked connection is not in trouble: it was disconnected on purpose."""
+        if self.status is ConnectionStatus.NEEDS_REAUTH:
+            return "needs_reauth"
+        if self.status is ConnectionStatus.REVOKED:
+            return None
+        if self.outcome_unknown_at:
+            return "outcome_unknown"
+        if self.failure_count:
+            return "refresh_failing"
+        return None
+
     def leased_by_other(self, owner: str | None, now: float) -> bool:
         return self.lease_until > now and self.lease_owner != owner

@@ -382,6 +382,7 @@ class Refresher:
             self.store.delete_rescue(rescue)
             logger.warning("kept-aside tokens recovered", extra={"connection_id": connection_id,
                                                                   "version": committed.version})
+            self._announce_recovery(leased, committed)
             return self._result(committed, RefreshOutcome.RESCUE_APPLIED)
         # The connection moved on (reconnected, disconnected, gone): the kept
         # tokens belong to a grant nobody uses. Revoke it rather than leave
@@ -474,7 +475,13 @@ class Refresher:
             return self._keep_aside(row, owner, ciphertext, tokens.expires_at, type(exc).__name__, tokens.lifetime)
         if row.outcome_unknown_at:
             logger.warning("refresh succeeded after an unknown outcome", extra={"connection_id": connection_id})
+        self._announce_recovery(row, committed)
         return self._result(committed, RefreshOutcome.REFRESHED)
+
+    def _announce_recovery(self, before: Connection, after: Connection) -> None:
+        """"Connection Recovered" when new tokens were committed to a connection in trouble."""
+        if before.trouble is not None:
+            self.events.publish(connection_events.CONNECTION_RECOVERED, after, reason=before.trouble)
 
     def _probe(self, row: Connection, sealed: SealedTokens, owner: str) -> RefreshResult | bool:
         """Settle a lost answer with the old access token (see the module doc).

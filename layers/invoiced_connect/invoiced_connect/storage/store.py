@@ -73,6 +73,16 @@ class LeaseLost(Exception):
     """A write under a lease found the row changed or the lease gone."""
 
 
+class CompanyMismatch(Exception):
+    """A reconnect authorized another Invoiced company than the connection's; nothing was written."""
+
+    def __init__(self, stored: Connection, chosen_tenant_id: str) -> None:
+        super().__init__(f"{stored.connection_id} belongs to another Invoiced company")
+        #: The connection as it is stored (and stays).
+        self.stored = stored
+        self.chosen_tenant_id = chosen_tenant_id
+
+
 @dataclass(frozen=True)
 class Rescue:
     """Tokens kept aside after a failed commit (still encrypted for the connection)."""
@@ -94,6 +104,8 @@ class Saved:
     connection: Connection
     #: The ciphertexts of the live grant this save replaced (a reconnect), else ``None``.
     replaced: SealedTokens | None = field(default=None, repr=False)
+    #: The connection as it was before this save (a reconnect, in any status), else ``None``.
+    previous: Connection | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ class FlowState:
     expires_at: int
     link_hash: str
     link_expires_at: int
+    #: The link lets this reconnect authorize another Invoiced company than the connection's.
+    allow_company_change: bool = False
 
 
 def _condition_failed(exc: ClientError) -> bool:
@@ -196,6 +210,8 @@ class TokenStore:
         }
         if state.return_to:
             item["return_to"] = _s(state.return_to)
+        if state.allow_company_change:
+            item["allow_company_change"] = {"BOOL": True}
         self._db.put_item(
             TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)"
         )
@@ -232,6 +248,7 @@ class TokenStore:
             expires_at=int(item["expires_at"]["N"]),
             link_hash=item["link_hash"]["S"],
             link_expires_at=int(item["link_expires_at"]["N"]),
+            allow_company_change=item.get("allow_company_change", {}).get("BOOL") is True,
         )
 
     # ---------------------------------------------------------------- used links
@@ -280,12 +297,18 @@ class TokenStore:
         api_url: str | None = None,
         refresh_at: int | None = None,
         active_until: int = 0,
+        allow_company_change: bool = False,
     ) -> Saved:
         """Create the connection or replace its tokens (reconnect); version grows.
         Also returns the ciphertexts of the grant it replaced (a reconnect of a
-        live connection), read in the same write. A reconnect wins over a
-        refresh in flight: the lease is cleared, so that refresher's commit
-        fails and its tokens are kept aside."""
+        live connection) and the row as it was, read in the same write. A
+        reconnect wins over a refresh in flight: the lease is cleared, so that
+        refresher's commit fails and its tokens are kept aside.
+
+        A reconnect must be to the connection's own Invoiced company (its
+        ``tenant_id``), checked in the same write: otherwise nothing is written
+        and :class:`CompanyMismatch` carries the stored connection; unless
+        ``allow_company_change``."""
         attributes: dict[str, Any] = {
             "connection_id": _s(connection_id),
             "tenant_id": _s(tokens.tenant_id),
@@ -314,21 +337,32 @@ class TokenStore:
         if company_name is not None:
             attributes["company_name"] = _s(company_name)
         else:
-            removals.append("company_name")  # a reconnect may be to another company
+            removals.append("company_name")  # named again after the company lookup
         names = {f"#a{number}": name for number, name in enumerate(attributes)}
         values = {f":a{number}": value for number, value in enumerate(attributes.values())}
         values.update({":now": _n(now), ":one": _n(1)})
         expression = ("SET " + ", ".join(f"#a{number} = :a{number}" for number in range(len(attributes)))
                       + ", created_at = if_not_exists(created_at, :now) ADD version :one REMOVE "
                       + ", ".join(removals))
-        response = self._db.update_item(
-            TableName=self.table_name,
-            Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_OLD",
-        )
+        condition: dict[str, Any] = {}
+        if not allow_company_change:
+            condition["ConditionExpression"] = "attribute_not_exists(tenant_id) OR tenant_id = :tenant"
+            values[":tenant"] = _s(tokens.tenant_id)
+        try:
+            response = self._db.update_item(
+                TableName=self.table_name,
+                Key={"pk": _s(CONNECTION_PREFIX + connection_id)},
+                UpdateExpression=expression,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_OLD",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **condition,
+            )
+        except ClientError as exc:
+            if _condition_failed(exc) and exc.response.get("Item"):
+                raise CompanyMismatch(connection_from_item(exc.response["Item"]), tokens.tenant_id) from None
+            raise
         old = response.get("Attributes") or {}
         # The row as written: what it kept, what was set, the grown version.
         item = {name: value for name, value in old.items() if name not in removals}
@@ -337,7 +371,8 @@ class TokenStore:
         item["created_at"] = old.get("created_at", _n(now))
         item["version"] = _n(int(old.get("version", {}).get("N", "0")) + 1)
         live = old.get("status", {}).get("S") != ConnectionStatus.REVOKED.value
-        return Saved(connection_from_item(item), sealed_from_item(old) if old and live else None)
+        previous = connection_from_item(old) if old else None
+        return Saved(connection_from_item(item), sealed_from_item(old) if old and live else None, previous)
 
     def set_company_name(self, connection_id: str, company_name: str, *, version: int) -> bool:
         """Label a connection, unless a newer write has replaced it meanwhile."""
