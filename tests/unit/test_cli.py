@@ -140,6 +140,44 @@ def test_every_positional_argument_has_help():
             assert action.help == "your id for the customer's connection", path
 
 
+@pytest.mark.parametrize("flag,allowed", [([], False), (["--allow-company-change"], True)])
+def test_link_create_passes_allow_company_change_through(monkeypatch, capsys, flag, allowed):
+    import inspect
+
+    from invoiced_connect import facade
+
+    made = []
+
+    def create_connect_link(connection_id, return_to=None, ttl=None, *, allow_company_change=False):
+        made.append((connection_id, allow_company_change))
+        return "https://connect.test/connect?link=v1.x.y"
+
+    assert inspect.signature(facade.create_connect_link).parameters["allow_company_change"].default is False
+    monkeypatch.setattr("invoiced_connect.create_connect_link", create_connect_link)
+    assert cli.main(["link", "create", "acme-1", *flag]) == 0
+    assert made == [("acme-1", allowed)]
+    assert capsys.readouterr().out == "https://connect.test/connect?link=v1.x.y\n"
+
+
+def test_an_allow_company_change_link_carries_the_claim(monkeypatch, capsys):
+    from invoiced_connect.connect.links import verify_link_token
+    from invoiced_connect.core.settings import load_settings
+
+    key = "k" * 64
+    runtime.reset()
+    current = runtime.current()
+    current.override(settings=load_settings({"TABLE_NAME": "t", "KMS_KEY_ID": "k",
+                                             "PUBLIC_BASE_URL": "https://connect.example.com"}))
+    monkeypatch.setattr(current, "link_signing_key", lambda: key)
+    try:
+        for flag, allowed in (([], False), (["--allow-company-change"], True)):
+            assert cli.main(["link", "create", "acme-1", *flag]) == 0
+            token = capsys.readouterr().out.strip().split("link=", 1)[1]
+            assert verify_link_token(token, [key]).allow_company_change is allowed
+    finally:
+        runtime.reset()
+
+
 # ---------------------------------------------------------------- outcomes: a line for a person, JSON on request
 class _Store:
     def __init__(self, rows=None):

@@ -6,7 +6,7 @@ an env file (``--env-file .local/stack.env`` for the local stack, written by
 option may come before or after the command. Errors are one line on stderr
 and exit status 2.
 
-    invoiced-connect link create ID [--return-to URL] [--ttl 1h]
+    invoiced-connect link create ID [--return-to URL] [--ttl 1h] [--allow-company-change]
     invoiced-connect connections list [--json]
     invoiced-connect connections show ID [--json]
     invoiced-connect refresh ID [--json]          # a locked refresh, through the connections function
@@ -154,6 +154,11 @@ def _build_parser() -> argparse.ArgumentParser:
     create.add_argument("--return-to", help="where to send the browser afterwards (must be allowlisted)")
     create.add_argument(
         "--ttl", type=parse_duration, default=DEFAULT_TTL, help="link lifetime (default 1h, at most 30d)"
+    )
+    create.add_argument(
+        "--allow-company-change", action="store_true",
+        help="let a reconnect through this link pick another Invoiced company than the connection had "
+        "(by default such a reconnect is refused and the connection stays as it is)",
     )
 
     connections = commands.add_parser("connections", help="look at connections (never their tokens)")
@@ -466,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "link" and args.link_command == "create":
             from invoiced_connect import create_connect_link
 
-            print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl))
+            print(create_connect_link(args.connection_id, return_to=args.return_to, ttl=args.ttl,
+                                      allow_company_change=args.allow_company_change))
             return 0
         if args.command == "connections":
             if args.connections_command == "list":
