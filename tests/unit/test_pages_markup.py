@@ -148,3 +148,11 @@ def test_an_error_outcome_renders_with_its_status_title_message_and_reference(st
     assert _main(result.body) == (
         '<h1>Could not connect</h1><p>Start again.</p><p class="ref">Reference: <code>ref-2</code></p>'
     )
+
+
+def test_outcomes_render_with_the_branding_given():
+    connected = pages.OutcomePage(200, "Connected", "", "r", company="Acme", connected=True).render(branding=BRAND)
+    assert '<a href="https://app.example.com/settings">Back to Example App</a>' in connected.body
+    failed = pages.OutcomePage(502, "Could not connect", "m", "r").render(branding=BRAND)
+    assert '<a href="https://app.example.com/settings">Back to Example App</a>' in failed.body
+    assert 'href="mailto:support@example.com"' in failed.body
