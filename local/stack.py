@@ -478,12 +478,12 @@ class LocalStack:
 
     # ---------------------------------------------------------------- helpers
     def make_link(self, connection_id: str, return_to: str | None = None,
-                  ttl: timedelta = DEFAULT_TTL) -> str:
+                  ttl: timedelta = DEFAULT_TTL, *, allow_company_change: bool = False) -> str:
         """A signed connect link, made as an integrating app makes one (key read from Secrets Manager)."""
         self._require_started()
         from invoiced_connect import create_connect_link
 
-        return create_connect_link(connection_id, return_to, ttl)
+        return create_connect_link(connection_id, return_to, ttl, allow_company_change=allow_company_change)
 
     def client(self, service: str) -> Any:
         """A boto3 client for the stack's moto server (``lambda``: for its Lambda Invoke API)."""

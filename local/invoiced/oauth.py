@@ -426,6 +426,12 @@ class AuthorizationServer:
             return None
         return grant
 
+    def live_grant_count(self, company_id: int) -> int:
+        """How many unexpired, unrevoked access tokens ``company_id`` has granted."""
+        now = self._clock()
+        with self._lock:
+            return sum(1 for g in self._access.values() if g.company_id == company_id and now < g.expires_at)
+
     def is_refresh_token_valid(self, token: str) -> bool:
         """Whether ``token`` would be accepted by a refresh right now."""
         with self._lock:

@@ -245,6 +245,10 @@ class LocalInvoiced:
         """Whether the REST API would accept ``access_token`` now."""
         return self._oauth.authenticate_bearer(access_token) is not None
 
+    def live_grant_count(self, company_id: int) -> int:
+        """How many access tokens of ``company_id`` are live (neither expired nor revoked)."""
+        return self._oauth.live_grant_count(company_id)
+
     def consent(self, authorize_url: str, *, approve: bool = True, company_id: int | None = None,
                 session: requests.Session | None = None) -> str:
         """Act as the user on the consent page; return the redirect back to the client.

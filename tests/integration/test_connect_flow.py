@@ -176,20 +176,67 @@ def test_ciphertext_copied_to_another_connection_does_not_decrypt(stack, invoice
         TokenCipher(stack.kms_key_arn).decrypt("someone-else", ciphertext)
 
 
-def test_reconnect_replaces_tokens_and_grows_the_version(stack, invoiced):
+def _events_of(stack, connection_id: str) -> list[dict]:
+    return [e for e in stack.published_events() if e["detail"].get("connection_id") == connection_id]
+
+
+def test_reconnect_to_the_same_company_replaces_tokens_and_grows_the_version(stack, invoiced):
     first = start_flow(stack, "acme-again")
-    callback(invoiced.consent(first.authorize_url), first.cookie)
+    callback(invoiced.consent(first.authorize_url, company_id=167), first.cookie)
     original, old_blob = stored(stack, "acme-again")
 
     second = start_flow(stack, "acme-again")
-    response = callback(invoiced.consent(second.authorize_url, company_id=168), second.cookie)
+    response = callback(invoiced.consent(second.authorize_url, company_id=167), second.cookie)
     assert response.status_code == 200
     connection, new_blob = stored(stack, "acme-again")
     assert connection.version == original.version + 1
     assert connection.created_at == original.created_at
     assert new_blob != old_blob
-    assert connection.tenant_id == "168"
-    assert connection.company_name == "Globex Ltd"
+    assert (connection.tenant_id, connection.company_name) == ("167", original.company_name)
+    assert invoiced.live_grant_count(167) == 1  # the replaced grant was revoked
+
+
+def test_reconnect_to_another_company_is_refused_and_changes_nothing(stack, invoiced):
+    first = start_flow(stack, "acme-other")
+    callback(invoiced.consent(first.authorize_url, company_id=167), first.cookie)
+    before = stored(stack, "acme-other")
+    live_before = invoiced.live_grant_count(168)
+
+    second = start_flow(stack, "acme-other")
+    response = callback(invoiced.consent(second.authorize_url, company_id=168), second.cookie)
+    assert response.status_code == 409
+    expected = messages.company_mismatch(before[0].company_name, "Globex Ltd", LOCAL_APP_NAME)
+    assert expected.title in response.text
+    assert "Globex Ltd" in response.text and before[0].company_name in response.text
+    assert stored(stack, "acme-other") == before
+    assert invoiced.live_grant_count(168) == live_before  # the refused grant was revoked at Invoiced
+    refused = _events_of(stack, "acme-other")[-1]
+    assert refused["detail-type"] == "Connection Reconnect Refused"
+    assert (refused["detail"]["tenant_id"], refused["detail"]["chosen_tenant_id"],
+            refused["detail"]["chosen_company_name"], refused["detail"]["reason"]) == (
+        "167", "168", "Globex Ltd", "company_mismatch")
+
+    # The link was not spent: opened again, with the right company, it reconnects.
+    again = start_flow(stack, "acme-other")
+    assert callback(invoiced.consent(again.authorize_url, company_id=167), again.cookie).status_code == 200
+    assert stored(stack, "acme-other")[0].version == before[0].version + 1
+
+
+def test_reconnect_to_another_company_under_an_allowing_link(stack, invoiced):
+    first = start_flow(stack, "acme-move")
+    callback(invoiced.consent(first.authorize_url, company_id=167), first.cookie)
+    original, _ = stored(stack, "acme-move")
+
+    second = start_flow(stack, "acme-move", allow_company_change=True)
+    response = callback(invoiced.consent(second.authorize_url, company_id=168), second.cookie)
+    assert response.status_code == 200
+    connection, _ = stored(stack, "acme-move")
+    assert (connection.tenant_id, connection.company_name, connection.version) == (
+        "168", "Globex Ltd", original.version + 1)
+    reconnected = _events_of(stack, "acme-move")[-1]
+    assert reconnected["detail-type"] == "Connection Reconnected"
+    assert (reconnected["detail"]["tenant_id"], reconnected["detail"]["previous_tenant_id"],
+            reconnected["detail"]["previous_company_name"]) == ("168", "167", original.company_name)
 
 
 def test_return_to_gets_a_303_with_connection_id_and_status(stack, invoiced):

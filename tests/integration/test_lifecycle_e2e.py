@@ -97,6 +97,12 @@ def test_a_dead_refresh_token_found_by_the_worker_means_needs_reauth_and_an_even
     assert stack.wait_for_queues(timeout=60)
     assert row(stack, cid).status is ConnectionStatus.NEEDS_REAUTH
     assert events_for(stack, cid)[-1] == "Connection Needs Reauthorization"
+    # The customer reconnects: the connection is healthy again, and the app hears of it.
+    connect_in_browser(stack, cid)
+    assert row(stack, cid).status is ConnectionStatus.ACTIVE
+    assert events_for(stack, cid)[-2:] == ["Connection Reconnected", "Connection Recovered"]
+    recovered = [e for e in stack.published_events() if e["detail"].get("connection_id") == cid][-1]
+    assert (recovered["detail"]["reason"], recovered["detail"]["status"]) == ("needs_reauth", "active")
 
 
 @pytest.mark.parametrize(("faults", "status"), [
@@ -118,6 +124,9 @@ def test_a_lost_answer_in_the_worker_is_settled_by_its_probe_without_another_sch
     if status is ConnectionStatus.ACTIVE:
         # One rotation committed: the lost one never happened, the one after the probe did.
         assert current.version == 2 and stack.invoiced.is_access_token_valid(stored_tokens(stack, cid)[0])
+        assert events_for(stack, cid)[-2:] == ["Connection Refresh Failing", "Connection Recovered"]
+        recovered = [e for e in stack.published_events() if e["detail"].get("connection_id") == cid][-1]
+        assert recovered["detail"]["reason"] == "outcome_unknown"
     else:
         # Settled by the probe, not by a refresh with the dead refresh token (whose
         # reason would be Invoiced's); the count of token requests is global to the

@@ -14,7 +14,7 @@ import pytest
 from invoiced_connect.core.models import ConnectionStatus, TokenSet
 from invoiced_connect.lifecycle.disconnect import Disconnector
 from invoiced_connect.storage.crypto import TokenCipher
-from invoiced_connect.storage.store import TokenStore
+from invoiced_connect.storage.store import CompanyMismatch, TokenStore
 from tests.support.browser import callback, start_flow
 from tests.support.lifecycle import refresher, row, stored_tokens
 
@@ -54,20 +54,25 @@ def test_a_reconnect_whose_revoke_fails_still_connects_with_the_new_grant(stack,
     assert stack.invoiced.is_access_token_valid(old_access)  # left alive: logged and counted, not retried
 
 
-def save(stack, connection_id: str, now: int, tenant: str = "167", company: str | None = None):
+def save(stack, connection_id: str, now: int, tenant: str = "167", company: str | None = None, **options):
     tokens = TokenSet(access_token=f"a-{now}", refresh_token=f"r-{now}", expires_at=now + 3600, tenant_id=tenant,
                       scopes=("read_write",))
     sealed = TokenCipher(stack.kms_key_arn).encrypt(connection_id, tokens.access_token, tokens.refresh_token)
     return TokenStore(stack.table_name).save_replacing(
         connection_id=connection_id, tokens=tokens, ciphertext=sealed, company_name=company,
-        issuer=stack.invoiced.base_url, api_url=stack.invoiced.api_url, now=now, active_until=now + 60)
+        issuer=stack.invoiced.base_url, api_url=stack.invoiced.api_url, now=now, active_until=now + 60, **options)
 
 
 def test_a_save_returns_the_row_as_stored_and_the_live_grant_it_replaced(stack, cid):
     first = save(stack, cid, 1000, company="Acme")
     assert first.replaced is None and first.connection.version == 1
     assert first.connection == TokenStore(stack.table_name).get_connection(cid)[0]
-    second = save(stack, cid, 2000, tenant="168")
+    with pytest.raises(CompanyMismatch) as refused:
+        save(stack, cid, 1500, tenant="168")
+    assert refused.value.stored == first.connection
+    assert TokenStore(stack.table_name).get_connection(cid)[0] == first.connection
+    second = save(stack, cid, 2000, tenant="168", allow_company_change=True)
+    assert second.previous == first.connection
     assert TokenCipher(stack.kms_key_arn).decrypt(cid, second.replaced) == ("a-1000", "r-1000")
     stored = TokenStore(stack.table_name).get_connection(cid)[0]
     assert second.connection == stored

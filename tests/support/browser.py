@@ -26,9 +26,10 @@ COOKIE_RE = re.compile(r"__Host-invoiced-connect=([^;]*)")
 RESULT_COOKIE_RE = re.compile(r"__Host-invoiced-connect-result=([^;]*)")
 
 
-def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = None) -> StartedFlow:
+def start_flow(stack, connection_id: str = "acme-42", return_to: str | None = None, *,
+               allow_company_change: bool = False) -> StartedFlow:
     """Open a fresh connect link as a browser would; stop at Invoiced."""
-    link = stack.make_link(connection_id, return_to=return_to)
+    link = stack.make_link(connection_id, return_to=return_to, allow_company_change=allow_company_change)
     response = requests.get(link, allow_redirects=False, timeout=10)
     assert response.status_code == 302, response.text
     set_cookie = response.headers["Set-Cookie"]
