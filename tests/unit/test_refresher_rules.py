@@ -876,3 +876,12 @@ def test_a_failure_is_logged_with_its_count_and_delay(caplog):
         refresher(store, FakeInvoiced(refresh=TransientError("busy", reason="http_503"))).refresh(CID)
     (record,) = [r for r in caplog.records if r.getMessage() == "refresh failed, will retry"]
     assert (record.connection_id, record.reason, record.failures, record.retry_in) == (CID, "http_503", 2, 30)
+
+
+def test_release_gives_the_lease_back_under_its_owner():
+    from invoiced_connect.lifecycle.refresh import Lease
+
+    store = FakeStore(connection())
+    owner = "o" * 32  # an owner as new_owner() makes them
+    refresher(store).release(Lease(connection(), None, owner))
+    assert store.named("release_lease") == [((CID,), {"owner": owner})]

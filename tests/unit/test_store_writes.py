@@ -699,3 +699,13 @@ def test_marks_refused(store, db, mark, kwargs):
     with pytest.raises(LeaseLost, match=f"^{CID} changed or its lease is gone$"):
         getattr(store, mark)(CID, **args)
     assert item_of(db) == before
+
+
+def test_a_store_without_a_client_factory_makes_one_dynamodb_client_on_first_use(monkeypatch):
+    from invoiced_connect.cloud import aws
+
+    made: list[str] = []
+    monkeypatch.setattr(aws, "new_client", lambda service: made.append(service) or f"client:{service}")
+    store = TokenStore("tokens")
+    assert made == []
+    assert (store._db, store._db, made) == ("client:dynamodb", "client:dynamodb", ["dynamodb"])

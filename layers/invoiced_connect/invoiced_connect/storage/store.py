@@ -367,7 +367,6 @@ class TokenStore:
         # The row as written: what it kept, what was set, the grown version.
         item = {name: value for name, value in old.items() if name not in removals}
         item.update(attributes)
-        item["pk"] = _s(CONNECTION_PREFIX + connection_id)
         item["created_at"] = old.get("created_at", _n(now))
         item["version"] = _n(int(old.get("version", {}).get("N", "0")) + 1)
         live = old.get("status", {}).get("S") != ConnectionStatus.REVOKED.value
