@@ -434,6 +434,8 @@ class LocalStack:
                 client_secret=self.client_secret,
                 redirect_uris=[self.callback_url],
                 companies=self._companies,
+                # Registered under the app's name, which its consent page shows (as Invoiced's does).
+                client_name=LOCAL_APP_NAME,
                 host=LOOPBACK,
                 app_port=self._ports["invoiced_app"],
                 api_port=self._ports["invoiced_api"],

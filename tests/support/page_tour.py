@@ -164,6 +164,15 @@ def callback_invoiced_unavailable(context: Any, stack: Any) -> Any:
     return _answer(page, stack, "Approve")
 
 
+def callback_company_mismatch(context: Any, stack: Any) -> Any:
+    """A reconnect on which the customer picks another company than the connection's."""
+    connection_id = _new_id("mismatch")
+    _answer(_to_consent(context, stack, connection_id), stack, "Approve")  # Acme Corporation (167)
+    page = _to_consent(context, stack, connection_id)
+    page.locator("select#company").select_option("168")  # Globex Ltd
+    return _answer(page, stack, "Approve")
+
+
 def callback_nothing_to_show(context: Any, stack: Any) -> Any:
     return _open(context, stack.callback_url)
 
@@ -182,6 +191,7 @@ TOUR: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
     "callback-sign-in-expired": (callback_sign_in_expired, "Sign-in expired"),
     "callback-session-not-found": (callback_session_not_found, "Session not found"),
     "callback-invoiced-unavailable": (callback_invoiced_unavailable, "Invoiced is unavailable"),
+    "callback-company-mismatch": (callback_company_mismatch, "Different company chosen"),
     "callback-nothing-to-show": (callback_nothing_to_show, "Nothing to show"),
 }
 
