@@ -143,8 +143,13 @@ def test_callback_counts_connected_reconnected_and_nothing_for_the_outcome_page(
     assert counts(handlers) == {}
 
     again = handlers.start(connection_id)
-    handlers.callback(consent(stack, again.location, company_id=168), again.cookie)
+    handlers.callback(consent(stack, again.location), again.cookie)
     assert counts(handlers) == {"Reconnected": 1, "ReplacedGrantRevoked": 1}
+
+    other = handlers.start(connection_id)
+    handlers.callback(consent(stack, other.location, company_id=168), other.cookie)
+    assert counts(handlers) == {"ConnectFailed": 1}  # another company: refused
+    assert failure_reason(handlers) == "company_mismatch"
 
 
 def test_a_reconnect_whose_old_grant_cannot_be_revoked_counts_it_and_still_connects(stack, handlers, invoiced):

@@ -154,7 +154,7 @@ def test_connect_writes_no_secret_and_logs_json_with_the_request_and_connection_
     response = handlers.connect(tampered, cookies=FOREIGN_COOKIES, **BROWSER)
     assert response["statusCode"] == 403
     logs = hygiene.assert_structured(handlers.last, correlation_id=handlers.last_request_id)
-    assert [line["reason"] for line in logs if line["message"] == "connect refused"] == ["bad_link"]
+    assert [line["reason"] for line in logs if line["message"] == "connect refused"] == ["bad_signature"]
     assert all("connection_id" not in line for line in logs)  # an unverified link names nobody
 
     response = handlers.connect(started.link, cookies=FOREIGN_COOKIES, **BROWSER)  # not used yet: starts again
