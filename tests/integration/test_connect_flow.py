@@ -275,7 +275,7 @@ def test_stock_deny_with_return_to_redirects_with_status_denied(stack, invoiced)
 def test_provider_error_description_is_escaped(stack, invoiced):
     state, cookie = plant_state(stack)
     hostile = '<script>alert("x")</script>'
-    query = urlencode({"state": state, "error": "server_error", "error_description": hostile})
+    query = urlencode({"state": state, "error": "invalid_request", "error_description": hostile})
     response = callback(f"{stack.callback_url}?{query}", cookie)
     assert_safe_page(response, 400)
     assert "<script>" not in response.text

@@ -841,8 +841,8 @@ def test_a_denial_says_nothing_was_connected(query, reason, logged, caplog):
 
 
 @pytest.mark.parametrize(("query", "message", "logged"), [
-    ({"error": ["server_error"], "error_description": ["Down for maintenance"]},
-     messages.authorize_error("Down for maintenance"), "server_error"),
+    ({"error": ["invalid_request"], "error_description": ["Missing scope"]},
+     messages.authorize_error("Missing scope"), "invalid_request"),
     ({"error": ["invalid_scope"]}, messages.authorize_error("invalid_scope"), "invalid_scope"),
     ({"error": ["weird<x>"]}, messages.authorize_error("weird<x>"), "other"),
 ], ids=["described", "named", "unknown"])
@@ -856,6 +856,35 @@ def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logge
     assert outcome_of(result) == OutcomePage(400, *texts(message), "ref")
     assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
     assert flow_records(caplog)[0].error == logged
+
+
+@pytest.mark.parametrize("error", ["server_error", "temporarily_unavailable"])
+def test_an_outage_reported_on_the_way_back_is_the_outage_page(error):
+    t = make_flow()
+    state, binding = started(t)
+    report = FlowReport()
+    result = t.flow.callback({"state": [state], "error": [error], "error_description": ["Down"]},
+                             {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result) == OutcomePage(503, *texts(messages.invoiced_unavailable()), "ref")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
+    assert {"server_error", "temporarily_unavailable"} == flow_module.OUTAGE_AUTHORIZE_ERRORS
+
+
+def test_invoiced_wording_is_clipped_so_the_next_step_always_shows():
+    limit = messages.MAX_REPORTED_IN_TEXT
+    assert limit == 100
+    exact = "\u65e5" * limit
+    assert messages.authorize_error(exact).text == (
+        f"Invoiced could not complete the sign-in and reported: {exact}. Start again from your connect link.")
+    clipped = messages.authorize_error("\u65e5" * (limit + 1)).text
+    assert clipped == ("Invoiced could not complete the sign-in and reported: " + "\u65e5" * (limit - 1)
+                       + "\u2026. Start again from your connect link.")
+    t = make_flow()
+    state, binding = started(t)
+    long = "\U0001f600" * 4000
+    result = t.flow.callback({"state": [state], "error": ["invalid_request"], "error_description": [long[:4000]]},
+                             {COOKIE_NAME: binding}, "ref")
+    assert outcome_of(result).message.endswith("Start again from your connect link.")
 
 
 @pytest.mark.parametrize("error", sorted(flow_module.KNOWN_AUTHORIZE_ERRORS))

@@ -81,7 +81,8 @@ def test_a_denial_with_a_long_non_ascii_description_shows_it_clipped_not_nothing
     value = cookie_value(finished.cookies[1], RESULT_COOKIE_NAME)
     outcome = decode_outcome(value)
     assert outcome is not None and outcome.status == 400
-    assert description[:40] in outcome.message and outcome.message.endswith(ELLIPSIS)
+    assert description[:99] + ELLIPSIS in outcome.message  # Invoiced's words clipped, the next step kept
+    assert outcome.message.endswith("Start again from your connect link.")
     shown = t.flow.callback({}, {RESULT_COOKIE_NAME: value}, "ref-d")
     assert shown.status == 400 and escape(outcome.message) in shown.body
 
@@ -120,7 +121,10 @@ def test_non_ascii_is_written_as_json_escapes():
 
 def test_decode_outcome_reads_exactly_what_the_encoder_writes():
     assert decode_outcome(encoded(GOOD)) == OutcomePage(400, "T", "M", "R", None, False)
-    assert decode_outcome(encoded({**GOOD, "c": "Acme", "ok": True})) == OutcomePage(400, "T", "M", "R", "Acme", True)
+    assert decode_outcome(encoded({**GOOD, "s": 200, "c": "Acme", "ok": True})) == OutcomePage(
+        200, "T", "M", "R", "Acme", True)
+    for status in (400, 403, 409, 502, 503):  # only a 200 says connected
+        assert decode_outcome(encoded({**GOOD, "s": status, "c": "Acme", "ok": True})) is None
     assert decode_outcome(encoded({**GOOD, "c": ""})).company == ""
     for status in (200, 400, 403, 409, 502, 503):
         assert decode_outcome(encoded({**GOOD, "s": status})).status == status
@@ -225,3 +229,9 @@ def test_the_largest_outcome_of_every_status_fits_the_decoders_limit(char, statu
     decoded = decode_outcome(value)
     assert decoded is not None and decoded.status == status
     assert decoded.message.endswith(ELLIPSIS) and page.message.startswith(decoded.message[:-1])
+
+
+def test_an_outcome_that_repeats_a_key_is_no_outcome():
+    body = '{"s":200,"s":409,"t":"T","m":"M","r":"R","c":null,"ok":false}'
+    assert decode_outcome(b64url.encode(body.encode())) is None
+    assert decode_outcome(b64url.encode(body.replace('"s":200,', "").encode())).status == 409

@@ -42,3 +42,10 @@ def test_string_takes_only_a_str():
     for value in (1, None, b"x", ["x"], True):
         with pytest.raises(ValueError, match="^not a string$"):
             strict_json.string(value)
+
+
+def test_repeated_keys_are_refused_only_when_asked():
+    assert strict_json.loads('{"a":1,"a":2}') == {"a": 2}
+    with pytest.raises(ValueError, match="^a key is repeated$"):
+        strict_json.loads('{"a":1,"b":{"c":1,"c":2}}', unique_keys=True)
+    assert strict_json.loads('{"a":1,"b":{"c":2}}', unique_keys=True) == {"a": 1, "b": {"c": 2}}

@@ -77,6 +77,8 @@ CLEAR_COOKIE = f"{COOKIE_NAME}=; Max-Age=0; {_COOKIE_ATTRIBUTES}"
 COMPANY_LOOKUP_TIMEOUT = 3.0
 #: Revoking the grant a reconnect replaced: best effort, so it never holds the page up long.
 REPLACED_GRANT_REVOKE_TIMEOUT = 3.0
+#: Authorize errors that mean Invoiced could not answer (RFC 6749 s4.1.2.1): the outage page.
+OUTAGE_AUTHORIZE_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
 # RFC 6749 s4.1.2.1: logged by name; anything else a browser sends is "other".
 KNOWN_AUTHORIZE_ERRORS = frozenset(
     {
@@ -529,6 +531,9 @@ class ConnectFlow:
             # server denied the request.") is not for people.
             declined = messages.declined(self._app)
             return pages.OutcomePage(200, declined.title, declined.text, reference)
+        if error in OUTAGE_AUTHORIZE_ERRORS:
+            outage = messages.invoiced_unavailable()
+            return pages.OutcomePage(503, outage.title, outage.text, reference)
         reported = messages.authorize_error(description or error or "")
         return pages.OutcomePage(400, reported.title, reported.text, reference)
 

@@ -142,8 +142,15 @@ def declined(app: str) -> Message:
                    f"To connect after all, open a new connect link from {app}.")
 
 
+#: Invoiced's own error text is shortened to this many characters in a sentence, so the
+#: next step after it always fits the outcome cookie (a character may escape to 12 bytes).
+MAX_REPORTED_IN_TEXT = 100
+
+
 def authorize_error(reported: str) -> Message:
     """Invoiced sent an error other than a refusal; ``reported`` is its own text."""
+    if len(reported) > MAX_REPORTED_IN_TEXT:
+        reported = reported[: MAX_REPORTED_IN_TEXT - 1] + "\u2026"
     return Message("Not connected",
                    f"Invoiced could not complete the sign-in and reported: {reported}. "
                    "Start again from your connect link.")

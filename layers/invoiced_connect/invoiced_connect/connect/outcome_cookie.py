@@ -80,7 +80,7 @@ def decode_outcome(value: str) -> OutcomePage | None:
     if not value or len(value) > MAX_VALUE_LENGTH:
         return None
     try:
-        payload = strict_json.loads(b64url.decode(value))
+        payload = strict_json.loads(b64url.decode(value), unique_keys=True)
         if not isinstance(payload, dict) or payload.keys() != _KEYS:
             return None
         outcome = OutcomePage(
@@ -93,4 +93,6 @@ def decode_outcome(value: str) -> OutcomePage | None:
         )
     except ValueError:
         return None
+    if outcome.connected and outcome.status != 200:
+        return None  # only a 200 says connected
     return outcome if outcome.status in _SHOWN_STATUSES else None

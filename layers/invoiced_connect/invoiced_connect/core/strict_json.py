@@ -2,8 +2,9 @@
 
 ``json.loads`` accepts ``NaN``, ``Infinity`` and ``-Infinity`` (not JSON),
 turns ``1e400`` into an infinite float (which ``int()`` overflows on), and
-raises ``RecursionError`` on deep enough nesting. :func:`loads` refuses all
-three with ``ValueError``, the one error a caller of a JSON parser expects.
+raises ``RecursionError`` on deep enough nesting; with ``unique_keys`` the
+last of repeated keys wins silently. :func:`loads` refuses all of these with
+``ValueError``, the one error a caller of a JSON parser expects.
 :func:`integer` and :func:`string` then take a value only when it is of the
 kind meant: no bools for integers, no floats, no strings of digits.
 """
@@ -26,10 +27,19 @@ def _finite(text: str) -> float:
     return number
 
 
-def loads(data: str | bytes) -> Any:
-    """Parse JSON; ``ValueError`` on anything that is not finite, plain JSON."""
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key is repeated")
+    return found
+
+
+def loads(data: str | bytes, *, unique_keys: bool = False) -> Any:
+    """Parse JSON; ``ValueError`` on anything that is not finite, plain JSON
+    (and, with ``unique_keys``, on an object that repeats a key)."""
+    hook = _unique if unique_keys else None
     try:
-        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=hook)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
