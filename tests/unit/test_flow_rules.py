@@ -858,6 +858,17 @@ def test_an_authorize_error_is_shown_with_invoiced_wording(query, message, logge
     assert flow_records(caplog)[0].error == logged
 
 
+def test_an_empty_error_is_an_authorize_error_that_reports_nothing():
+    t = make_flow()
+    state, binding = started(t)
+    report = FlowReport()
+    result = t.flow.callback({"state": [state], "error": [""]}, {COOKIE_NAME: binding}, "ref", report)
+    assert outcome_of(result) == OutcomePage(
+        400, "Not connected",
+        "Invoiced could not complete the sign-in and reported: . Start again from your connect link.", "ref")
+    assert (report.outcome, report.reason) == (FlowOutcome.FAILED, "authorize_error")
+
+
 @pytest.mark.parametrize("error", ["server_error", "temporarily_unavailable"])
 def test_an_outage_reported_on_the_way_back_is_the_outage_page(error):
     t = make_flow()

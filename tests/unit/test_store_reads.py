@@ -134,6 +134,14 @@ def test_consume_state_returns_the_state_and_deletes_it(db: Any, store: TokenSto
         store.consume_state("statehash1", "bind-1", NOW + 599)
 
 
+def test_a_flow_that_may_change_company_keeps_that_to_its_callback(db: Any, store: TokenStore) -> None:
+    flow = _flow(allow_company_change=True)
+    store.put_state(flow)
+    assert _raw(db, "state#statehash1")["allow_company_change"] == {"BOOL": True}
+    consumed = store.consume_state("statehash1", "bind-1", NOW + 599)
+    assert consumed.allow_company_change is True and consumed == flow
+
+
 @pytest.mark.parametrize(
     ("state_hash", "binding", "now"),
     [

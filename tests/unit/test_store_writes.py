@@ -264,6 +264,7 @@ def test_a_reconnect_to_another_company_is_refused_and_nothing_is_written(store,
         save(store)
     assert refused.value.stored == connection_from_item(before)
     assert refused.value.chosen_tenant_id == "tenant-9"
+    assert str(refused.value) == f"{CID} belongs to another Invoiced company"
     assert item_of(db) == before
 
 
