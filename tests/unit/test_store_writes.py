@@ -499,6 +499,11 @@ def test_note_rejection_first_since_the_rotation(store, db):
     assert item_of(db)["rejected_notice_at"] == {"N": str(NOW + 2)}
 
 
+def test_note_rejection_of_a_connection_that_is_gone_writes_no_row(store, db):
+    assert store.note_rejection(CID, now=NOW, rotated_at=NOW - 10) is False
+    assert db.scan(TableName=TABLE_NAME)["Items"] == []
+
+
 # ------------------------------------------------------------------ release_lease
 def test_release_lease_removes_only_the_lease(store, db):
     leased(store, db)

@@ -530,7 +530,8 @@ class TokenStore:
         ``True`` only for the first such note since then (one event per rotation)."""
         try:
             self._update(connection_id, "SET rejected_notice_at = :now",
-                         "attribute_not_exists(rejected_notice_at) OR rejected_notice_at < :rotated",
+                         "attribute_exists(pk) AND "
+                         "(attribute_not_exists(rejected_notice_at) OR rejected_notice_at < :rotated)",
                          {":now": _n(now), ":rotated": _n(rotated_at)})
         except LeaseLost:
             return False
