@@ -4,32 +4,18 @@ connect link, approve (or deny) on the local Invoiced, land on our page."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.page_tour import CHROMIUM_FLAGS, chromium_path
+
 pytestmark = pytest.mark.e2e
-
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium_path() -> str | None:
-    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    executable = _chromium_path()
+    executable = chromium_path()
     if not executable:
         if os.environ.get("CI"):
             pytest.fail("CI must run the browser tests, but no chromium was found (make test installs it)")
