@@ -9,7 +9,6 @@ repository root (`make test` runs `npm ci`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -22,19 +21,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    executable = page_tour.chromium_path()
-    if not executable:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests, but no chromium was found (make test installs it)")
-        pytest.skip("no chromium on this machine; `make test` installs Debian's package when it can")
     if not page_tour.AXE.is_file():
         pytest.fail(f"{page_tour.AXE} is missing: run `npm ci` at the repository root (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=page_tour.CHROMIUM_FLAGS)
+    with page_tour.launched_chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

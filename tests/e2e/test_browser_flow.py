@@ -3,29 +3,19 @@ connect link, approve (or deny) on the local Invoiced, land on our page."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.page_tour import CHROMIUM_FLAGS, chromium_path
+from tests.support.page_tour import launched_chromium
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    executable = chromium_path()
-    if not executable:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser tests, but no chromium was found (make test installs it)")
-        pytest.skip("no chromium on this machine; `make test` installs Debian's package when it can")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+    with launched_chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

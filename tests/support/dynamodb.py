@@ -78,3 +78,15 @@ def token_store_on(client: Any) -> Any:
     from invoiced_connect.storage.store import TokenStore
 
     return TokenStore(TABLE_NAME, client_factory=lambda: client)
+
+
+@pytest.fixture(name="db")
+def db_fixture(moto_client: Any) -> Any:
+    """``db``: the module's moto client, with the tokens table new and empty for this test."""
+    return fresh_tokens_table(moto_client)
+
+
+@pytest.fixture(name="store")
+def store_fixture(db: Any) -> Any:
+    """``store``: a TokenStore on ``db``."""
+    return token_store_on(db)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,26 @@ SMALLEST = Viewport("320", 320, 640)
 
 def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """Headless Chromium for a test module: skipped where there is none, a failure in CI."""
+    import pytest
+
+    executable = chromium_path()
+    if not executable:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests, but no chromium was found (make test installs it)")
+        pytest.skip("no chromium on this machine; `make test` installs Debian's package when it can")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
 
 
 _ids = itertools.count(1)

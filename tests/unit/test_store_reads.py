@@ -26,25 +26,15 @@ from invoiced_connect.storage.store import (
     TokenStore,
 )
 from tests.support.dynamodb import TABLE_NAME as TABLE
-from tests.support.dynamodb import fresh_tokens_table, moto_client_fixture, token_store_on
+from tests.support.dynamodb import db_fixture, moto_client_fixture, store_fixture
 
-__all__ = ["moto_client_fixture"]  # the module's moto, shared by its tests
+__all__ = ["db_fixture", "moto_client_fixture", "store_fixture"]  # fixtures: one moto per module, a new table per test
 
 NOW = 1_700_000_000
 
 
 def _shard(connection_id: str) -> int:
     return int.from_bytes(hashlib.sha256(connection_id.encode("utf-8")).digest()[:4], "big") % 16
-
-
-@pytest.fixture
-def db(moto_client: Any) -> Any:
-    return fresh_tokens_table(moto_client)
-
-
-@pytest.fixture
-def store(db: Any) -> TokenStore:
-    return token_store_on(db)
 
 
 def _raw(db: Any, pk: str) -> dict[str, Any] | None:

@@ -25,19 +25,9 @@ from invoiced_connect.storage.store import (
     due_shard,
     sealed_from_item,
 )
-from tests.support.dynamodb import TABLE_NAME, fresh_tokens_table, moto_client_fixture, token_store_on
+from tests.support.dynamodb import TABLE_NAME, db_fixture, moto_client_fixture, store_fixture
 
-__all__ = ["moto_client_fixture"]  # the module's moto, shared by its tests
-
-
-@pytest.fixture
-def db(moto_client: Any) -> Any:
-    return fresh_tokens_table(moto_client)
-
-
-@pytest.fixture
-def store(db: Any) -> TokenStore:
-    return token_store_on(db)
+__all__ = ["db_fixture", "moto_client_fixture", "store_fixture"]  # fixtures: one moto per module, a new table per test
 
 
 CID = "conn-1"
